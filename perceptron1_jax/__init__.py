@@ -1,0 +1,36 @@
+"""perceptron1_jax: recurrent networks trained with explicit Backpropagation Through Time, as pure
+JAX functions.
+
+Public API (shapes: ``xs`` is ``(batch, time, input)``, hidden states ``(batch, hidden)``)::
+
+    params = init_params(key, "lstm", input_size, hidden_size, num_classes)
+    hs, final = unroll(params, xs, "lstm")           # plain lax.scan (autodiff reference)
+    logits = predict(params, xs, "lstm")             # many-to-one (batch, classes)
+    value = loss(params, xs, labels, "lstm")         # softmax cross-entropy
+    value, grads = bptt(params, xs, labels, "lstm")  # explicit reverse-scan BPTT
+    hs, final = unroll_bptt(params, xs, "lstm")      # unroll whose VJP is the explicit BPTT
+"""
+
+from perceptron1_jax.bptt import BPTTExtras
+from perceptron1_jax.bptt import bptt
+from perceptron1_jax.bptt import unroll_bptt
+from perceptron1_jax.cells import CELLS
+from perceptron1_jax.model import accuracy
+from perceptron1_jax.model import init_params
+from perceptron1_jax.model import loss
+from perceptron1_jax.model import predict
+from perceptron1_jax.unroll import unroll
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BPTTExtras",
+    "CELLS",
+    "accuracy",
+    "bptt",
+    "init_params",
+    "loss",
+    "predict",
+    "unroll",
+    "unroll_bptt",
+)

@@ -1,0 +1,207 @@
+"""Explicit, hand-derived Backpropagation Through Time as a reverse ``lax.scan``.
+
+Never calls ``jax.grad``/``jax.vjp``/``jax.linearize``. The algorithm, for any cell:
+
+1. Forward (shared with the plain path, :func:`perceptron1_jax.unroll.scan_forward`): the input
+   projection ``Zx = X W_x + b_x`` for all steps is one matmul before the scan; the scan keeps the
+   carries (``h_t``, and ``c_t`` for the LSTM) and the cell's small per-step residuals.
+2. Readout and loss gradient: ``dL/dlogits = w (softmax - onehot)``; for many-to-one it enters
+   the backward as ``dL/dh_T``, for many-to-many as a per-step ``dL/dh_t`` injection
+   ``dlogits_t W^T``.
+3. Backward: ``lax.scan(reverse=True)`` carrying only ``dL/dh`` (and ``dL/dc``). At step ``t`` the
+   carried gradient plus the step's own output gradient is the total ``dL/dh_t``; the cell's
+   ``backward_step`` turns it into the pre-activation gradients ``dZx_t``, ``dZh_t`` and the
+   gradient for the previous carry. With ``lengths``, a padded step passes its gradient straight to
+   the previous carry (the state was held) and contributes nothing to the weights.
+4. Weight gradients as big matmuls outside the loop, over all batch and time rows:
+   ``dW_x = X^T dZx``, ``dW_h = H_prev^T dZh``, ``db = sum dZ``; ``dL/dX = dZx W_x^T``.
+
+Shapes: ``B`` batch, ``T`` time, ``I`` input, ``H`` hidden, ``G`` gate blocks, ``C`` classes.
+Inside, arrays are time-major ``(T, B, ...)``; public arrays are batch-major.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from perceptron1_jax import losses, validate
+from perceptron1_jax.cells import CELLS, Carry, Cell, Params
+from perceptron1_jax.model import readout
+from perceptron1_jax.unroll import public_carry, scan_forward, time_mask, zero_carry
+
+Array = jax.Array
+
+
+class BPTTExtras(NamedTuple):
+    """What ``bptt(..., return_extras=True)`` returns beside the loss and the gradients."""
+
+    dhs: Array  # (batch, time, hidden): total dL/dh_t, the gradient of the loss w.r.t. each h_t
+    dxs: Array  # (batch, time, input): dL/dxs
+    dh0: object  # dL/d(initial carry): (batch, hidden), or a pair (dh0, dc0) for the LSTM
+
+
+def backward_scan(
+    cell: Cell,
+    cell_params: Params,
+    xs_tm: Array,
+    carry0: Carry,
+    carries: Carry,
+    residuals,
+    final_dcarry: Carry,
+    dhs_out_tm: Array | None,
+    mask_tm: Array | None,
+    keep_dhs: bool,
+):
+    """The reverse-time pass shared by :func:`bptt` and the custom VJP of :func:`unroll_bptt`.
+
+    Args:
+      xs_tm: ``(T, B, I)`` inputs; ``carry0``: initial carry tuple, each ``(B, H)``.
+      carries, residuals: what :func:`scan_forward` saved (carries ``(T, B, H)`` each).
+      final_dcarry: gradient w.r.t. the final carry (tuple like ``carry0``).
+      dhs_out_tm: ``(T, B, H)`` gradient flowing into each ``h_t`` from outside the recurrence
+        (readout of every step), or None.
+      mask_tm: ``(T, B)`` bool validity, or None.
+      keep_dhs: also stack the total ``dL/dh_t`` per step.
+
+    Returns:
+      ``(cell_grads, dxs_tm, dcarry0, dhs_tm)``; ``dhs_tm`` is None unless ``keep_dhs``.
+    """
+    # Carry entering step t: the initial carry, then the carries of steps 0..T-2.
+    carries_prev = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries))
+
+    def body(dcarry, inputs):
+        prev_t, carry_t, residuals_t, dh_out_t, valid_t = inputs
+        if dh_out_t is not None:
+            dcarry = (dcarry[0] + dh_out_t,) + dcarry[1:]
+        dh_total = dcarry[0]
+        if valid_t is None:
+            dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, carry_t, residuals_t, dcarry)
+        else:
+            keep = valid_t[:, None]
+            into_cell = tuple(jnp.where(keep, d, 0.0) for d in dcarry)
+            dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, carry_t, residuals_t, into_cell)
+            dprev = tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
+        return dprev, (dzx, dzh, dh_total if keep_dhs else None)
+
+    dcarry0, (dzx, dzh, dhs) = lax.scan(
+        body, final_dcarry, (carries_prev, carries, residuals, dhs_out_tm, mask_tm), reverse=True
+    )
+    if dzh is None:  # Elman and LSTM: the recurrent and input pre-activations coincide
+        dzh = dzx
+    grads = {
+        "W_x": jnp.einsum("tbi,tbg->ig", xs_tm, dzx),
+        "W_h": jnp.einsum("tbh,tbg->hg", carries_prev[0], dzh),
+        **cell.bias_grads(jnp.sum(dzx, axis=(0, 1)), jnp.sum(dzh, axis=(0, 1))),
+    }
+    dxs_tm = dzx @ cell_params["W_x"].T
+    return grads, dxs_tm, dcarry0, dhs
+
+
+@partial(jax.jit, static_argnames=("cell_name", "many_to_many", "return_extras"))
+def _bptt(cell_name, params, xs, labels, lengths, carry0, many_to_many, return_extras):
+    cell = CELLS[cell_name]
+    cell_params, readout_params = params["cell"], params["readout"]
+    batch, time, _ = xs.shape
+    hidden = cell_params["W_h"].shape[0]
+    if carry0 is None:
+        carry0 = zero_carry(cell, batch, hidden, xs.dtype)
+    xs_tm = jnp.swapaxes(xs, 0, 1)
+    mask_tm = time_mask(lengths, time)
+    final, carries, residuals = scan_forward(cell, cell_params, xs_tm, carry0, mask_tm)
+
+    w_out = readout_params["W"]
+    if many_to_many:
+        hs_tm = carries[0]
+        logits = readout(readout_params, hs_tm)  # (T, B, C)
+        loss, dlogits = losses.cross_entropy_with_grad(logits, labels.T, mask_tm)
+        readout_grads = {"W": jnp.einsum("tbh,tbc->hc", hs_tm, dlogits), "b": jnp.sum(dlogits, axis=(0, 1))}
+        dhs_out_tm = dlogits @ w_out.T
+        final_dcarry = tuple(jnp.zeros_like(c) for c in final)
+    else:
+        h_last = final[0]
+        logits = readout(readout_params, h_last)  # (B, C)
+        loss, dlogits = losses.cross_entropy_with_grad(logits, labels)
+        readout_grads = {"W": h_last.T @ dlogits, "b": jnp.sum(dlogits, axis=0)}
+        dhs_out_tm = None
+        final_dcarry = (dlogits @ w_out.T,) + tuple(jnp.zeros_like(c) for c in final[1:])
+
+    cell_grads, dxs_tm, dcarry0, dhs_tm = backward_scan(
+        cell, cell_params, xs_tm, carry0, carries, residuals, final_dcarry, dhs_out_tm, mask_tm,
+        keep_dhs=return_extras,
+    )
+    grads = {"cell": cell_grads, "readout": readout_grads}
+    if not return_extras:
+        return loss, grads
+    extras = BPTTExtras(
+        dhs=jnp.swapaxes(dhs_tm, 0, 1), dxs=jnp.swapaxes(dxs_tm, 0, 1), dh0=public_carry(cell, dcarry0)
+    )
+    return loss, grads, extras
+
+
+def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras: bool = False):
+    """Loss and gradients by the explicit reverse-scan BPTT (JIT-compiled).
+
+    Same arguments and label rules as :func:`perceptron1_jax.loss`: ``xs: (batch, time, input)``,
+    ``labels: (batch,)`` (many-to-one) or ``(batch, time)`` (many-to-many), ``lengths: (batch,)``
+    or None, ``h0`` the initial carry or None.
+
+    Args:
+      return_extras: if True, also return a :class:`BPTTExtras` with ``dhs`` (the total
+        ``dL/dh_t`` for every step, ``(batch, time, hidden)``), ``dxs`` (``dL/dxs``,
+        ``(batch, time, input)``) and ``dh0`` (gradient w.r.t. the initial carry).
+
+    Returns:
+      ``(loss, grads)``, or ``(loss, grads, extras)``; ``grads`` has the structure of ``params``.
+    """
+    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
+    return _bptt(cell, params, c.xs, c.labels, c.lengths, c.carry0, c.many_to_many, bool(return_extras))
+
+
+# --------------------------------------------------------------------------- custom_vjp entry
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _unroll_explicit(cell_name, cell_params, xs, lengths, carry0):
+    return _unroll_fwd(cell_name, cell_params, xs, lengths, carry0)[0]
+
+
+def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0):
+    cell = CELLS[cell_name]
+    xs_tm = jnp.swapaxes(xs, 0, 1)
+    final, carries, residuals = scan_forward(cell, cell_params, xs_tm, carry0, time_mask(lengths, xs.shape[1]))
+    saved = (cell_params, xs_tm, lengths, carry0, carries, residuals)
+    return (jnp.swapaxes(carries[0], 0, 1), final), saved
+
+
+def _unroll_bwd(cell_name, saved, cotangents):
+    cell_params, xs_tm, lengths, carry0, carries, residuals = saved
+    d_hs, d_final = cotangents
+    cell_grads, dxs_tm, dcarry0, _ = backward_scan(
+        CELLS[cell_name], cell_params, xs_tm, carry0, carries, residuals, tuple(d_final),
+        jnp.swapaxes(d_hs, 0, 1), time_mask(lengths, xs_tm.shape[0]), keep_dhs=False,
+    )
+    return cell_grads, jnp.swapaxes(dxs_tm, 0, 1), None, dcarry0
+
+
+_unroll_explicit.defvjp(_unroll_fwd, _unroll_bwd)
+
+
+def unroll_bptt(params, xs, cell: str, lengths=None, h0=None):
+    """:func:`perceptron1_jax.unroll` whose gradient is the explicit BPTT (a ``jax.custom_vjp``).
+
+    Same arguments and results as ``unroll``. Differentiating any loss built on its outputs
+    (``hs`` and/or the final carry) with ``jax.grad`` runs :func:`backward_scan`, not autodiff
+    through the scan; it composes with ``jit``, ``vmap`` and ``grad``. Gradients flow to
+    ``params["cell"]``, ``xs`` and ``h0`` (not to ``lengths``).
+    """
+    c = validate.check_inputs(params, xs, cell, lengths=lengths, h0=h0)
+    carry0 = c.carry0
+    if carry0 is None:
+        carry0 = zero_carry(c.cell, c.xs.shape[0], c.sizes.hidden_size, c.sizes.dtype)
+    hs, final = _unroll_explicit(cell, params["cell"], c.xs, c.lengths, carry0)
+    return hs, public_carry(c.cell, final)

@@ -1,0 +1,271 @@
+"""Recurrent cells as pure functions: initializer, forward step and local backward step.
+
+This is the only module where cell math lives. Each cell is a :class:`Cell` record of pure
+functions over a plain parameter dict. The forward step is the single source of truth: the plain
+autodiff path (``unroll``/``loss``) differentiates it with ``jax.grad``, and the hand-derived
+``backward_step`` beside it is checked against that.
+
+Shapes (``B`` batch, ``I`` input size, ``H`` hidden size, ``G`` gate blocks: 1 Elman, 4 LSTM,
+3 GRU):
+
+* ``params``: ``W_x: (I, G*H)``, ``W_h: (H, G*H)`` and biases, see each cell.
+* ``carry``: a tuple, ``(h,)`` for Elman and GRU, ``(h, c)`` for the LSTM, each ``(B, H)``.
+* ``zx``: the input projection ``x W_x + b_x`` of one step, ``(B, G*H)``. It is computed for all
+  steps at once before the time loop (:func:`project_inputs`), so the step only adds the
+  recurrent term.
+
+The step signature is ``step(params, carry, zx) -> (new_carry, residuals)``; ``residuals`` are the
+extra per-step arrays (beyond the carries, which the unroll keeps anyway) that ``backward_step``
+needs. ``backward_step(params, carry_prev, carry, residuals, dcarry) -> (dzx, dzh, dcarry_prev)``
+maps the gradient of the loss with respect to the new carry to the gradients with respect to the
+input pre-activation ``zx`` (``(B, G*H)``), the recurrent pre-activation ``zh = h W_h (+ b_h)``
+(``None`` when it equals ``dzx``) and the previous carry. The weight gradients are then formed
+outside the time loop as ``dW_x = X^T dZx``, ``dW_h = H_prev^T dZh``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict[str, Array]
+Carry = tuple[Array, ...]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: static description plus pure functions (see the module docstring)."""
+
+    name: str
+    num_gates: int  # G: column blocks of W_x and W_h
+    carry_size: int  # 1 for (h,), 2 for (h, c)
+    input_bias: str  # the bias key folded into the input projection
+    param_shapes: Callable[[int, int], dict[str, tuple[int, ...]]]
+    init: Callable[..., Params]
+    step: Callable[[Params, Carry, Array], tuple[Carry, Any]]
+    backward_step: Callable[..., tuple[Array, Array | None, Carry]]
+    bias_grads: Callable[[Array, Array], Params]
+
+
+def project_inputs(cell: Cell, params: Params, xs: Array) -> Array:
+    """Input projection for every step at once: ``xs (..., I) -> xs W_x + b_x (..., G*H)``."""
+    return xs @ params["W_x"] + params[cell.input_bias]
+
+
+def cell_step(cell: Cell, params: Params, carry: Carry, x: Array) -> Carry:
+    """One full time step from a raw input ``x: (B, I)``; returns the new carry tuple."""
+    new_carry, _ = cell.step(params, carry, project_inputs(cell, params, x))
+    return new_carry
+
+
+# --------------------------------------------------------------------------- initializers
+
+
+def _block_orthogonal(key: Array, hidden: int, blocks: int, dtype) -> Array:
+    """``(H, blocks*H)``: one independent orthogonal ``(H, H)`` matrix per gate block."""
+    keys = jax.random.split(key, blocks)
+    ortho = jax.nn.initializers.orthogonal()
+    return jnp.concatenate([ortho(k, (hidden, hidden), dtype) for k in keys], axis=1)
+
+
+def _init_common(key, input_size, hidden_size, blocks, dtype) -> tuple[Array, Array]:
+    k_x, k_h = jax.random.split(key)
+    w_x = jax.nn.initializers.lecun_normal()(k_x, (input_size, blocks * hidden_size), dtype)
+    w_h = _block_orthogonal(k_h, hidden_size, blocks, dtype)
+    return w_x, w_h
+
+
+# --------------------------------------------------------------------------- Elman
+
+
+def _elman_shapes(input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    return {"W_x": (input_size, hidden_size), "W_h": (hidden_size, hidden_size), "b": (hidden_size,)}
+
+
+def _elman_init(key, input_size, hidden_size, dtype=jnp.float32) -> Params:
+    """``W_x`` LeCun normal, ``W_h`` orthogonal, ``b`` zeros."""
+    w_x, w_h = _init_common(key, input_size, hidden_size, 1, dtype)
+    return {"W_x": w_x, "W_h": w_h, "b": jnp.zeros((hidden_size,), dtype)}
+
+
+def _elman_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple]:
+    """Elman (tanh) step.
+
+    Forward:  ``a = x W_x + b + h W_h``,  ``h' = tanh(a)``.
+    Residuals: none (``h'`` is the carry, kept by the unroll).
+    """
+    (h,) = carry
+    return (jnp.tanh(zx + h @ params["W_h"]),), ()
+
+
+def _elman_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dcarry: Carry):
+    """Elman backward (min-char-rnn's two lines).
+
+    ``da = dh' * (1 - h'^2)``;  ``dzx = dzh = da``;  ``dh = da W_h^T``.
+    """
+    (h_new,) = carry
+    (dh,) = dcarry
+    da = dh * (1.0 - h_new * h_new)
+    return da, None, (da @ params["W_h"].T,)
+
+
+def _single_bias_grads(dzx_sum: Array, dzh_sum: Array) -> Params:
+    return {"b": dzx_sum}
+
+
+ELMAN = Cell(
+    name="elman",
+    num_gates=1,
+    carry_size=1,
+    input_bias="b",
+    param_shapes=_elman_shapes,
+    init=_elman_init,
+    step=_elman_step,
+    backward_step=_elman_backward,
+    bias_grads=_single_bias_grads,
+)
+
+
+# --------------------------------------------------------------------------- LSTM
+
+
+def _lstm_shapes(input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    g = 4 * hidden_size
+    return {"W_x": (input_size, g), "W_h": (hidden_size, g), "b": (g,)}
+
+
+def _lstm_init(key, input_size, hidden_size, dtype=jnp.float32) -> Params:
+    """``W_x`` LeCun normal, each gate block of ``W_h`` orthogonal, ``b`` zeros except the
+    forget-gate block, which is 1 (Jozefowicz et al. 2015)."""
+    w_x, w_h = _init_common(key, input_size, hidden_size, 4, dtype)
+    b = jnp.zeros((4 * hidden_size,), dtype).at[hidden_size : 2 * hidden_size].set(1.0)
+    return {"W_x": w_x, "W_h": w_h, "b": b}
+
+
+def _lstm_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, Array]:
+    """LSTM step, gate blocks ``[i, f, g, o]`` (PyTorch ``nn.LSTM`` order).
+
+    Forward:  ``z = x W_x + b + h W_h``;  ``i, f, o = sigmoid(z_i, z_f, z_o)``, ``g = tanh(z_g)``;
+    ``c' = f * c + i * g``;  ``h' = o * tanh(c')``.
+    Residuals: the activated gates ``[i, f, g, o]``, ``(B, 4H)`` (``c`` and ``c'`` are carries).
+    """
+    h, c = carry
+    z = zx + h @ params["W_h"]
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c_new = f * c + i * g
+    h_new = o * jnp.tanh(c_new)
+    return (h_new, c_new), jnp.concatenate([i, f, g, o], axis=-1)
+
+
+def _lstm_backward(params: Params, carry_prev: Carry, carry: Carry, gates: Array, dcarry: Carry):
+    """LSTM backward. With ``tc = tanh(c')`` and ``dh'``, ``dc'`` the incoming gradients:
+
+    ``dc  = dc' + dh' * o * (1 - tc^2)``   (total gradient of the new cell state)
+    ``dz_i = dc * g * i (1 - i)``,   ``dz_f = dc * c * f (1 - f)``,
+    ``dz_g = dc * i * (1 - g^2)``,   ``dz_o = dh' * tc * o (1 - o)``,
+    ``dzx = dzh = [dz_i, dz_f, dz_g, dz_o]``;  ``dh = dzh W_h^T``;  ``dc_prev = dc * f``.
+    """
+    _, c_prev = carry_prev
+    _, c_new = carry
+    dh, dc_next = dcarry
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    tc = jnp.tanh(c_new)
+    dc = dc_next + dh * o * (1.0 - tc * tc)
+    dz = jnp.concatenate(
+        [
+            dc * g * i * (1.0 - i),
+            dc * c_prev * f * (1.0 - f),
+            dc * i * (1.0 - g * g),
+            dh * tc * o * (1.0 - o),
+        ],
+        axis=-1,
+    )
+    return dz, None, (dz @ params["W_h"].T, dc * f)
+
+
+LSTM = Cell(
+    name="lstm",
+    num_gates=4,
+    carry_size=2,
+    input_bias="b",
+    param_shapes=_lstm_shapes,
+    init=_lstm_init,
+    step=_lstm_step,
+    backward_step=_lstm_backward,
+    bias_grads=_single_bias_grads,
+)
+
+
+# --------------------------------------------------------------------------- GRU
+
+
+def _gru_shapes(input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    g = 3 * hidden_size
+    return {"W_x": (input_size, g), "W_h": (hidden_size, g), "b_x": (g,), "b_h": (g,)}
+
+
+def _gru_init(key, input_size, hidden_size, dtype=jnp.float32) -> Params:
+    """``W_x`` LeCun normal, each gate block of ``W_h`` orthogonal, ``b_x`` and ``b_h`` zeros."""
+    w_x, w_h = _init_common(key, input_size, hidden_size, 3, dtype)
+    zeros = jnp.zeros((3 * hidden_size,), dtype)
+    return {"W_x": w_x, "W_h": w_h, "b_x": zeros, "b_h": zeros}
+
+
+def _gru_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple[Array, Array]]:
+    """GRU step, gate blocks ``[r, z, n]`` (PyTorch ``nn.GRU`` order and biases).
+
+    Forward:  ``zh = h W_h + b_h``;  ``r = sigmoid(zx_r + zh_r)``,  ``z = sigmoid(zx_z + zh_z)``,
+    ``n = tanh(zx_n + r * zh_n)``;  ``h' = (1 - z) * n + z * h``.
+    Residuals: the activations ``[r, z, n]`` ``(B, 3H)`` and ``zh_n`` ``(B, H)``.
+    """
+    (h,) = carry
+    zh = h @ params["W_h"] + params["b_h"]
+    zx_r, zx_z, zx_n = jnp.split(zx, 3, axis=-1)
+    zh_r, zh_z, zh_n = jnp.split(zh, 3, axis=-1)
+    r = jax.nn.sigmoid(zx_r + zh_r)
+    z = jax.nn.sigmoid(zx_z + zh_z)
+    n = jnp.tanh(zx_n + r * zh_n)
+    h_new = (1.0 - z) * n + z * h
+    return (h_new,), (jnp.concatenate([r, z, n], axis=-1), zh_n)
+
+
+def _gru_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dcarry: Carry):
+    """GRU backward. With ``dh'`` the incoming gradient:
+
+    ``dn_pre = dh' * (1 - z) * (1 - n^2)``,  ``dz_pre = dh' * (h - n) * z (1 - z)``,
+    ``dr_pre = dn_pre * zh_n * r (1 - r)``;
+    ``dzx = [dr_pre, dz_pre, dn_pre]``,  ``dzh = [dr_pre, dz_pre, r * dn_pre]``;
+    ``dh = dh' * z + dzh W_h^T``.
+    """
+    (h_prev,) = carry_prev
+    (dh,) = dcarry
+    acts, zh_n = residuals
+    r, z, n = jnp.split(acts, 3, axis=-1)
+    dn_pre = dh * (1.0 - z) * (1.0 - n * n)
+    dz_pre = dh * (h_prev - n) * z * (1.0 - z)
+    dr_pre = dn_pre * zh_n * r * (1.0 - r)
+    dzx = jnp.concatenate([dr_pre, dz_pre, dn_pre], axis=-1)
+    dzh = jnp.concatenate([dr_pre, dz_pre, r * dn_pre], axis=-1)
+    return dzx, dzh, (dh * z + dzh @ params["W_h"].T,)
+
+
+def _gru_bias_grads(dzx_sum: Array, dzh_sum: Array) -> Params:
+    return {"b_x": dzx_sum, "b_h": dzh_sum}
+
+
+GRU = Cell(
+    name="gru",
+    num_gates=3,
+    carry_size=1,
+    input_bias="b_x",
+    param_shapes=_gru_shapes,
+    init=_gru_init,
+    step=_gru_step,
+    backward_step=_gru_backward,
+    bias_grads=_gru_bias_grads,
+)
+
+CELLS: dict[str, Cell] = {c.name: c for c in (ELMAN, LSTM, GRU)}

@@ -1,0 +1,271 @@
+"""Input checks shared by every public function: the one place for error messages.
+
+Every check runs in Python before anything is traced into XLA. Shape and dtype checks work on
+tracers too (inside ``jax.jit``/``jax.vmap`` they raise at trace time); value checks (label and
+length ranges) run only when the array is concrete. Each message names the argument, what was
+expected and what was received.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceptron1_jax.cells import CELLS, Cell
+
+
+class Sizes(NamedTuple):
+    """Static sizes read off validated parameters."""
+
+    input_size: int
+    hidden_size: int
+    num_classes: int | None  # None when params carry no readout
+    dtype: Any
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values we can read now (not a tracer under jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_array(name: str, value: Any) -> Any:
+    """Accept arrays, tracers and array-likes (lists, numpy); reject anything else."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return value
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: expected an array, got {_describe(value)}") from err
+
+
+def get_cell(cell: Any) -> Cell:
+    """Look up a cell by name: ``"elman"``, ``"lstm"`` or ``"gru"``."""
+    if not isinstance(cell, str) or cell not in CELLS:
+        raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {cell!r}")
+    return CELLS[cell]
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """A positive Python/numpy integer (``bool`` is refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive int, got {_describe(value)}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def check_float_dtype(name: str, dtype: Any) -> Any:
+    """A floating dtype such as ``jnp.float32``."""
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{name}: expected a floating dtype, got {dtype!r}") from err
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {dt}")
+    return dt
+
+
+def check_key(key: Any) -> Any:
+    """A ``jax.random`` key: new-style typed key or legacy ``uint32[2]``."""
+    if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key: expected a single PRNG key, got key array of shape {key.shape}")
+        return key
+    if hasattr(key, "dtype") and key.dtype == jnp.uint32 and tuple(key.shape) == (2,):
+        return key
+    raise TypeError(
+        f"key: expected a jax.random key (jax.random.key(seed) or PRNGKey(seed)), got {_describe(key)}"
+    )
+
+
+def _check_block(where: str, block: Any, expected: dict[str, tuple[int, ...]], dtype) -> Any:
+    if not isinstance(block, dict):
+        raise TypeError(f"{where}: expected a dict with keys {sorted(expected)}, got {_describe(block)}")
+    if set(block) != set(expected):
+        raise ValueError(f"{where}: expected keys {sorted(expected)}, got {sorted(block)}")
+    for k, shape in expected.items():
+        leaf = block[k]
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise TypeError(f"{where}[{k!r}]: expected an array of shape {shape}, got {_describe(leaf)}")
+        if tuple(leaf.shape) != shape:
+            raise ValueError(f"{where}[{k!r}]: expected shape {shape}, got {tuple(leaf.shape)}")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(f"{where}[{k!r}]: expected a floating dtype, got {leaf.dtype}")
+        if dtype is None:
+            dtype = leaf.dtype
+        elif leaf.dtype != dtype:
+            raise TypeError(
+                f"{where}[{k!r}]: expected dtype {dtype} like the other parameters, got {leaf.dtype}"
+            )
+    return dtype
+
+
+def check_params(params: Any, cell: Cell, need_readout: bool = True) -> Sizes:
+    """Check ``params`` fits ``cell``: ``{"cell": {...}, "readout": {"W": (H, C), "b": (C,)}}``."""
+    if not isinstance(params, dict) or "cell" not in params:
+        raise TypeError(
+            f"params: expected a dict with keys ['cell', 'readout'] (from init_params), got {_describe(params)}"
+        )
+    allowed = {"cell", "readout"}
+    if not set(params) <= allowed or (need_readout and "readout" not in params):
+        raise ValueError(f"params: expected keys {sorted(allowed)}, got {sorted(params)}")
+    cell_params = params["cell"]
+    w_x = cell_params.get("W_x") if isinstance(cell_params, dict) else None
+    if not hasattr(w_x, "shape") or len(w_x.shape) != 2:
+        raise ValueError(
+            f"params['cell']['W_x']: expected an array of shape (input, {cell.num_gates}*hidden) "
+            f"for cell {cell.name!r}, got {_describe(w_x)}"
+        )
+    input_size, width = w_x.shape
+    if width % cell.num_gates or width == 0:
+        raise ValueError(
+            f"params['cell']['W_x']: expected {cell.num_gates}*hidden columns for cell "
+            f"{cell.name!r}, got shape {tuple(w_x.shape)}"
+        )
+    hidden = width // cell.num_gates
+    dtype = _check_block("params['cell']", cell_params, cell.param_shapes(input_size, hidden), None)
+    num_classes = None
+    if "readout" in params:
+        w_r = params["readout"].get("W") if isinstance(params["readout"], dict) else None
+        if not hasattr(w_r, "shape") or len(w_r.shape) != 2:
+            raise ValueError(
+                f"params['readout']['W']: expected an array of shape ({hidden}, classes), got {_describe(w_r)}"
+            )
+        num_classes = int(w_r.shape[1])
+        if num_classes == 0:
+            raise ValueError("params['readout']['W']: expected at least one class column, got 0")
+        _check_block(
+            "params['readout']", params["readout"], {"W": (hidden, num_classes), "b": (num_classes,)}, dtype
+        )
+    return Sizes(int(input_size), int(hidden), num_classes, dtype)
+
+
+def check_xs(xs: Any, sizes: Sizes) -> tuple[Any, int, int]:
+    """``xs: (batch, time, input_size)``, floating, same dtype as params; returns (xs, B, T)."""
+    xs = as_array("xs", xs)
+    expect = f"(batch, time, {sizes.input_size})"
+    if xs.ndim != 3:
+        raise ValueError(f"xs: expected rank 3 {expect}, got shape {tuple(xs.shape)}")
+    batch, time, features = xs.shape
+    if batch == 0 or time == 0:
+        raise ValueError(f"xs: expected non-empty batch and time {expect}, got shape {tuple(xs.shape)}")
+    if features != sizes.input_size:
+        raise ValueError(
+            f"xs: expected input size {sizes.input_size} (params['cell']['W_x'] rows), got shape "
+            f"{tuple(xs.shape)}"
+        )
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(f"xs: expected a floating dtype ({sizes.dtype}), got {xs.dtype}")
+    if xs.dtype != sizes.dtype:
+        raise TypeError(f"xs: expected dtype {sizes.dtype} to match params, got {xs.dtype}")
+    return xs, int(batch), int(time)
+
+
+def check_labels(labels: Any, batch: int, time: int, num_classes: int) -> tuple[Any, bool]:
+    """Integer labels ``(batch,)`` (many-to-one) or ``(batch, time)`` (many-to-many) in
+    ``[0, num_classes)``; returns (labels, many_to_many)."""
+    labels = as_array("labels", labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
+    shape = tuple(labels.shape)
+    if shape == (batch,):
+        many_to_many = False
+    elif shape == (batch, time):
+        many_to_many = True
+    else:
+        raise ValueError(
+            f"labels: expected shape ({batch},) for many-to-one or ({batch}, {time}) for many-to-many, "
+            f"got {shape}"
+        )
+    if is_concrete(labels):
+        values = np.asarray(labels)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"labels: expected values in [0, {num_classes}), got values in [{low}, {high}]"
+            )
+    return labels, many_to_many
+
+
+def check_lengths(lengths: Any, batch: int, time: int) -> Any:
+    """``lengths: (batch,)`` integers in ``[1, time]``, or None."""
+    if lengths is None:
+        return None
+    lengths = as_array("lengths", lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},), got {tuple(lengths.shape)}")
+    if is_concrete(lengths):
+        values = np.asarray(lengths)
+        low, high = int(values.min()), int(values.max())
+        if low < 1 or high > time:
+            raise ValueError(f"lengths: expected values in [1, {time}], got values in [{low}, {high}]")
+    return lengths
+
+
+def check_h0(h0: Any, cell: Cell, batch: int, sizes: Sizes) -> tuple | None:
+    """Initial carry: ``(batch, hidden)`` for Elman/GRU, a pair ``(h, c)`` of those for the LSTM.
+
+    Returns the carry as a tuple, or None for the default zeros.
+    """
+    if h0 is None:
+        return None
+    shape = (batch, sizes.hidden_size)
+    if cell.carry_size == 1:
+        parts, expect = (h0,), f"an array of shape {shape}"
+    else:
+        expect = f"a pair (h, c) of arrays of shape {shape}"
+        if not isinstance(h0, (tuple, list)) or len(h0) != 2:
+            raise TypeError(f"h0: expected {expect} for cell 'lstm', got {_describe(h0)}")
+        parts = tuple(h0)
+    out = []
+    for part in parts:
+        part = as_array("h0", part)
+        if tuple(part.shape) != shape:
+            raise ValueError(f"h0: expected {expect}, got shape {tuple(part.shape)}")
+        if part.dtype != sizes.dtype:
+            raise TypeError(f"h0: expected dtype {sizes.dtype} to match params, got {part.dtype}")
+        out.append(part)
+    return tuple(out)
+
+
+class Checked(NamedTuple):
+    """The validated arguments of a public entry point."""
+
+    cell: Cell
+    sizes: Sizes
+    xs: Any  # (batch, time, input)
+    labels: Any  # (batch,) or (batch, time) ints, or None
+    lengths: Any  # (batch,) ints, or None
+    carry0: tuple | None  # initial carry tuple, or None for zeros
+    many_to_many: bool
+
+
+def check_inputs(params, xs, cell, labels=None, lengths=None, h0=None, *, need_labels=False) -> Checked:
+    """All checks of a public entry point, in the order a user reads the signature.
+
+    The readout is required exactly when labels are (a loss needs classes).
+    """
+    spec = get_cell(cell)
+    sizes = check_params(params, spec, need_readout=need_labels)
+    xs, batch, time = check_xs(xs, sizes)
+    many_to_many = False
+    if need_labels:
+        if labels is None:
+            raise TypeError("labels: expected an integer array, got None")
+        if sizes.num_classes is None:
+            raise ValueError("params: expected a 'readout' entry to score labels, got none")
+        labels, many_to_many = check_labels(labels, batch, time, sizes.num_classes)
+    lengths = check_lengths(lengths, batch, time)
+    carry0 = check_h0(h0, spec, batch, sizes)
+    return Checked(spec, sizes, xs, labels, lengths, carry0, many_to_many)
