@@ -48,5 +48,5 @@ def cross_entropy_with_grad(logits: Array, labels: Array, mask: Array | None = N
 
 def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
     """Fraction of valid positions whose arg-max logit equals the label."""
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype)
+    correct = (jnp.argmax(logits, axis=-1).astype(labels.dtype) == labels).astype(logits.dtype)
     return jnp.sum(_weights(labels, mask, logits.dtype) * correct)

@@ -31,7 +31,7 @@ def time_mask(lengths: Array | None, time: int) -> Array | None:
     """``(time, batch)`` bool, True where step ``t`` is valid (``t < lengths[b]``); None if no lengths."""
     if lengths is None:
         return None
-    return jnp.arange(time)[:, None] < lengths[None, :]
+    return jnp.arange(time, dtype=lengths.dtype)[:, None] < lengths[None, :]
 
 
 def zero_carry(cell: Cell, batch: int, hidden: int, dtype) -> Carry:

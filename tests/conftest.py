@@ -1,0 +1,32 @@
+"""Shared fixtures: float64 on demand (restored afterwards), strict dtype promotion."""
+
+import contextlib
+
+import jax
+import pytest
+
+
+@contextlib.contextmanager
+def enable_x64():
+    """Turn on float64 for the duration of the block and restore the previous setting."""
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def x64():
+    """Float64 for one test; the global setting is restored afterwards."""
+    with enable_x64():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def strict_promotion():
+    """Fail on implicit dtype promotion (as equinox's tests do): a float32 leak into float64 math
+    or the reverse is a bug."""
+    with jax.numpy_dtype_promotion("strict"):
+        yield

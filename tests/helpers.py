@@ -1,0 +1,51 @@
+"""Test helpers: random problems with non-zero biases and random inputs, and tree comparisons."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import perceptron1_jax as p1
+from perceptron1_jax.cells import CELLS
+
+
+def random_problem(seed, cell, batch, time, input_size, hidden, classes, *, dtype=jnp.float64,
+                   many_to_many=False, with_lengths=False):
+    """Random params (biases included: zeros hide missing terms), inputs, labels and optional
+    lengths from one numpy seed (numpy, so that building a problem compiles nothing)."""
+    rng = np.random.default_rng(seed)
+    shapes = CELLS[cell].param_shapes(input_size, hidden)
+
+    def normal(shape, scale):
+        return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+
+    params = {
+        "cell": {name: normal(shape, 0.8 / np.sqrt(max(shape[0], 1)) if len(shape) == 2 else 0.3)
+                 for name, shape in shapes.items()},
+        "readout": {"W": normal((hidden, classes), 1.0 / np.sqrt(hidden)), "b": normal((classes,), 0.3)},
+    }
+    xs = normal((batch, time, input_size), 1.0)
+    labels = jnp.asarray(rng.integers(0, classes, (batch, time) if many_to_many else (batch,)), jnp.int32)
+    lengths = jnp.asarray(rng.integers(1, time + 1, (batch,)), jnp.int32) if with_lengths else None
+    return params, xs, labels, lengths
+
+
+def reference_value_and_grad(cell):
+    """``jax.value_and_grad`` of the plain autodiff loss, jitted (one compile per shape)."""
+    return jax.jit(jax.value_and_grad(lambda q, x, y, n, h0=None: p1.loss(q, x, y, cell, n, h0)))
+
+
+def assert_trees_close(actual, expected, rtol, atol=0.0):
+    """Leaf-wise ``assert_allclose`` with the leaf's path in the message."""
+    actual_leaves = jax.tree_util.tree_leaves_with_path(actual)
+    expected_leaves = jax.tree_util.tree_leaves_with_path(expected)
+    assert [p for p, _ in actual_leaves] == [p for p, _ in expected_leaves]
+    for (path, a), (_, e) in zip(actual_leaves, expected_leaves):
+        assert a.shape == e.shape and a.dtype == e.dtype, (path, a.shape, e.shape, a.dtype, e.dtype)
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def max_scale(tree):
+    """Largest absolute entry over a pytree (for absolute tolerances relative to the scale)."""
+    return max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(tree))
