@@ -11,14 +11,9 @@ Public API (shapes: ``xs`` is ``(batch, time, input)``, hidden states ``(batch, 
     hs, final = unroll_bptt(params, xs, "lstm")      # unroll whose VJP is the explicit BPTT
 """
 
-from perceptron1_jax.bptt import BPTTExtras
-from perceptron1_jax.bptt import bptt
-from perceptron1_jax.bptt import unroll_bptt
+from perceptron1_jax.bptt import BPTTExtras, bptt, unroll_bptt
 from perceptron1_jax.cells import CELLS
-from perceptron1_jax.model import accuracy
-from perceptron1_jax.model import init_params
-from perceptron1_jax.model import loss
-from perceptron1_jax.model import predict
+from perceptron1_jax.model import accuracy, init_params, loss, predict
 from perceptron1_jax.unroll import unroll
 
 __version__ = "0.1.0"

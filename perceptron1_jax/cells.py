@@ -25,7 +25,8 @@ outside the time loop as ``dW_x = X^T dZx``, ``dW_h = H_prev^T dZh``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,10 +65,14 @@ def cell_step(cell: Cell, params: Params, carry: Carry, x: Array) -> Carry:
 
 
 def _block_orthogonal(key: Array, hidden: int, blocks: int, dtype) -> Array:
-    """``(H, blocks*H)``: one independent orthogonal ``(H, H)`` matrix per gate block."""
+    """``(H, blocks*H)``: one independent orthogonal ``(H, H)`` matrix per gate block.
+
+    The QR runs in at least float32 (LAPACK has no bfloat16/float16), then casts to ``dtype``.
+    """
     keys = jax.random.split(key, blocks)
     ortho = jax.nn.initializers.orthogonal()
-    return jnp.concatenate([ortho(k, (hidden, hidden), dtype) for k in keys], axis=1)
+    work = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+    return jnp.concatenate([ortho(k, (hidden, hidden), work) for k in keys], axis=1).astype(dtype)
 
 
 def _init_common(key, input_size, hidden_size, blocks, dtype) -> tuple[Array, Array]:

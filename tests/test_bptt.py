@@ -67,7 +67,7 @@ def test_bptt_matches_central_finite_differences(x64, cell, many_to_many):
     for index, (leaf, grad_leaf) in enumerate(zip(leaves, grad_leaves)):
         numeric = np.zeros(leaf.shape)
         for pos in np.ndindex(*leaf.shape):
-            def shifted(delta, pos=pos):
+            def shifted(delta, pos=pos, index=index, leaf=leaf):
                 moved = list(leaves)
                 moved[index] = leaf.at[pos].add(delta)
                 return float(p1.loss(jax.tree.unflatten(treedef, moved), xs, labels, cell, lengths))
