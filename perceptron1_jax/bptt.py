@@ -102,8 +102,27 @@ def backward_scan(
     return grads, dxs_tm, dcarry0, dhs
 
 
-@partial(jax.jit, static_argnames=("cell_name", "many_to_many", "return_extras"))
-def _bptt(cell_name, params, xs, labels, lengths, carry0, many_to_many, return_extras):
+class Aux(NamedTuple):
+    """Side outputs of :func:`explicit_value_and_grad` (time-major where noted)."""
+
+    logits: Array  # (B, C) many-to-one, (B, T, C) many-to-many
+    carries: Carry  # every carry leaf after each step, (T, B, H) each
+    dhs_tm: Array | None  # (T, B, H) total dL/dh_t, when keep_dhs
+    dxs_tm: Array  # (T, B, I) dL/dxs
+    dcarry0: Carry  # gradient w.r.t. the initial carry
+
+
+def explicit_value_and_grad(
+    cell_name, params, xs, labels, lengths=None, carry0=None, *, many_to_many, keep_dhs=False, loss_mask=None
+):
+    """Unchecked, traceable core of :func:`bptt` (call it inside your own jit).
+
+    ``loss_mask: (B, T)`` bool (many-to-many only) restricts which steps are scored, on top of
+    ``lengths`` (truncated BPTT scores only the last ``k1`` steps of a window).
+
+    Returns:
+      ``(loss, grads, aux)`` with ``aux`` an :class:`Aux`.
+    """
     cell = CELLS[cell_name]
     cell_params, readout_params = params["cell"], params["readout"]
     batch, time, _ = xs.shape
@@ -118,10 +137,14 @@ def _bptt(cell_name, params, xs, labels, lengths, carry0, many_to_many, return_e
     if many_to_many:
         hs_tm = carries[0]
         logits = readout(readout_params, hs_tm)  # (T, B, C)
-        loss, dlogits = losses.cross_entropy_with_grad(logits, labels.T, mask_tm)
+        scored = mask_tm
+        if loss_mask is not None:
+            scored = loss_mask.T if scored is None else scored & loss_mask.T
+        loss, dlogits = losses.cross_entropy_with_grad(logits, labels.T, scored)
         readout_grads = {"W": jnp.einsum("tbh,tbc->hc", hs_tm, dlogits), "b": jnp.sum(dlogits, axis=(0, 1))}
         dhs_out_tm = dlogits @ w_out.T
         final_dcarry = tuple(jnp.zeros_like(c) for c in final)
+        logits = jnp.swapaxes(logits, 0, 1)
     else:
         h_last = final[0]
         logits = readout(readout_params, h_last)  # (B, C)
@@ -132,13 +155,23 @@ def _bptt(cell_name, params, xs, labels, lengths, carry0, many_to_many, return_e
 
     cell_grads, dxs_tm, dcarry0, dhs_tm = backward_scan(
         cell, cell_params, xs_tm, carry0, carries, residuals, final_dcarry, dhs_out_tm, mask_tm,
-        keep_dhs=return_extras,
+        keep_dhs=keep_dhs,
     )
     grads = {"cell": cell_grads, "readout": readout_grads}
+    return loss, grads, Aux(logits, carries, dhs_tm, dxs_tm, dcarry0)
+
+
+@partial(jax.jit, static_argnames=("cell_name", "many_to_many", "return_extras"))
+def _bptt(cell_name, params, xs, labels, lengths, carry0, many_to_many, return_extras):
+    loss, grads, aux = explicit_value_and_grad(
+        cell_name, params, xs, labels, lengths, carry0, many_to_many=many_to_many, keep_dhs=return_extras
+    )
     if not return_extras:
         return loss, grads
     extras = BPTTExtras(
-        dhs=jnp.swapaxes(dhs_tm, 0, 1), dxs=jnp.swapaxes(dxs_tm, 0, 1), dh0=public_carry(cell, dcarry0)
+        dhs=jnp.swapaxes(aux.dhs_tm, 0, 1),
+        dxs=jnp.swapaxes(aux.dxs_tm, 0, 1),
+        dh0=public_carry(CELLS[cell_name], aux.dcarry0),
     )
     return loss, grads, extras
 
