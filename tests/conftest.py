@@ -24,9 +24,16 @@ def x64():
         yield
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "standard_promotion: run without strict dtype promotion (code that calls optax)"
+    )
+
+
 @pytest.fixture(autouse=True)
-def strict_promotion():
+def strict_promotion(request):
     """Fail on implicit dtype promotion (as equinox's tests do): a float32 leak into float64 math
-    or the reverse is a bug."""
-    with jax.numpy_dtype_promotion("strict"):
+    or the reverse is a bug. optax itself is not strict-clean, so tests that drive it opt out."""
+    mode = "standard" if request.node.get_closest_marker("standard_promotion") else "strict"
+    with jax.numpy_dtype_promotion(mode):
         yield

@@ -1,0 +1,136 @@
+"""Checkpoints that run no code on load: msgpack (``flax.serialization``) with a checksum, written
+atomically.
+
+File layout: 8-byte magic ``P1JXCKPT``, the SHA-256 of the payload (32 bytes), then the msgpack
+payload ``{"format", "step", "config" (JSON text), "key" (uint32 key data), "params",
+"opt_state"}``. A write goes to a temporary file in the same folder, is fsynced and then renamed
+over the target, so a crash mid-write never leaves a half checkpoint under a checkpoint's name and
+the previous good one stays. A truncated or altered file fails the checksum with a
+:class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import serialization
+
+MAGIC = b"P1JXCKPT"
+FORMAT = "perceptron1_jax/1"
+_NAME = re.compile(r"^ckpt_(\d{8})\.msgpack$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (missing, truncated, corrupted, wrong format)."""
+
+
+def checkpoint_path(out_dir, step: int) -> Path:
+    return Path(out_dir) / f"ckpt_{step:08d}.msgpack"
+
+
+def list_checkpoints(out_dir) -> list[Path]:
+    """Checkpoint files in ``out_dir``, newest (highest step) first."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
+
+
+def _to_bytes(tree) -> dict:
+    return serialization.to_state_dict(jax.tree.map(np.asarray, tree))
+
+
+def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, keep: int = 3) -> Path:
+    """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = serialization.msgpack_serialize(
+        {
+            "format": FORMAT,
+            "step": int(step),
+            "config": json.dumps(config, sort_keys=True),
+            "key": np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key),
+            "params": _to_bytes(params),
+            "opt_state": _to_bytes(opt_state),
+        }
+    )
+    target = checkpoint_path(folder, step)
+    tmp = folder / f".{target.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(folder)
+    for old in list_checkpoints(folder)[keep:]:
+        old.unlink()
+    return target
+
+
+def _is_typed_key(key) -> bool:
+    return hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path) -> dict:
+    """Read and verify one checkpoint file; returns the raw payload with ``config`` parsed.
+
+    ``params`` and ``opt_state`` come back as nested dicts of numpy arrays (restore the optax
+    state with ``flax.serialization.from_state_dict(optimizer.init(params), raw)``).
+    """
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({err.strerror})") from err
+    if len(blob) < len(MAGIC) + 32 or blob[: len(MAGIC)] != MAGIC:
+        raise CheckpointError(f"checkpoint {path}: not a perceptron1_jax checkpoint (bad header)")
+    digest, payload = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(f"checkpoint {path}: checksum mismatch (truncated or corrupted file)")
+    try:
+        raw = serialization.msgpack_restore(payload)
+    except Exception as err:  # noqa: BLE001 - any decoding failure means a bad file
+        raise CheckpointError(f"checkpoint {path}: cannot be decoded ({err})") from err
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: expected format {FORMAT!r}, got {raw.get('format')!r}")
+    raw["config"] = json.loads(raw["config"])
+    raw["path"] = str(path)
+    return raw
+
+
+def latest_good_checkpoint(out_dir, on_bad=None) -> dict | None:
+    """The newest checkpoint in ``out_dir`` that reads cleanly, or None if there is none.
+
+    ``on_bad(error)`` is called for each newer file that fails (e.g. to warn); those are skipped.
+    """
+    for path in list_checkpoints(out_dir):
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as err:
+            if on_bad is not None:
+                on_bad(err)
+    return None

@@ -1,0 +1,251 @@
+"""The ``perceptron1`` command: ``train``, ``eval`` and ``gradcheck``.
+
+Option precedence for ``train``: the defaults of :class:`TrainConfig`, then (with ``--resume``) the
+config saved in the run's checkpoint, then ``--config file.toml``, then the options on the command
+line. Bad options print one line ``perceptron1: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from perceptron1_jax.train import TrainConfig
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad option or config: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump, status 2
+        raise UsageError(message)
+
+
+_HELP = {
+    "task": "task to train on (see --help of 'train' for the list)",
+    "cell": "recurrent cell: elman, lstm or gru",
+    "hidden": "hidden size",
+    "seq_len": "sequence length / lag (default: the task's)",
+    "batch_size": "minibatch size",
+    "num_train": "training examples generated from the seed",
+    "num_eval": "held-out evaluation examples",
+    "optimizer": "sgd (with --momentum), adam or rmsprop (optax)",
+    "lr": "learning rate (> 0)",
+    "momentum": "SGD momentum (0 for plain SGD)",
+    "clip": "clip gradients by global norm to this bound (optax.clip_by_global_norm)",
+    "clip_value": "clip every gradient entry to [-v, v] (optax.clip)",
+    "schedule": "learning-rate schedule: constant, cosine or warmup_cosine",
+    "warmup_steps": "warm-up steps of warmup_cosine",
+    "steps": "total optimizer steps of the run (a --resume stops at the same step)",
+    "eval_every": "evaluate on the held-out split every N steps",
+    "log_every": "log metrics every N steps",
+    "checkpoint_every": "write a checkpoint every N steps (and at the end)",
+    "target_accuracy": "stop early at this eval accuracy (default: the task's; 0: never)",
+    "seed": "seed of every random choice (params, data, shuffling)",
+    "grad": "gradient source: bptt (explicit) or autodiff (jax.grad)",
+    "tbptt_k1": "truncated BPTT: steps forward per update",
+    "tbptt_k2": "truncated BPTT: steps backpropagated per update (default k1)",
+    "dtype": "float32 or float64",
+}
+
+
+def _base_type(annotation):
+    """``int | None`` -> int; ``str`` -> str."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"int": int, "float": float, "str": str, "None": None})  # noqa: S307
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
+    from perceptron1_jax.tasks import TASKS
+    from perceptron1_jax.train import DTYPES, GRAD_SOURCES
+
+    choices = {"task": list(TASKS), "cell": ["elman", "lstm", "gru"], "optimizer": list(OPTIMIZERS),
+               "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES)}
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        kind = _base_type(f.type)
+        default = getattr(defaults, f.name)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
+            default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from perceptron1_jax.tasks import TASKS
+
+    parser = _Parser(prog="perceptron1", description="Recurrent networks trained with explicit BPTT (JAX).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    task_list = "; ".join(f"{t.name}: {t.description}" for t in TASKS.values())
+    train = commands.add_parser(
+        "train", help="train a network on a synthetic task",
+        description=f"Train a recurrent classifier. Tasks: {task_list}.",
+    )
+    _add_config_options(train)
+    train.add_argument("--config", type=Path, help="TOML file of options (keys as the long options, '_' or '-')")
+    train.add_argument("--out", type=Path, help="run folder for metrics, plots, checkpoints (default runs/TASK-CELL)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    train.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+    train.add_argument("--no-gradcheck", action="store_true", help="skip the explicit-vs-jax.grad check at step 0")
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its task's held-out split")
+    evaluate.add_argument("path", type=Path, help="a checkpoint file or a run folder (its newest checkpoint)")
+
+    check = commands.add_parser("gradcheck", help="explicit BPTT vs jax.grad on random params (float64)")
+    check.add_argument("--cell", choices=["elman", "lstm", "gru", "all"], default="all")
+    check.add_argument("--batch", type=int, default=4)
+    check.add_argument("--seq-len", type=int, default=12)
+    check.add_argument("--input", type=int, default=3)
+    check.add_argument("--hidden", type=int, default=8)
+    check.add_argument("--classes", type=int, default=5)
+    check.add_argument("--many-to-many", action="store_true", help="a label at every step")
+    check.add_argument("--lengths", action="store_true", help="random sequence lengths")
+    check.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except OSError as err:
+        raise UsageError(f"--config: cannot read {path} ({err.strerror})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"--config: {path} is not valid TOML ({err})") from err
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def _train_config(args) -> TrainConfig:
+    from perceptron1_jax import checkpoint
+    from perceptron1_jax.train import check_resumable, config_from_dict
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    values, saved = {}, None
+    if args.resume and args.out is not None:
+        raw = checkpoint.latest_good_checkpoint(args.out)
+        if raw is not None:
+            saved = raw["config"]
+            values.update(saved)
+    if args.config is not None:
+        values.update(_read_toml(args.config))
+    values.update(given)
+    try:
+        cfg = config_from_dict(values)
+        if saved is not None:
+            check_resumable(config_from_dict(saved), cfg)
+    except (ValueError, TypeError) as err:  # they name the option and both values
+        raise UsageError(str(err)) from err
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from perceptron1_jax.train import train
+
+    cfg = _train_config(args)
+    out = args.out if args.out is not None else Path("runs") / f"{cfg.task}-{cfg.cell}"
+    args.out = out
+    print(f"perceptron1 train: task {cfg.task}, cell {cfg.cell}, hidden {cfg.hidden}, seq_len {cfg.time}, "
+          f"{cfg.optimizer} lr {cfg.lr}, {cfg.steps} steps, gradients from {cfg.grad}; run folder {out}")
+    state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
+                  check_grads=not args.no_gradcheck)
+    evals = [h for h in state.history if "eval_accuracy" in h]
+    if evals:
+        last = evals[-1]
+        verdict = "reached" if last["eval_accuracy"] >= cfg.target > 0 else "did not reach"
+        print(f"final: step {last['step']}, eval loss {last['eval_loss']:.4f}, eval accuracy "
+              f"{last['eval_accuracy']:.3f} ({verdict} the target {cfg.target}; chance {cfg.task_spec.chance:.3f})")
+    try:
+        from perceptron1_jax.plotting import plot_metrics
+
+        print(f"loss curve: {plot_metrics(out / 'metrics.jsonl', out / 'metrics.png')}")
+    except ImportError:
+        print("loss curve: not drawn (matplotlib missing): pip install 'perceptron1_jax[plot]'")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from perceptron1_jax.checkpoint import CheckpointError
+    from perceptron1_jax.train import _datasets, _keys, load_checkpoint, make_evaluate
+
+    try:
+        loaded = load_checkpoint(args.path)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from err
+    cfg = loaded["config"]
+    _, _, k_train, k_eval, _ = _keys(cfg)
+    _, eval_data = _datasets(cfg, k_train, k_eval)
+    scores = make_evaluate(cfg)(loaded["params"], eval_data)
+    print(f"{loaded['path']}: step {loaded['step']}, task {cfg.task}, cell {cfg.cell}: "
+          f"eval loss {float(scores['loss']):.4f}, eval accuracy {float(scores['accuracy']):.4f} "
+          f"(chance {cfg.task_spec.chance:.3f})")
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import perceptron1_jax as p1
+
+    for name in ("batch", "seq_len", "input", "hidden", "classes"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(args.seed)
+    cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]
+    print(f"explicit BPTT vs jax.grad, float64, batch {args.batch}, time {args.seq_len}, input {args.input}, "
+          f"hidden {args.hidden}, classes {args.classes}, "
+          f"{'many-to-many' if args.many_to_many else 'many-to-one'}{', random lengths' if args.lengths else ''}")
+    print(f"{'cell':6} {'parameter':14} {'max relative error':>20}")
+    worst = 0.0
+    for cell in cells:
+        params = p1.init_params(jax.random.key(args.seed), cell, args.input, args.hidden, args.classes,
+                                dtype=jnp.float64)
+        params = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.standard_normal(a.shape)), params)
+        xs = jnp.asarray(rng.standard_normal((args.batch, args.seq_len, args.input)))
+        shape = (args.batch, args.seq_len) if args.many_to_many else (args.batch,)
+        labels = jnp.asarray(rng.integers(0, args.classes, shape), jnp.int32)
+        lengths = jnp.asarray(rng.integers(1, args.seq_len + 1, args.batch), jnp.int32) if args.lengths else None
+        _, ours = p1.bptt(params, xs, labels, cell, lengths)
+        ref = jax.grad(p1.loss)(params, xs, labels, cell, lengths)
+        for path, a in jax.tree_util.tree_leaves_with_path(ours):
+            b = ref
+            for k in path:
+                b = b[k.key]
+            err = float(jnp.max(jnp.abs(a - b)) / max(float(jnp.max(jnp.abs(b))), 1e-300))
+            worst = max(worst, err)
+            print(f"{cell:6} {'/'.join(k.key for k in path):14} {err:20.2e}")
+    print(f"worst: {worst:.2e} ({'PASS' if worst < 1e-6 else 'FAIL'} at rtol 1e-6)")
+    return 0 if worst < 1e-6 else 1
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        command = {"train": cmd_train, "eval": cmd_eval, "gradcheck": cmd_gradcheck}[args.command]
+        return command(args)
+    except UsageError as err:
+        print(f"perceptron1: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("perceptron1: interrupted (the last checkpoint in --out is intact; use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

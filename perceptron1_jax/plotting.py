@@ -1,0 +1,36 @@
+"""Loss and accuracy curves of a run as a PNG (needs the optional extra ``plot``: matplotlib)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_metrics(metrics_path, png_path) -> Path:
+    """Draw training/eval loss (log scale) and accuracy against the step from ``metrics.jsonl``.
+
+    Raises ImportError when matplotlib is missing.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train (minibatch)")
+    ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
+    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats)", yscale="log", title="loss")
+    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (minibatch)")
+    ax_acc.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="eval")
+    ax_acc.set(xlabel="step", ylabel="accuracy (fraction)", ylim=(0, 1.02), title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

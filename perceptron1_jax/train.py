@@ -1,0 +1,471 @@
+"""Training: the jitted train step, (truncated) BPTT updates with optax, the loop with evaluation,
+early stopping, JSON-lines metrics, a progress bar and exact checkpoint/resume.
+
+Everything that changes between steps is explicit: ``(params, opt_state)`` and the step number.
+The minibatch of step ``s`` is a pure function of ``(seed, s)`` (a permutation per epoch from
+``fold_in(key, epoch)``), so a run resumed from a checkpoint at step ``k`` replays exactly the
+batches of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time as _time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import serialization
+
+from perceptron1_jax import checkpoint, losses, validate
+from perceptron1_jax.bptt import explicit_value_and_grad
+from perceptron1_jax.model import _logits_and_mask, init_params
+from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from perceptron1_jax.tasks import TASKS, Dataset, TaskSpec
+from perceptron1_jax.truncated import run_windows
+
+GRAD_SOURCES = ("bptt", "autodiff")
+DTYPES = ("float32", "float64")
+# Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
+RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy")
+DEFAULT_TARGETS = {"three_step": 0.99, "adding": 0.9, "copy": 0.99, "parity": 0.99, "chars": 0.55}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved in every checkpoint)."""
+
+    task: str = "three_step"
+    cell: str = "lstm"
+    hidden: int = 32
+    seq_len: int | None = None  # None: the task's default
+    batch_size: int = 32
+    num_train: int = 2048
+    num_eval: int = 512
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    momentum: float = 0.9  # SGD only
+    clip: float | None = None  # global-norm clipping bound
+    clip_value: float | None = None  # per-entry clipping bound
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    steps: int = 1000  # total optimizer steps of the run (a resumed run stops at the same step)
+    eval_every: int = 50
+    log_every: int = 10
+    checkpoint_every: int = 500
+    target_accuracy: float | None = None  # early stop at this eval accuracy; None: task default, 0: never
+    seed: int = 0
+    grad: str = "bptt"  # "bptt" (explicit) or "autodiff" (jax.grad)
+    tbptt_k1: int | None = None  # truncated BPTT: steps forward per update
+    tbptt_k2: int | None = None  # truncated BPTT: steps backpropagated per update (default k1)
+    dtype: str = "float32"
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return TASKS[self.task]
+
+    @property
+    def time(self) -> int:
+        return self.seq_len if self.seq_len is not None else self.task_spec.default_seq_len
+
+    @property
+    def target(self) -> float:
+        return DEFAULT_TARGETS[self.task] if self.target_accuracy is None else self.target_accuracy
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Raise ``ValueError`` naming the first bad field; return the config unchanged."""
+
+    def choice(name, value, allowed):
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
+
+    choice("task", cfg.task, TASKS)
+    validate.get_cell(cfg.cell)
+    choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    choice("schedule", cfg.schedule, SCHEDULES)
+    choice("grad", cfg.grad, GRAD_SOURCES)
+    choice("dtype", cfg.dtype, DTYPES)
+    for name in ("hidden", "batch_size", "num_train", "num_eval", "steps", "eval_every", "log_every",
+                 "checkpoint_every"):
+        validate.check_positive_int(name, getattr(cfg, name))
+    if cfg.seq_len is not None:
+        validate.check_positive_int("seq_len", cfg.seq_len)
+    for name in ("lr", "clip", "clip_value"):
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if cfg.num_train < cfg.batch_size:
+        raise ValueError(f"num_train: expected at least batch_size = {cfg.batch_size} examples, got {cfg.num_train}")
+    if cfg.warmup_steps < 0 or cfg.momentum < 0:
+        raise ValueError(f"warmup_steps/momentum: expected values >= 0, got {cfg.warmup_steps}/{cfg.momentum}")
+    if cfg.tbptt_k2 is not None and cfg.tbptt_k1 is None:
+        raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
+    if cfg.tbptt_k1 is not None:
+        from perceptron1_jax.truncated import windows
+
+        windows(cfg.time, cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not cfg.task_spec.many_to_many)
+    if cfg.task == "three_step" and cfg.time != 3:
+        raise ValueError(f"seq_len: expected 3 for the three_step task, got {cfg.time}")
+    return cfg
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """A config from a plain dict (a TOML file, a checkpoint); unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown}; expected keys among {sorted(known)}")
+    return check_config(TrainConfig(**values))
+
+
+# --------------------------------------------------------------------------- model pieces
+
+
+def init_model(key, cfg: TrainConfig):
+    """Params for the task: the RNN (``cell``, ``readout``) plus an ``embed`` table for token tasks."""
+    spec = cfg.task_spec
+    dtype = jnp.dtype(cfg.dtype)
+    k_rnn, k_embed = jax.random.split(key)
+    params = init_params(k_rnn, cfg.cell, spec.input_size, cfg.hidden, spec.num_classes, dtype=dtype)
+    if spec.vocab_size is not None:
+        params["embed"] = jax.random.normal(k_embed, (spec.vocab_size, spec.input_size), dtype)
+    return params
+
+
+def _rnn(params):
+    return {"cell": params["cell"], "readout": params["readout"]}
+
+
+def _inputs(params, xs):
+    """Token ids ``(B, T)`` -> embeddings ``(B, T, E)``; float inputs pass through."""
+    return params["embed"][xs] if "embed" in params else xs
+
+
+def make_value_and_grad(cell: str, many_to_many: bool, grad: str = "bptt") -> Callable:
+    """``fn(params, xs, labels) -> (loss, grads, logits)`` from the explicit BPTT or ``jax.grad``.
+
+    With an embedding table, the explicit path forms its gradient from ``dL/dxs``:
+    ``d embed[v] = sum of dL/dx_{b,t} over the positions where token v appears``.
+    """
+    if grad == "bptt":
+
+        def value_and_grad(params, xs, labels):
+            loss, grads, aux = explicit_value_and_grad(
+                cell, _rnn(params), _inputs(params, xs), labels, many_to_many=many_to_many
+            )
+            if "embed" in params:
+                dxs = jnp.swapaxes(aux.dxs_tm, 0, 1)
+                grads = {**grads, "embed": jnp.zeros_like(params["embed"]).at[xs].add(dxs)}
+            return loss, grads, aux.logits
+
+        return value_and_grad
+
+    def loss_fn(params, xs, labels):
+        logits, _ = _logits_and_mask(cell, _rnn(params), _inputs(params, xs), None, None, many_to_many)
+        return losses.cross_entropy(logits, labels), logits
+
+    def autodiff_value_and_grad(params, xs, labels):
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, labels)
+        return loss, grads, logits
+
+    return autodiff_value_and_grad
+
+
+def clip_fired(grads, grad_norm, clip: float | None, clip_value: float | None):
+    """Whether clipping changed the gradient: norm above the bound, or any entry above the value."""
+    fired = jnp.asarray(False)
+    if clip is not None:
+        fired = fired | (grad_norm > clip)
+    if clip_value is not None:
+        biggest = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads)]))
+        fired = fired | (biggest > clip_value)
+    return fired
+
+
+def _apply(optimizer, clip, clip_value, params, opt_state, grads):
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, grad_norm, clip_fired(grads, grad_norm, clip, clip_value)
+
+
+def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation) -> Callable:
+    """The jitted ``train_step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+
+    ``batch = (xs, labels)``. ``metrics``: ``loss``, ``accuracy``, ``grad_norm`` (global norm
+    before clipping) and ``clipped`` (whether clipping fired).
+    """
+    value_and_grad = make_value_and_grad(cfg.cell, cfg.task_spec.many_to_many, cfg.grad)
+
+    @jax.jit
+    def train_step(params, opt_state, batch):
+        xs, labels = batch
+        loss, grads, logits = value_and_grad(params, xs, labels)
+        params, opt_state, grad_norm, clipped = _apply(optimizer, cfg.clip, cfg.clip_value, params, opt_state, grads)
+        metrics = {"loss": loss, "accuracy": losses.accuracy(logits, labels), "grad_norm": grad_norm,
+                   "clipped": clipped}
+        return params, opt_state, metrics
+
+    return train_step
+
+
+def make_truncated_step(cfg: TrainConfig, optimizer) -> Callable:
+    """Like :func:`make_train_step` but one optax update per TBPTT(k1, k2) window."""
+    apply = jax.jit(partial(_apply, optimizer, cfg.clip, cfg.clip_value))
+    many_to_many = cfg.task_spec.many_to_many
+
+    def train_step(params, opt_state, batch):
+        xs, labels = batch
+        holder = {"opt_state": opt_state, "norms": [], "clipped": []}
+
+        def update(rnn_params, loss, grads):
+            new, holder["opt_state"], norm, fired = apply(rnn_params, holder["opt_state"], grads)
+            holder["norms"].append(norm)
+            holder["clipped"].append(fired)
+            return new
+
+        if "embed" in params:
+            raise ValueError("tbptt_k1: truncated BPTT supports float-input tasks, got the token task 'chars'")
+        params, results, _ = run_windows(params, xs, labels, cfg.cell, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
+        logits, mask = _logits_and_mask(cfg.cell, params, xs, None, None, many_to_many)
+        metrics = {
+            "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
+            "accuracy": losses.accuracy(logits, labels, mask),
+            "grad_norm": holder["norms"][-1],
+            "clipped": jnp.any(jnp.stack(holder["clipped"])),
+        }
+        return params, holder["opt_state"], metrics
+
+    return train_step
+
+
+@partial(jax.jit, static_argnames=("batch_size",))
+def get_batch(data: Dataset, shuffle_key, step, batch_size: int):
+    """Minibatch of step ``step``: epoch ``e = step // (n // batch_size)`` walks the permutation
+    drawn from ``fold_in(shuffle_key, e)`` (the tail of ``n % batch_size`` examples is dropped)."""
+    n = data.labels.shape[0]
+    per_epoch = n // batch_size
+    epoch, position = step // per_epoch, step % per_epoch
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+    index = jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+    return data.xs[index], data.labels[index]
+
+
+def make_evaluate(cfg: TrainConfig) -> Callable:
+    """Jitted ``evaluate(params, data) -> {"loss", "accuracy"}`` on a whole split."""
+    many_to_many = cfg.task_spec.many_to_many
+
+    @jax.jit
+    def evaluate(params, data):
+        logits, _ = _logits_and_mask(cfg.cell, _rnn(params), _inputs(params, data.xs), None, None, many_to_many)
+        return {"loss": losses.cross_entropy(logits, data.labels), "accuracy": losses.accuracy(logits, data.labels)}
+
+    return evaluate
+
+
+def gradient_agreement(cfg: TrainConfig, params, batch) -> float:
+    """Max relative difference between the explicit BPTT and ``jax.grad`` gradients on a batch."""
+    many_to_many = cfg.task_spec.many_to_many
+    _, ours, _ = jax.jit(make_value_and_grad(cfg.cell, many_to_many, "bptt"))(params, *batch)
+    _, ref, _ = jax.jit(make_value_and_grad(cfg.cell, many_to_many, "autodiff"))(params, *batch)
+    worst = 0.0
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        scale = float(jnp.max(jnp.abs(b)))
+        if scale > 0:
+            worst = max(worst, float(jnp.max(jnp.abs(a - b))) / scale)
+    return worst
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class RunState:
+    """What a run holds between steps (and what a checkpoint restores)."""
+
+    params: Any
+    opt_state: Any
+    step: int
+    history: list = field(default_factory=list)  # the metrics records written this session
+    stopped_early: bool = False
+
+
+def _optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    return make_optimizer(
+        cfg.optimizer, cfg.lr, momentum=cfg.momentum, clip=cfg.clip, clip_value=cfg.clip_value,
+        schedule=cfg.schedule, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+    )
+
+
+def _keys(cfg: TrainConfig):
+    """``(run key, init, train data, eval data, shuffle)`` keys, all from ``cfg.seed``."""
+    key = jax.random.key(cfg.seed)
+    return (key, *jax.random.split(key, 4))
+
+
+def _datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
+    spec, dtype = cfg.task_spec, jnp.dtype(cfg.dtype)
+    return (Dataset(*spec.make(k_train, cfg.num_train, cfg.time, dtype)),
+            Dataset(*spec.make(k_eval, cfg.num_eval, cfg.time, dtype)))
+
+
+def restore(cfg: TrainConfig, raw: dict):
+    """Params and optax state of ``cfg``'s run rebuilt from a raw checkpoint payload."""
+    template = init_model(_keys(cfg)[1], cfg)
+    params = serialization.from_state_dict(template, raw["params"])
+    opt_state = serialization.from_state_dict(_optimizer(cfg).init(params), raw["opt_state"])
+    return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, opt_state)
+
+
+def check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """A resumed run may change only :data:`RESUMABLE_CHANGES`; anything else is an error."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in RESUMABLE_CHANGES:
+            continue
+        old, new = getattr(saved, f.name), getattr(cfg, f.name)
+        if old != new:
+            raise ValueError(f"{f.name}: expected {old!r} as in the checkpoint being resumed, got {new!r}")
+    if cfg.schedule != "constant" and saved.steps != cfg.steps:
+        raise ValueError(f"steps: expected {saved.steps} (the {cfg.schedule} schedule spans the run), got {cfg.steps}")
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    check_grads: bool = True,
+) -> RunState:
+    """Train ``cfg`` for ``cfg.steps`` total steps; write metrics/checkpoints under ``out``.
+
+    Writes ``out/metrics.jsonl`` (one JSON object per logged step and per evaluation) and
+    ``out/ckpt_<step>.msgpack`` every ``checkpoint_every`` steps and at the end. With ``resume``,
+    continues from the newest good checkpoint in ``out`` (bit for bit what an uninterrupted run
+    would do). Stops early when the eval accuracy reaches ``cfg.target``.
+    """
+    check_config(cfg)
+    key, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
+    train_data, eval_data = _datasets(cfg, k_train, k_eval)
+    params, optimizer = init_model(k_init, cfg), _optimizer(cfg)
+    opt_state = optimizer.init(params)
+    start = 0
+    out = Path(out) if out is not None else None
+    if resume:
+        if out is None:
+            raise ValueError("out: expected the run folder to resume from, got None")
+        raw = checkpoint.latest_good_checkpoint(out, on_bad=lambda err: log(f"warning: {err}; trying an older one"))
+        if raw is None:
+            log(f"no checkpoint in {out}: starting from step 0")
+        else:
+            check_resumable(config_from_dict(raw["config"]), cfg)
+            params, opt_state = restore(cfg, raw)
+            start = int(raw["step"])
+            log(f"resumed from {raw['path']} at step {start}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
+
+    truncated = cfg.tbptt_k1 is not None
+    train_step = make_truncated_step(cfg, optimizer) if truncated else make_train_step(cfg, optimizer)
+    evaluate = make_evaluate(cfg)
+    state = RunState(params, opt_state, start)
+    if check_grads and start == 0:
+        batch = get_batch(train_data, k_shuffle, 0, cfg.batch_size)
+        log(f"explicit BPTT vs jax.grad on the first batch: max relative difference "
+            f"{gradient_agreement(cfg, params, batch):.1e} ({cfg.dtype})")
+
+    metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
+    bar = _progress_bar(cfg.steps, start, progress)
+    say = bar.write if bar is not None else log
+
+    def record(entry):
+        state.history.append(entry)
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(entry) + "\n")
+            metrics_file.flush()
+
+    def save():
+        if out is not None:
+            checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
+                                       key=key, config=dataclasses.asdict(cfg))
+
+    tick, tick_step = _time.perf_counter(), start
+    try:
+        while state.step < cfg.steps:
+            batch = get_batch(train_data, k_shuffle, state.step, cfg.batch_size)
+            state.params, state.opt_state, metrics = train_step(state.params, state.opt_state, batch)
+            state.step += 1
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                now = _time.perf_counter()
+                rate = (state.step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, state.step
+                entry = {"step": state.step, **{k: _scalar(v) for k, v in metrics.items()}, "steps_per_sec": rate}
+                record(entry)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.3f}", it_s=f"{rate:.0f}")
+                else:
+                    say(f"step {state.step}: loss {entry['loss']:.4f}, accuracy {entry['accuracy']:.3f}, "
+                        f"grad norm {entry['grad_norm']:.3g}")
+            if bar is not None:
+                bar.update(1)
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                scores = {k: _scalar(v) for k, v in evaluate(state.params, eval_data).items()}
+                record({"step": state.step, "eval_loss": scores["loss"], "eval_accuracy": scores["accuracy"]})
+                say(f"step {state.step}: eval loss {scores['loss']:.4f}, eval accuracy {scores['accuracy']:.3f}")
+                if cfg.target > 0 and scores["accuracy"] >= cfg.target:
+                    say(f"reached the target accuracy {cfg.target} at step {state.step}: stopping")
+                    state.stopped_early = True
+                    break
+            if state.step % cfg.checkpoint_every == 0:
+                save()
+        save()
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    return state
+
+
+def _scalar(value):
+    value = jax.device_get(value)
+    return bool(value) if getattr(value, "dtype", None) == bool else float(value)
+
+
+def _progress_bar(total, initial, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency; keep working without it
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint file, or the newest good one of a run folder (``--out``).
+
+    Returns a dict with ``params``, ``opt_state`` (the optax state), ``step``, ``config`` (a
+    :class:`TrainConfig`), ``key`` (the run's PRNG key data) and ``path``. Raises
+    :class:`~perceptron1_jax.checkpoint.CheckpointError` for a missing, truncated or corrupted file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = checkpoint.list_checkpoints(path)
+        if not found:
+            raise checkpoint.CheckpointError(f"checkpoint: no ckpt_*.msgpack files in {path}")
+        raw = checkpoint.read_checkpoint(found[0])
+    else:
+        raw = checkpoint.read_checkpoint(path)
+    cfg = config_from_dict(raw["config"])
+    params, opt_state = restore(cfg, raw)
+    return {"params": params, "opt_state": opt_state, "step": int(raw["step"]), "config": cfg,
+            "key": raw["key"], "path": raw["path"]}

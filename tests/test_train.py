@@ -1,0 +1,187 @@
+"""The train step (explicit BPTT vs jax.grad), determinism, exact resume, early stop, truncated
+BPTT in the loop, and the embedding gradient from dL/dxs."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_trees_close
+
+from perceptron1_jax import checkpoint
+from perceptron1_jax.train import (
+    TrainConfig,
+    _datasets,
+    _keys,
+    _optimizer,
+    get_batch,
+    init_model,
+    load_checkpoint,
+    make_train_step,
+    make_value_and_grad,
+    train,
+)
+
+pytestmark = pytest.mark.standard_promotion  # the train step drives optax
+
+TINY = TrainConfig(task="three_step", cell="gru", hidden=8, batch_size=8, num_train=64, num_eval=32, steps=30,
+                   eval_every=10, log_every=5, checkpoint_every=10, target_accuracy=0.0, lr=0.02)
+
+
+def _quiet(_):
+    pass
+
+
+def _run(cfg, out=None, **kwargs):
+    return train(cfg, out, progress=False, log=_quiet, check_grads=False, **kwargs)
+
+
+@pytest.mark.parametrize("task, cell", [("three_step", "lstm"), ("parity", "gru"), ("chars", "elman")])
+def test_train_step_from_bptt_equals_jax_grad(x64, task, cell):
+    cfg = dataclasses.replace(TINY, task=task, cell=cell, dtype="float64", seq_len=None, clip=0.5)
+    _, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
+    data, _ = _datasets(cfg, k_train, k_eval)
+    params, optimizer = init_model(k_init, cfg), _optimizer(cfg)
+    states = {}
+    for grad in ("bptt", "autodiff"):
+        step = make_train_step(dataclasses.replace(cfg, grad=grad), optimizer)
+        p, s = params, optimizer.init(params)
+        for i in range(4):
+            p, s, metrics = step(p, s, get_batch(data, k_shuffle, i, cfg.batch_size))
+        states[grad] = (p, s, metrics)
+    assert_trees_close(states["bptt"][0], states["autodiff"][0], rtol=1e-9, atol=1e-12)
+    assert set(states["bptt"][2]) == {"loss", "accuracy", "grad_norm", "clipped"}
+    np.testing.assert_allclose(states["bptt"][2]["grad_norm"], states["autodiff"][2]["grad_norm"], rtol=1e-9)
+
+
+def test_embedding_gradient_comes_from_dxs(x64):
+    cfg = dataclasses.replace(TINY, task="chars", cell="lstm", dtype="float64", seq_len=7)
+    _, k_init, k_train, k_eval, _ = _keys(cfg)
+    data, _ = _datasets(cfg, k_train, k_eval)
+    params = init_model(k_init, cfg)
+    xs, labels = data.xs[:4], data.labels[:4]
+    loss, grads, _ = make_value_and_grad("lstm", True, "bptt")(params, xs, labels)
+    ref_loss, ref_grads, _ = make_value_and_grad("lstm", True, "autodiff")(params, xs, labels)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    assert_trees_close(grads, ref_grads, rtol=1e-7, atol=1e-14)
+    assert float(jnp.abs(grads["embed"]).sum()) > 0
+
+
+def test_clipped_metric_fires_only_above_the_bound():
+    base = dataclasses.replace(TINY, steps=1)
+    _, k_init, k_train, k_eval, k_shuffle = _keys(base)
+    data, _ = _datasets(base, k_train, k_eval)
+    params = init_model(k_init, base)
+    batch = get_batch(data, k_shuffle, 0, base.batch_size)
+    for clip, fired in ((1e-6, True), (1e6, False)):
+        cfg = dataclasses.replace(base, clip=clip)
+        optimizer = _optimizer(cfg)
+        _, _, metrics = make_train_step(cfg, optimizer)(params, optimizer.init(params), batch)
+        assert bool(metrics["clipped"]) is fired
+    cfg = dataclasses.replace(base, clip_value=1e-6)
+    optimizer = _optimizer(cfg)
+    assert bool(make_train_step(cfg, optimizer)(params, optimizer.init(params), batch)[2]["clipped"])
+
+
+def test_same_seed_same_params_bit_for_bit():
+    a, b = _run(TINY), _run(TINY)
+    assert_trees_close(a.params, b.params, rtol=0, atol=0)
+    c = _run(dataclasses.replace(TINY, seed=1))
+    assert not np.array_equal(a.params["cell"]["W_h"], c.params["cell"]["W_h"])
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = _run(TINY, tmp_path / "straight")
+    first = _run(dataclasses.replace(TINY, steps=10), tmp_path / "split")
+    assert first.step == 10
+    resumed = _run(TINY, tmp_path / "split", resume=True)
+    assert resumed.step == 30
+    assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
+    assert_trees_close(resumed.opt_state, straight.opt_state, rtol=0, atol=0)
+    loaded = load_checkpoint(tmp_path / "split")
+    assert loaded["step"] == 30 and loaded["config"] == TINY
+    assert_trees_close(loaded["params"], straight.params, rtol=0, atol=0)
+    assert_trees_close(loaded["opt_state"], straight.opt_state, rtol=0, atol=0)
+    records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [10, 20, 30]
+    # Resuming a finished run does nothing more.
+    again = _run(TINY, tmp_path / "split", resume=True)
+    assert again.step == 30 and again.history == []
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    _run(dataclasses.replace(TINY, steps=10), tmp_path)
+    with pytest.raises(ValueError, match="hidden: expected 8 as in the checkpoint being resumed, got 16"):
+        _run(dataclasses.replace(TINY, hidden=16), tmp_path, resume=True)
+
+
+def test_corrupted_checkpoint_is_reported_and_the_previous_one_is_used(tmp_path):
+    _run(dataclasses.replace(TINY, steps=20), tmp_path)
+    newest, older = checkpoint.list_checkpoints(tmp_path)[:2]
+    blob = newest.read_bytes()
+    newest.write_bytes(blob[: len(blob) // 2])  # truncated
+    with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
+        load_checkpoint(newest)
+    flipped = bytearray(older.read_bytes())
+    messages = []
+    state = train(TINY, tmp_path, resume=True, progress=False, log=messages.append, check_grads=False)
+    assert any("ckpt_00000020" in m and "checksum" in m for m in messages)
+    assert any("resumed from" in m and "ckpt_00000010" in m for m in messages)
+    assert state.step == 30
+    flipped[-1] ^= 0xFF
+    older.write_bytes(bytes(flipped))
+    with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
+        checkpoint.read_checkpoint(older)
+    (tmp_path / "junk.msgpack").write_bytes(b"hello")
+    with pytest.raises(checkpoint.CheckpointError, match="bad header"):
+        checkpoint.read_checkpoint(tmp_path / "junk.msgpack")
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _run(dataclasses.replace(TINY, steps=10), tmp_path)
+    good = checkpoint.list_checkpoints(tmp_path)
+    assert [p.name for p in good] == ["ckpt_00000010.msgpack"]
+
+    def crash(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _run(dataclasses.replace(TINY, steps=20), tmp_path, resume=True)
+    assert checkpoint.list_checkpoints(tmp_path) == good
+    assert sorted(p.name for p in tmp_path.iterdir() if "ckpt" in p.name) == ["ckpt_00000010.msgpack"]
+    assert checkpoint.read_checkpoint(good[0])["step"] == 10
+
+
+def test_early_stop_at_target():
+    cfg = dataclasses.replace(TINY, cell="lstm", hidden=32, num_train=512, steps=400, lr=0.01, target_accuracy=0.95,
+                              eval_every=20)
+    state = _run(cfg)
+    assert state.stopped_early and state.step < 400
+    assert state.history[-1]["eval_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize("task, k1, k2, seq_len", [("parity", 4, 8, 16), ("copy", 12, 5, 12)])
+def test_truncated_training_runs(task, k1, k2, seq_len):
+    cfg = dataclasses.replace(TINY, task=task, seq_len=seq_len, tbptt_k1=k1, tbptt_k2=k2, steps=6, eval_every=3)
+    state = _run(cfg)
+    assert state.step == 6
+    losses = [r["loss"] for r in state.history if "loss" in r]
+    assert all(np.isfinite(losses))
+
+
+def test_bad_configs():
+    from perceptron1_jax.train import check_config, config_from_dict
+
+    with pytest.raises(ValueError, match="task: expected one of"):
+        check_config(dataclasses.replace(TINY, task="mnist"))
+    with pytest.raises(ValueError, match="lr: expected a positive number, got 0"):
+        check_config(dataclasses.replace(TINY, lr=0))
+    with pytest.raises(ValueError, match="num_train: expected at least batch_size"):
+        check_config(dataclasses.replace(TINY, num_train=4))
+    with pytest.raises(ValueError, match="k1: expected a divisor"):
+        check_config(dataclasses.replace(TINY, task="parity", seq_len=10, tbptt_k1=3))
+    with pytest.raises(ValueError, match="config: unknown keys \\['hiden'\\]"):
+        config_from_dict({"hiden": 3})
