@@ -8,7 +8,8 @@ character task, embedded by the model) and integer labels ``(n,)`` (many-to-one)
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -13,13 +13,15 @@ import dataclasses
 import json
 import math
 import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import serialization
 
@@ -436,8 +438,8 @@ def train(
 
 
 def _scalar(value):
-    value = jax.device_get(value)
-    return bool(value) if getattr(value, "dtype", None) == bool else float(value)
+    value = np.asarray(jax.device_get(value))
+    return bool(value) if value.dtype == np.bool_ else float(value)
 
 
 def _progress_bar(total, initial, enabled):

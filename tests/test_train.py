@@ -4,7 +4,6 @@ BPTT in the loop, and the embedding gradient from dL/dxs."""
 import dataclasses
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 of the loss with the state stopped at the window border."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_trees_close, random_problem
