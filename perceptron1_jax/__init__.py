@@ -9,11 +9,16 @@ Public API (shapes: ``xs`` is ``(batch, time, input)``, hidden states ``(batch, 
     value = loss(params, xs, labels, "lstm")         # softmax cross-entropy
     value, grads = bptt(params, xs, labels, "lstm")  # explicit reverse-scan BPTT
     hs, final = unroll_bptt(params, xs, "lstm")      # unroll whose VJP is the explicit BPTT
+    state = train(TrainConfig(task="copy", cell="lstm"), out="runs/copy")
 """
 
 from perceptron1_jax.bptt import BPTTExtras, bptt, unroll_bptt
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.model import accuracy, init_params, loss, predict
+from perceptron1_jax.train import TrainConfig
+from perceptron1_jax.train import load_checkpoint
+from perceptron1_jax.train import train
+from perceptron1_jax.truncated import run_windows
 from perceptron1_jax.unroll import unroll
 
 __version__ = "0.1.0"
@@ -21,11 +26,15 @@ __version__ = "0.1.0"
 __all__ = (
     "BPTTExtras",
     "CELLS",
+    "TrainConfig",
     "accuracy",
     "bptt",
     "init_params",
+    "load_checkpoint",
     "loss",
     "predict",
+    "run_windows",
+    "train",
     "unroll",
     "unroll_bptt",
 )
