@@ -69,7 +69,8 @@ def backward_scan(
       keep_dhs: also stack the total ``dL/dh_t`` per step.
 
     Returns:
-      ``(cell_grads, dxs_tm, dcarry0, dhs_tm)``; ``dhs_tm`` is None unless ``keep_dhs``.
+      ``(cell_grads, dxs_tm, dcarry0, dhs_tm, dzh_tm)``; ``dhs_tm`` is None unless ``keep_dhs``;
+      ``dzh_tm`` ``(T, B, G*H)`` are the recurrent pre-activation gradients (``dW_h = H_prev^T dZh``).
     """
     # Carry entering step t: the initial carry, then the carries of steps 0..T-2.
     carries_prev = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries))
@@ -99,7 +100,7 @@ def backward_scan(
         **cell.bias_grads(jnp.sum(dzx, axis=(0, 1)), jnp.sum(dzh, axis=(0, 1))),
     }
     dxs_tm = dzx @ cell_params["W_x"].T
-    return grads, dxs_tm, dcarry0, dhs
+    return grads, dxs_tm, dcarry0, dhs, dzh
 
 
 class Aux(NamedTuple):
@@ -110,6 +111,7 @@ class Aux(NamedTuple):
     dhs_tm: Array | None  # (T, B, H) total dL/dh_t, when keep_dhs
     dxs_tm: Array  # (T, B, I) dL/dxs
     dcarry0: Carry  # gradient w.r.t. the initial carry
+    dzh_tm: Array  # (T, B, G*H) recurrent pre-activation gradients: dW_h = sum_t h_{t-1}^T dzh_t
 
 
 def explicit_value_and_grad(
@@ -153,12 +155,12 @@ def explicit_value_and_grad(
         dhs_out_tm = None
         final_dcarry = (dlogits @ w_out.T,) + tuple(jnp.zeros_like(c) for c in final[1:])
 
-    cell_grads, dxs_tm, dcarry0, dhs_tm = backward_scan(
+    cell_grads, dxs_tm, dcarry0, dhs_tm, dzh_tm = backward_scan(
         cell, cell_params, xs_tm, carry0, carries, residuals, final_dcarry, dhs_out_tm, mask_tm,
         keep_dhs=keep_dhs,
     )
     grads = {"cell": cell_grads, "readout": readout_grads}
-    return loss, grads, Aux(logits, carries, dhs_tm, dxs_tm, dcarry0)
+    return loss, grads, Aux(logits, carries, dhs_tm, dxs_tm, dcarry0, dzh_tm)
 
 
 @partial(jax.jit, static_argnames=("cell_name", "many_to_many", "return_extras"))
@@ -214,7 +216,7 @@ def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0):
 def _unroll_bwd(cell_name, saved, cotangents):
     cell_params, xs_tm, lengths, carry0, carries, residuals = saved
     d_hs, d_final = cotangents
-    cell_grads, dxs_tm, dcarry0, _ = backward_scan(
+    cell_grads, dxs_tm, dcarry0, _, _ = backward_scan(
         CELLS[cell_name], cell_params, xs_tm, carry0, carries, residuals, tuple(d_final),
         jnp.swapaxes(d_hs, 0, 1), time_mask(lengths, xs_tm.shape[0]), keep_dhs=False,
     )

@@ -22,9 +22,9 @@ Array = jax.Array
 def init_params(key, cell: str, input_size: int, hidden_size: int, num_classes: int, dtype=jnp.float32):
     """Fresh parameters for a ``cell`` network with a softmax readout.
 
-    Defaults (as Flax's recurrent cells): input weights ``W_x`` LeCun normal, recurrent weights
-    ``W_h`` orthogonal per gate block, biases zero except the LSTM forget gate (1); readout ``W``
-    LeCun normal, ``b`` zero.
+    Defaults: input weights ``W_x`` LeCun normal, recurrent weights ``W_h`` orthogonal per gate
+    block (as Flax's recurrent cells), biases zero except the gates that keep the memory: the LSTM
+    forget gate and the GRU update gate start at 1; readout ``W`` LeCun normal, ``b`` zero.
 
     Returns:
       ``{"cell": {...}, "readout": {"W": (hidden_size, num_classes), "b": (num_classes,)}}``.

@@ -85,10 +85,12 @@ def test_init_shapes_dtypes_and_defaults(cell, dtype):
     for k in range(gates):  # each gate block of W_h is orthogonal
         block = w_h[:, 4 * k : 4 * (k + 1)]
         np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5 if dtype == jnp.float32 else 5e-2)
-    if cell == "lstm":
-        bias = np.asarray(params["cell"]["b"], np.float64)
+    if cell != "elman":  # the forget gate (LSTM f, GRU update gate z) starts open: bias 1
+        bias = np.asarray(params["cell"]["b" if cell == "lstm" else "b_x"], np.float64)
         np.testing.assert_array_equal(bias[4:8], 1.0)
         np.testing.assert_array_equal(np.delete(bias, np.s_[4:8]), 0.0)
+    if cell == "gru":
+        np.testing.assert_array_equal(np.asarray(params["cell"]["b_h"], np.float64), 0.0)
 
 
 def test_init_is_a_pure_function_of_the_key():
