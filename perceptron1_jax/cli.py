@@ -1,4 +1,4 @@
-"""The ``perceptron1`` command: ``train``, ``eval`` and ``gradcheck``.
+"""The ``perceptron1`` command: ``train``, ``eval``, ``gradcheck`` and ``gradflow``.
 
 Option precedence for ``train``: the defaults of :class:`TrainConfig`, then (with ``--resume``) the
 config saved in the run's checkpoint, then ``--config file.toml``, then the options on the command
@@ -54,6 +54,7 @@ _HELP = {
     "tbptt_k1": "truncated BPTT: steps forward per update",
     "tbptt_k2": "truncated BPTT: steps backpropagated per update (default k1)",
     "dtype": "float32 or float64",
+    "gradflow_every": "log the ||dL/dh_t|| profile to metrics.jsonl every N steps (0: never)",
 }
 
 
@@ -103,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its task's held-out split")
     evaluate.add_argument("path", type=Path, help="a checkpoint file or a run folder (its newest checkpoint)")
+
+    flow = commands.add_parser(
+        "gradflow", help="||dL/dh_t|| through time from one explicit backward pass (table + PNG)",
+        description="Gradient flow: the norm of dL/dh_t for every step of one explicit BPTT pass on a "
+                    "batch of a task, at initialization or from a checkpoint.",
+    )
+    flow.add_argument("--cell", choices=["elman", "lstm", "gru", "all"], default="all")
+    flow.add_argument("--task", choices=sorted(TASKS), default="copy")
+    flow.add_argument("--seq-len", type=int, default=100)
+    flow.add_argument("--hidden", type=int, default=64)
+    flow.add_argument("--batch", type=int, default=32)
+    flow.add_argument("--spectral-radius", type=float, help="rescale each W_h block to this spectral radius")
+    flow.add_argument("--checkpoint", type=Path, help="use the params of a run (file or run folder)")
+    flow.add_argument("--seed", type=int, default=0)
+    flow.add_argument("--png", type=Path, default=Path("gradflow.png"), help="where to write the plot")
 
     check = commands.add_parser("gradcheck", help="explicit BPTT vs jax.grad on random params (float64)")
     check.add_argument("--cell", choices=["elman", "lstm", "gru", "all"], default="all")
@@ -233,11 +249,73 @@ def cmd_gradcheck(args) -> int:
     return 0 if worst < 1e-6 else 1
 
 
+def cmd_gradflow(args) -> int:
+    import jax
+    import numpy as np
+
+    from perceptron1_jax.diagnostics import decay_rate, set_spectral_radius
+    from perceptron1_jax.train import TrainConfig, _datasets, _keys, gradient_flow_of, init_model, load_checkpoint
+
+    for name in ("seq_len", "hidden", "batch"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+    if args.spectral_radius is not None and not args.spectral_radius > 0:
+        raise UsageError(f"--spectral-radius: expected a positive number, got {args.spectral_radius}")
+    runs = []
+    if args.checkpoint is not None:
+        from perceptron1_jax.checkpoint import CheckpointError
+
+        try:
+            loaded = load_checkpoint(args.checkpoint)
+        except CheckpointError as err:
+            raise UsageError(str(err)) from err
+        runs.append((loaded["config"], loaded["params"], f"{loaded['config'].cell} (step {loaded['step']})"))
+    else:
+        cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]
+        for cell in cells:
+            try:
+                cfg = TrainConfig(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
+                                  seed=args.seed, batch_size=args.batch, num_train=args.batch, num_eval=args.batch)
+                from perceptron1_jax.train import check_config
+
+                check_config(cfg)
+            except (ValueError, TypeError) as err:
+                raise UsageError(str(err)) from err
+            params = init_model(_keys(cfg)[1], cfg)
+            label = f"{cell} at init"
+            if args.spectral_radius is not None:
+                params = set_spectral_radius(params, args.spectral_radius)
+                label += f", spectral radius {args.spectral_radius:g}"
+            runs.append((cfg, params, label))
+    profiles = {}
+    for cfg, params, label in runs:
+        _, _, k_train, k_eval, _ = _keys(cfg)
+        data, _ = _datasets(dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size)), k_train, k_eval)
+        flow = gradient_flow_of(cfg, params, data.xs[: args.batch], data.labels[: args.batch])
+        profiles[label] = np.asarray(jax.device_get(flow.dh_norm))
+    time = next(iter(profiles.values())).size
+    lags = sorted({lag for lag in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if lag < time} | {time - 1})
+    print(f"||dL/dh_t|| at lag T - t (task {runs[0][0].task}, T = {time})")
+    print(f"{'lag':>6} " + " ".join(f"{label:>28}" for label in profiles))
+    for lag in lags:
+        print(f"{lag:>6} " + " ".join(f"{norms[time - 1 - lag]:>28.3e}" for norms in profiles.values()))
+    print(f"{'rate':>6} " + " ".join(f"{decay_rate(norms):>28.4f}" for norms in profiles.values()))
+    print("rate: geometric factor per step back fitted to the profile (< 1 vanishing, > 1 exploding)")
+    try:
+        from perceptron1_jax.plotting import plot_gradient_flow
+
+        print(f"plot: {plot_gradient_flow(profiles, args.png, f'gradient flow through time, task {runs[0][0].task}')}")
+    except ImportError:
+        print("plot: not drawn (matplotlib missing): pip install 'perceptron1_jax[plot]'")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        command = {"train": cmd_train, "eval": cmd_eval, "gradcheck": cmd_gradcheck}[args.command]
+        commands = {"train": cmd_train, "eval": cmd_eval, "gradcheck": cmd_gradcheck, "gradflow": cmd_gradflow}
+        command = commands[args.command]
         return command(args)
     except UsageError as err:
         print(f"perceptron1: error: {err}", file=sys.stderr)

@@ -68,3 +68,21 @@ def decay_rate(dh_norm, last: int | None = None) -> float:
         return float("nan")
     slope = np.polyfit(lags[keep], np.log(norms[:last][keep]), 1)[0]
     return float(np.exp(slope))
+
+
+def set_spectral_radius(params, radius: float):
+    """Params whose recurrent matrix ``W_h`` (each gate block) is rescaled to spectral radius
+    ``radius`` (largest eigenvalue modulus). For the Elman cell, radius < 1 makes the linearized
+    recurrence contract (gradients vanish) and radius > 1 lets them explode (Pascanu et al. 2013)."""
+    import numpy as np
+
+    if not radius > 0:
+        raise ValueError(f"radius: expected a positive spectral radius, got {radius}")
+    w_h = np.asarray(params["cell"]["W_h"], np.float64)
+    hidden = w_h.shape[0]
+    blocks = []
+    for k in range(w_h.shape[1] // hidden):
+        block = w_h[:, k * hidden : (k + 1) * hidden]
+        blocks.append(block * (radius / np.max(np.abs(np.linalg.eigvals(block)))))
+    new_w = jnp.asarray(np.concatenate(blocks, axis=1), params["cell"]["W_h"].dtype)
+    return {**params, "cell": {**params["cell"], "W_h": new_w}}

@@ -34,3 +34,31 @@ def plot_metrics(metrics_path, png_path) -> Path:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def plot_gradient_flow(profiles: dict, png_path, title: str) -> Path:
+    """``||dL/dh_t||`` against the lag ``T - t`` (steps back from the read-out), log scale.
+
+    ``profiles`` maps a legend label to a ``(time,)`` array of norms. Raises ImportError when
+    matplotlib is missing.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, norms in profiles.items():
+        norms = np.asarray(norms, np.float64)
+        lags = np.arange(norms.size)[::-1]
+        ax.semilogy(lags, np.maximum(norms, 1e-300), label=label)
+    ax.set(xlabel="lag T - t (steps before the read-out)", ylabel="||dL/dh_t|| (log scale)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

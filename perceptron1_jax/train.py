@@ -35,7 +35,7 @@ from perceptron1_jax.truncated import run_windows
 GRAD_SOURCES = ("bptt", "autodiff")
 DTYPES = ("float32", "float64")
 # Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
-RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy")
+RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every")
 DEFAULT_TARGETS = {"three_step": 0.99, "adding": 0.9, "copy": 0.99, "parity": 0.99, "chars": 0.55}
 
 
@@ -67,6 +67,7 @@ class TrainConfig:
     tbptt_k1: int | None = None  # truncated BPTT: steps forward per update
     tbptt_k2: int | None = None  # truncated BPTT: steps backpropagated per update (default k1)
     dtype: str = "float32"
+    gradflow_every: int = 0  # log the ||dL/dh_t|| profile every N steps (0: never)
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -97,6 +98,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     for name in ("hidden", "batch_size", "num_train", "num_eval", "steps", "eval_every", "log_every",
                  "checkpoint_every"):
         validate.check_positive_int(name, getattr(cfg, name))
+    if cfg.gradflow_every:
+        validate.check_positive_int("gradflow_every", cfg.gradflow_every)
     if cfg.seq_len is not None:
         validate.check_positive_int("seq_len", cfg.seq_len)
     for name in ("lr", "clip", "clip_value"):
@@ -271,6 +274,14 @@ def make_evaluate(cfg: TrainConfig) -> Callable:
     return evaluate
 
 
+def gradient_flow_of(cfg: TrainConfig, params, xs, labels):
+    """:class:`~perceptron1_jax.diagnostics.GradientFlow` of the task's model on one batch."""
+    from perceptron1_jax.diagnostics import _gradient_flow
+
+    return _gradient_flow(cfg.cell, _rnn(params), _inputs(params, xs), labels, None, None,
+                          cfg.task_spec.many_to_many)
+
+
 def gradient_agreement(cfg: TrainConfig, params, batch) -> float:
     """Max relative difference between the explicit BPTT and ``jax.grad`` gradients on a batch."""
     many_to_many = cfg.task_spec.many_to_many
@@ -416,6 +427,10 @@ def train(
                 else:
                     say(f"step {state.step}: loss {entry['loss']:.4f}, accuracy {entry['accuracy']:.3f}, "
                         f"grad norm {entry['grad_norm']:.3g}")
+            if cfg.gradflow_every and state.step % cfg.gradflow_every == 0:
+                flow = gradient_flow_of(cfg, state.params, *batch)
+                record({"step": state.step, "gradflow_dh_norm": [float(v) for v in jax.device_get(flow.dh_norm)],
+                        "gradflow_recurrent": [float(v) for v in jax.device_get(flow.recurrent_contribution)]})
             if bar is not None:
                 bar.update(1)
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:

@@ -100,6 +100,24 @@ def test_gradcheck_passes(capsys):
     assert "PASS" in text and text.count("cell/W_h") == 3
 
 
+def test_gradflow_table_and_plot(tmp_path, capsys):
+    png = tmp_path / "flow.png"
+    assert main(["gradflow", "--cell", "elman", "--seq-len", "30", "--hidden", "8", "--batch", "4",
+                 "--spectral-radius", "0.5", "--png", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "elman at init, spectral radius 0.5" in text and "rate" in text
+    assert png.stat().st_size > 0
+    assert main(["gradflow", "--seq-len", "0"]) == 2
+
+
+def test_gradflow_metric_in_training(tmp_path):
+    assert main(["train", *TINY, "--steps", "4", "--gradflow-every", "2", "--out", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    flows = [r for r in records if "gradflow_dh_norm" in r]
+    assert [r["step"] for r in flows] == [2, 4]
+    assert len(flows[0]["gradflow_dh_norm"]) == 3 and len(flows[0]["gradflow_recurrent"]) == 3
+
+
 def test_default_train_reaches_its_target(tmp_path):
     # The README's main job, as a user runs it: `perceptron1 train` with no options.
     result = subprocess.run([sys.executable, "-m", "perceptron1_jax", "train"], cwd=tmp_path,
