@@ -14,7 +14,12 @@ Public API (shapes: ``xs`` is ``(batch, time, input)``, hidden states ``(batch, 
 
 from perceptron1_jax.bptt import BPTTExtras, bptt, unroll_bptt
 from perceptron1_jax.cells import CELLS
+from perceptron1_jax.diagnostics import GradientFlow
+from perceptron1_jax.diagnostics import decay_rate
+from perceptron1_jax.diagnostics import gradient_flow
+from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.model import accuracy, init_params, loss, predict
+from perceptron1_jax.optim import make_optimizer
 from perceptron1_jax.train import TrainConfig
 from perceptron1_jax.train import load_checkpoint
 from perceptron1_jax.train import train
@@ -26,14 +31,19 @@ __version__ = "0.1.0"
 __all__ = (
     "BPTTExtras",
     "CELLS",
+    "GradientFlow",
     "TrainConfig",
     "accuracy",
     "bptt",
+    "decay_rate",
+    "gradient_flow",
     "init_params",
     "load_checkpoint",
     "loss",
+    "make_optimizer",
     "predict",
     "run_windows",
+    "set_spectral_radius",
     "train",
     "unroll",
     "unroll_bptt",

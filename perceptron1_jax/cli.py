@@ -212,15 +212,25 @@ def cmd_eval(args) -> int:
 
 def cmd_gradcheck(args) -> int:
     import jax
+
+    for name in ("batch", "seq_len", "input", "hidden", "classes"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)  # float64 for this command only; restored below
+    try:
+        return _gradcheck_table(args)
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def _gradcheck_table(args) -> int:
+    import jax
     import jax.numpy as jnp
     import numpy as np
 
     import perceptron1_jax as p1
 
-    for name in ("batch", "seq_len", "input", "hidden", "classes"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
-    jax.config.update("jax_enable_x64", True)
     rng = np.random.default_rng(args.seed)
     cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]
     print(f"explicit BPTT vs jax.grad, float64, batch {args.batch}, time {args.seq_len}, input {args.input}, "

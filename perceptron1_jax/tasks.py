@@ -61,6 +61,9 @@ def three_step(key, num_examples: int, seq_len: int = 3, dtype=jnp.float32) -> D
 # --------------------------------------------------------------------------- adding problem
 
 ADDING_BINS = 8
+# The sum of two U(0, 1) values has the triangular density on [0, 2]; its most likely bin of
+# width 1/4 is [0.75, 1) (or [1, 1.25)), with probability (1 - 0.75^2) / 2.
+ADDING_CHANCE = (1 - 0.75**2) / 2
 
 
 def adding(key, num_examples: int, seq_len: int = 50, dtype=jnp.float32) -> Dataset:
@@ -131,6 +134,7 @@ TEXT = (
     "the cat sat on the mat. the dog ran to the park. a bird sang in the tree by the river. "
 )
 VOCAB = "".join(sorted(set(TEXT)))
+CHARS_CHANCE = max(TEXT.count(ch) for ch in VOCAB) / len(TEXT)  # always guess the most common one
 CHAR_EMBED = 16
 
 
@@ -166,12 +170,12 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("three_step", "sum of three symbols mod 4, read at the third step", three_step,
                  THREE_STEP_SYMBOLS, THREE_STEP_SYMBOLS, False, 3, 0.25),
         TaskSpec("adding", "adding problem: binned sum of the two marked values", adding,
-                 2, ADDING_BINS, False, 50, 0.25),
+                 2, ADDING_BINS, False, 50, ADDING_CHANCE),
         TaskSpec("copy", "recall the first symbol after a lag with distractors", copy,
                  COPY_SYMBOLS + 1, COPY_SYMBOLS, False, 50, 1.0 / COPY_SYMBOLS),
         TaskSpec("parity", "running parity of a bit string at every step", parity,
                  1, 2, True, 20, 0.5),
         TaskSpec("chars", "next character of a small built-in text", chars,
-                 CHAR_EMBED, len(VOCAB), True, 32, 0.2, vocab_size=len(VOCAB)),
+                 CHAR_EMBED, len(VOCAB), True, 32, CHARS_CHANCE, vocab_size=len(VOCAB)),
     )
 }

@@ -356,18 +356,27 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     check_grads: bool = True,
+    params=None,
 ) -> RunState:
     """Train ``cfg`` for ``cfg.steps`` total steps; write metrics/checkpoints under ``out``.
 
     Writes ``out/metrics.jsonl`` (one JSON object per logged step and per evaluation) and
     ``out/ckpt_<step>.msgpack`` every ``checkpoint_every`` steps and at the end. With ``resume``,
     continues from the newest good checkpoint in ``out`` (bit for bit what an uninterrupted run
-    would do). Stops early when the eval accuracy reaches ``cfg.target``.
+    would do). Stops early when the eval accuracy reaches ``cfg.target``. ``params`` replaces the
+    seed's initial parameters (same structure as :func:`init_model`'s), e.g. a rescaled ``W_h``.
     """
     check_config(cfg)
     key, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
     train_data, eval_data = _datasets(cfg, k_train, k_eval)
-    params, optimizer = init_model(k_init, cfg), _optimizer(cfg)
+    template, optimizer = init_model(k_init, cfg), _optimizer(cfg)
+    if params is None:
+        params = template
+    elif jax.tree.structure(params) != jax.tree.structure(template) or any(
+        a.shape != b.shape or a.dtype != b.dtype for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))
+    ):
+        raise ValueError(f"params: expected the structure, shapes and dtypes of init_model for {cfg.cell!r}, "
+                         f"got {jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)}")
     opt_state = optimizer.init(params)
     start = 0
     out = Path(out) if out is not None else None

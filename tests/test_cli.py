@@ -98,6 +98,9 @@ def test_gradcheck_passes(capsys):
     assert main(["gradcheck", "--seq-len", "5", "--hidden", "3", "--many-to-many", "--lengths"]) == 0
     text = capsys.readouterr().out
     assert "PASS" in text and text.count("cell/W_h") == 3
+    import jax
+
+    assert not jax.config.read("jax_enable_x64")  # the command's float64 does not leak
 
 
 def test_gradflow_table_and_plot(tmp_path, capsys):

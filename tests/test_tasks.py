@@ -68,3 +68,11 @@ def test_chars_labels_are_next_characters():
     assert text in tasks.TEXT * 3
     with pytest.raises(ValueError, match="text: expected characters"):
         tasks.encode("Q!")
+
+
+def test_chance_levels_match_the_label_distribution():
+    for name in ("adding", "copy", "three_step", "parity"):
+        spec = TASKS[name]
+        labels = np.asarray(spec.make(KEY, 40000, spec.default_seq_len).labels).ravel()
+        best_constant = np.bincount(labels, minlength=spec.num_classes).max() / labels.size
+        assert best_constant == pytest.approx(spec.chance, abs=0.01), name

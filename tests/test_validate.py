@@ -86,7 +86,7 @@ CASES = [
      ["lengths", "[1, 5]", "[5, 6]"]),
     ("lengths shape", lambda: p1.loss(PARAMS, XS, LABELS, "gru", jnp.array([5], jnp.int32)), ValueError,
      ["lengths", "(2,)", "(1,)"]),
-    ("float lengths", lambda: p1.loss(PARAMS, XS, LABELS, "gru", jnp.array([5.0, 1.0])), TypeError,
+    ("float lengths", lambda: p1.loss(PARAMS, XS, LABELS, "gru", jnp.array([5.0, 1.0], jnp.float32)), TypeError,
      ["lengths", "integer", "float32"]),
     ("h0 shape", lambda: p1.unroll(PARAMS, XS, "gru", h0=jnp.zeros((B, H + 1))), ValueError,
      ["h0", "(2, 4)", "(2, 5)"]),

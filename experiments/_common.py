@@ -1,0 +1,81 @@
+"""Plumbing shared by the experiment scripts: arguments, quiet training runs, tables and plots.
+
+Every experiment is ``python experiments/NAME.py [--quick] [--out DIR] [--seed N]``; results (PNG
+plots, a JSON table and a markdown table) go to ``experiments/results/`` unless ``--out`` says
+otherwise, and training runs (checkpoints, metrics) to ``<out>/runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import perceptron1_jax as p1  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and budgets (the CI smoke test)")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="folder for plots and tables")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def train_run(out: pathlib.Path, name: str, params=None, **config) -> p1.train.__class__:
+    """One quiet training run; returns the RunState. The run folder is ``out/runs/name``."""
+    cfg = p1.TrainConfig(**config)
+    print(f"  training {name}: " + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)
+    return p1.train(cfg, out / "runs" / name, progress=False, log=lambda _: None, check_grads=False, params=params)
+
+
+def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> None:
+    """``NAME.json`` (the rows) and ``NAME.md`` (a markdown table) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    columns = list(rows[0])
+    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def save_figure(fig, out: pathlib.Path, name: str) -> pathlib.Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def flow_axes(ax, profiles: dict, title: str) -> None:
+    """``||dL/dh_t||`` against the lag ``T - t`` on a log scale."""
+    for label, norms in profiles.items():
+        norms = np.asarray(norms, np.float64)
+        ax.semilogy(np.arange(norms.size)[::-1], np.maximum(norms, 1e-300), label=label)
+    ax.set(xlabel="lag T - t (steps before the read-out)", ylabel="||dL/dh_t|| (log scale)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+
+
+def curves(records: list[dict], key: str) -> tuple[list, list]:
+    rows = [r for r in records if key in r]
+    return [r["step"] for r in rows], [r[key] for r in rows]
+
+
+def main_guard(fn) -> None:
+    args = parse_args(sys.modules["__main__"].__doc__ or "")
+    fn(quick=args.quick, out=args.out, seed=args.seed)
