@@ -1,0 +1,323 @@
+"""Training-step benchmark: our explicit BPTT against ``jax.grad`` of the plain loss, Flax
+``nn.RNN`` and (when installed) PyTorch's fused CPU RNNs.
+
+One training step = forward + softmax cross-entropy on the last step + backward + Adam, on the same
+data, sizes and optimizer for every contender. Contenders of one size are timed in interleaved
+rounds in one process and the median per-step time is reported, with ratios against our explicit
+BPTT. Also reported: the compiled temporary memory of each jitted step
+(``memory_analysis().temp_size_in_bytes``), achieved GFLOP/s (analytic count of the matrix
+products) against a measured matmul peak, and the process's peak resident memory.
+
+XLA:CPU allocates its temporary buffer on every call; above glibc's mmap threshold that buffer is
+mapped fresh each step and page faults dominate. :data:`ALLOCATOR_ENV` keeps freed memory in the
+heap; ``perceptron1 bench`` and ``benchmarks/benchmark.py`` apply it by re-executing themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from perceptron1_jax import losses
+from perceptron1_jax.bptt import explicit_value_and_grad
+from perceptron1_jax.model import _logits_and_mask, init_params
+
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_MAX_": "0",  # never mmap a block: freed memory goes back to the heap, reused next step
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 34),  # never give the heap's top back to the OS
+    "MALLOC_TOP_PAD_": str(1 << 28),  # grow the heap in 256 MiB steps
+}
+GATES = {"elman": 1, "lstm": 4, "gru": 3}
+
+
+def allocator_env_applied() -> bool:
+    return all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())
+
+
+def reexec_with_allocator_env(argv: list[str]) -> None:
+    """Replace this process with the same command under :data:`ALLOCATOR_ENV` (once)."""
+    if allocator_env_applied() or os.environ.get("PERCEPTRON1_NO_REEXEC"):
+        return
+    env = {**os.environ, **ALLOCATOR_ENV}
+    os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    batch: int
+    input: int
+    hidden: int
+    time: int
+    classes: int = 10
+
+    def label(self) -> str:
+        return f"B{self.batch} I{self.input} H{self.hidden} T{self.time}"
+
+
+def step_flops(cell: str, size: Size) -> float:
+    """Matrix-product FLOPs of one training step: the forward products (input and recurrent
+    projections, readout) and twice as many in the backward (activation and weight gradients)."""
+    gates = GATES[cell] * size.hidden
+    forward = 2 * size.batch * size.time * (size.input + size.hidden) * gates + 2 * size.batch * size.hidden * size.classes
+    return 3.0 * forward
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+@dataclasses.dataclass
+class Contender:
+    name: str
+    run: Callable[[], None]  # one training step, blocking until done
+    temp_bytes: float = float("nan")  # compiled temporary memory (JAX only)
+
+
+def _problem(size: Size, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((size.batch, size.time, size.input)).astype(np.float32)
+    labels = rng.integers(0, size.classes, size.batch).astype(np.int32)
+    return xs, labels
+
+
+def _jax_contender(name, value_and_grad, params, xs, labels) -> Contender:
+    optimizer = optax.adam(1e-3)
+
+    def step(params, opt_state, xs, labels):
+        loss, grads = value_and_grad(params, xs, labels)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = optimizer.init(params)
+    jitted = jax.jit(step)
+    compiled = jitted.lower(params, opt_state, xs, labels).compile()
+    memory = compiled.memory_analysis()
+    state = {"params": params, "opt_state": opt_state}
+
+    def run():
+        state["params"], state["opt_state"], loss = compiled(state["params"], state["opt_state"], xs, labels)
+        loss.block_until_ready()
+
+    return Contender(name, run, float(getattr(memory, "temp_size_in_bytes", float("nan"))))
+
+
+def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True) -> list[Contender]:
+    xs, labels = jnp.asarray(xs), jnp.asarray(labels)
+    params = init_params(jax.random.key(0), cell, size.input, size.hidden, size.classes)
+
+    def explicit(params, xs, labels):
+        loss, grads, _ = explicit_value_and_grad(cell, params, xs, labels, many_to_many=False)
+        return loss, grads
+
+    def plain_loss(params, xs, labels):
+        logits, _ = _logits_and_mask(cell, params, xs, None, None, False)
+        return losses.cross_entropy(logits, labels)
+
+    out = [
+        _jax_contender("explicit BPTT", explicit, params, xs, labels),
+        _jax_contender("jax.grad(lax.scan)", jax.value_and_grad(plain_loss), params, xs, labels),
+    ]
+    if flax_cells:
+        out += _flax_contenders(cell, size, xs, labels)
+    return out
+
+
+def _flax_contenders(cell, size, xs, labels) -> list[Contender]:
+    import flax.linen as nn
+
+    kinds = {"elman": [nn.SimpleCell], "lstm": [nn.LSTMCell, nn.OptimizedLSTMCell], "gru": [nn.GRUCell]}[cell]
+    out = []
+    for kind in kinds:
+
+        class Model(nn.Module):
+            cell_type: type
+
+            @nn.compact
+            def __call__(self, xs):
+                hs = nn.RNN(self.cell_type(features=size.hidden))(xs)
+                return nn.Dense(size.classes)(hs[:, -1])
+
+        model = Model(kind)
+        params = model.init(jax.random.key(0), xs)
+
+        def flax_loss(params, xs, labels, model=model):
+            return losses.cross_entropy(model.apply(params, xs), labels)
+
+        out.append(_jax_contender(f"flax nn.RNN({kind.__name__})", jax.value_and_grad(flax_loss), params, xs, labels))
+    return out
+
+
+def torch_contenders(cell: str, size: Size, xs, labels, threads: int = 2) -> list[Contender]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    torch.set_num_threads(threads)
+    module = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    rnn = module(size.input, size.hidden, batch_first=True)
+    head = torch.nn.Linear(size.hidden, size.classes)
+    optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
+    x, y = torch.from_numpy(np.asarray(xs)), torch.from_numpy(np.asarray(labels)).long()
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        hs, _ = rnn(x)
+        loss = criterion(head(hs[:, -1]), y)
+        loss.backward()
+        optimizer.step()
+
+    return [Contender(f"torch nn.{module.__name__} ({threads} threads)", run)]
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def time_contenders(contenders: list[Contender], rounds: int, min_seconds: float) -> dict[str, float]:
+    """Median seconds per step; contenders interleaved round by round after a warm-up."""
+    inner = {}
+    for c in contenders:
+        c.run()
+        c.run()  # compile / warm caches
+        t = time.perf_counter()
+        c.run()
+        single = time.perf_counter() - t
+        inner[c.name] = max(1, int(min_seconds / max(single, 1e-6)))
+    samples = {c.name: [] for c in contenders}
+    for _ in range(rounds):
+        for c in contenders:
+            t = time.perf_counter()
+            for _ in range(inner[c.name]):
+                c.run()
+            samples[c.name].append((time.perf_counter() - t) / inner[c.name])
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torch_threads=2, log=print) -> dict:
+    peak = matmul_peak_gflops()
+    log(f"matmul peak (2048x2048 float32): {peak:.0f} GFLOP/s; allocator env applied: {allocator_env_applied()}")
+    rows = []
+    for size in sizes:
+        for cell in cells:
+            xs, labels = _problem(size)
+            contenders = jax_contenders(cell, size, xs, labels, flax_cells) + torch_contenders(
+                cell, size, xs, labels, torch_threads
+            )
+            times = time_contenders(contenders, rounds, min_seconds)
+            ours = times["explicit BPTT"]
+            flops = step_flops(cell, size)
+            for c in contenders:
+                rows.append({
+                    "cell": cell, "size": size.label(), "contender": c.name,
+                    "ms_per_step": 1e3 * times[c.name],
+                    "speedup_of_explicit": times[c.name] / ours,
+                    "gflops": flops / times[c.name] / 1e9,
+                    "fraction_of_peak": flops / times[c.name] / 1e9 / peak,
+                    "temp_mib": c.temp_bytes / 2**20,
+                })
+                log(f"{size.label():22} {cell:5} {c.name:34} {1e3 * times[c.name]:9.2f} ms  "
+                    f"x{times[c.name] / ours:5.2f}  temp {c.temp_bytes / 2**20:8.1f} MiB")
+    return {
+        "machine": machine_description(),
+        "matmul_peak_gflops": peak,
+        "allocator_env": allocator_env_applied(),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rows": rows,
+    }
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()})"
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Machine: {result['machine']}; matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"allocator env {'on' if result['allocator_env'] else 'off'}; process peak RSS "
+        f"{result['peak_rss_mib']:.0f} MiB. Float32, one training step = forward + cross-entropy + backward + "
+        f"Adam. `x` = time of the contender / time of our explicit BPTT (> 1: ours is faster).",
+        "",
+        "| size | cell | contender | ms/step | x | GFLOP/s | % peak | temp MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        temp = "" if r["temp_mib"] != r["temp_mib"] else f"{r['temp_mib']:.1f}"
+        lines.append(f"| {r['size']} | {r['cell']} | {r['contender']} | {r['ms_per_step']:.2f} | "
+                     f"{r['speedup_of_explicit']:.2f} | {r['gflops']:.0f} | {100 * r['fraction_of_peak']:.0f} | {temp} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "benchmark.md").write_text(markdown(result))
+    return out / "benchmark.json", out / "benchmark.md"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--cells", nargs="+", choices=sorted(GATES), default=["elman", "lstm", "gru"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--input", type=int, default=32)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--time", type=int, nargs="+", default=[32, 128, 512, 2048])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--min-seconds", type=float, default=0.2, help="time per contender per round")
+    parser.add_argument("--no-flax", action="store_true", help="skip the Flax nn.RNN contenders")
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="one tiny size, one round (a smoke test)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
+
+def run_from_args(args) -> dict:
+    for name in ("batch", "input", "rounds", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+    if any(v <= 0 for v in [*args.hidden, *args.time]):
+        raise ValueError(f"--hidden/--time: expected positive ints, got {args.hidden} / {args.time}")
+    if args.quick:
+        sizes = [Size(4, 3, 8, 6)]
+        rounds, min_seconds = 1, 0.0
+    else:
+        sizes = [Size(args.batch, args.input, h, t) for h in args.hidden for t in args.time]
+        rounds, min_seconds = args.rounds, args.min_seconds
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("torch is not installed: PyTorch contenders skipped (pip install torch)")
+    result = run_benchmark(args.cells, sizes, rounds, min_seconds, not args.no_flax, args.torch_threads)
+    json_path, md_path = write_results(result, args.out)
+    print(markdown(result))
+    print(f"wrote {json_path} and {md_path}")
+    return result
