@@ -23,8 +23,8 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,8 @@ def step_flops(cell: str, size: Size) -> float:
     """Matrix-product FLOPs of one training step: the forward products (input and recurrent
     projections, readout) and twice as many in the backward (activation and weight gradients)."""
     gates = GATES[cell] * size.hidden
-    forward = 2 * size.batch * size.time * (size.input + size.hidden) * gates + 2 * size.batch * size.hidden * size.classes
+    recurrent = 2 * size.batch * size.time * (size.input + size.hidden) * gates
+    forward = recurrent + 2 * size.batch * size.hidden * size.classes
     return 3.0 * forward
 
 
@@ -266,8 +267,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"Machine: {result['machine']}; matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"allocator env {'on' if result['allocator_env'] else 'off'}; process peak RSS "
-        f"{result['peak_rss_mib']:.0f} MiB. Float32, one training step = forward + cross-entropy + backward + "
-        f"Adam. `x` = time of the contender / time of our explicit BPTT (> 1: ours is faster).",
+        f"{result['peak_rss_mib']:.0f} MiB. Float32, one training step = forward + cross-entropy + backward "
+        f"+ Adam. `x` = time of the contender / time of our explicit BPTT (> 1: ours is faster).",
         "",
         "| size | cell | contender | ms/step | x | GFLOP/s | % peak | temp MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -275,7 +276,8 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         temp = "" if r["temp_mib"] != r["temp_mib"] else f"{r['temp_mib']:.1f}"
         lines.append(f"| {r['size']} | {r['cell']} | {r['contender']} | {r['ms_per_step']:.2f} | "
-                     f"{r['speedup_of_explicit']:.2f} | {r['gflops']:.0f} | {100 * r['fraction_of_peak']:.0f} | {temp} |")
+                     f"{r['speedup_of_explicit']:.2f} | {r['gflops']:.0f} | {100 * r['fraction_of_peak']:.0f} | "
+                     f"{temp} |")
     return "\n".join(lines) + "\n"
 
 
