@@ -33,6 +33,7 @@ import optax
 
 from perceptron1_jax import losses
 from perceptron1_jax.bptt import explicit_value_and_grad
+from perceptron1_jax.lean import default_segment, lean_value_and_grad
 from perceptron1_jax.model import _logits_and_mask, init_params
 
 ALLOCATOR_ENV = {
@@ -138,8 +139,16 @@ def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True) -
         logits, _ = _logits_and_mask(cell, params, xs, None, None, False)
         return losses.cross_entropy(logits, labels)
 
+    segment = default_segment(size.time)
+
+    def lean(params, xs, labels):
+        loss, grads, *_ = lean_value_and_grad(cell, params, xs, labels, None, None, many_to_many=False,
+                                              segment=segment)
+        return loss, grads
+
     out = [
         _jax_contender("explicit BPTT", explicit, params, xs, labels),
+        _jax_contender(f"explicit BPTT, lean k={segment}", lean, params, xs, labels),
         _jax_contender("jax.grad(lax.scan)", jax.value_and_grad(plain_loss), params, xs, labels),
     ]
     if flax_cells:

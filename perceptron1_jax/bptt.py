@@ -178,7 +178,8 @@ def _bptt(cell_name, params, xs, labels, lengths, carry0, many_to_many, return_e
     return loss, grads, extras
 
 
-def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras: bool = False):
+def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras: bool = False,
+         lean: int | None = None):
     """Loss and gradients by the explicit reverse-scan BPTT (JIT-compiled).
 
     Same arguments and label rules as :func:`perceptron1_jax.loss`: ``xs: (batch, time, input)``,
@@ -189,12 +190,27 @@ def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras:
       return_extras: if True, also return a :class:`BPTTExtras` with ``dhs`` (the total
         ``dL/dh_t`` for every step, ``(batch, time, hidden)``), ``dxs`` (``dL/dxs``,
         ``(batch, time, input)``) and ``dh0`` (gradient w.r.t. the initial carry).
+      lean: segment length ``k`` of the memory-lean mode (:mod:`perceptron1_jax.lean`): keep the
+        carry every ``k`` steps and recompute each segment in the backward pass, ``O(T/k + k)``
+        memory instead of ``O(T)`` for one extra forward pass; ``k ~ sqrt(time)`` is the usual
+        choice. None (default): keep every step.
 
     Returns:
       ``(loss, grads)``, or ``(loss, grads, extras)``; ``grads`` has the structure of ``params``.
     """
     c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
-    return _bptt(cell, params, c.xs, c.labels, c.lengths, c.carry0, c.many_to_many, bool(return_extras))
+    if lean is None:
+        return _bptt(cell, params, c.xs, c.labels, c.lengths, c.carry0, c.many_to_many, bool(return_extras))
+    from perceptron1_jax.lean import lean_value_and_grad
+
+    segment = validate.check_positive_int("lean", lean)
+    loss, grads, dxs, dhs, dcarry0 = lean_value_and_grad(
+        cell, params, c.xs, c.labels, c.lengths, c.carry0, many_to_many=c.many_to_many, segment=segment,
+        keep_dhs=bool(return_extras),
+    )
+    if not return_extras:
+        return loss, grads
+    return loss, grads, BPTTExtras(dhs=dhs, dxs=dxs, dh0=public_carry(c.cell, dcarry0))
 
 
 # --------------------------------------------------------------------------- custom_vjp entry
