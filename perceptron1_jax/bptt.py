@@ -69,8 +69,9 @@ def backward_scan(
       keep_dhs: also stack the total ``dL/dh_t`` per step.
 
     Returns:
-      ``(cell_grads, dxs_tm, dcarry0, dhs_tm, dzh_tm)``; ``dhs_tm`` is None unless ``keep_dhs``;
-      ``dzh_tm`` ``(T, B, G*H)`` are the recurrent pre-activation gradients (``dW_h = H_prev^T dZh``).
+      ``(cell_grads, dxs_tm, dcarry0, dhs_tm, dzx_tm, dzh_part_tm)``; ``dhs_tm`` is None unless
+      ``keep_dhs``; ``dzx_tm`` ``(T, B, G*H)`` and the cell's recurrent part ``dzh_part_tm`` are the
+      stacked pre-activation gradients (``cell.full_dzh`` assembles ``dZh``).
     """
     # Carry entering step t: the initial carry, then the carries of steps 0..T-2.
     carries_prev = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries))
@@ -89,18 +90,12 @@ def backward_scan(
             dprev = tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
         return dprev, (dzx, dzh, dh_total if keep_dhs else None)
 
-    dcarry0, (dzx, dzh, dhs) = lax.scan(
+    dcarry0, (dzx, dzh_part, dhs) = lax.scan(
         body, final_dcarry, (carries_prev, carries, residuals, dhs_out_tm, mask_tm), reverse=True
     )
-    if dzh is None:  # Elman and LSTM: the recurrent and input pre-activations coincide
-        dzh = dzx
-    grads = {
-        "W_x": jnp.einsum("tbi,tbg->ig", xs_tm, dzx),
-        "W_h": jnp.einsum("tbh,tbg->hg", carries_prev[0], dzh),
-        **cell.bias_grads(jnp.sum(dzx, axis=(0, 1)), jnp.sum(dzh, axis=(0, 1))),
-    }
+    grads = cell.param_grads(xs_tm, carries_prev[0], dzx, dzh_part)
     dxs_tm = dzx @ cell_params["W_x"].T
-    return grads, dxs_tm, dcarry0, dhs, dzh
+    return grads, dxs_tm, dcarry0, dhs, dzx, dzh_part
 
 
 class Aux(NamedTuple):
@@ -111,7 +106,8 @@ class Aux(NamedTuple):
     dhs_tm: Array | None  # (T, B, H) total dL/dh_t, when keep_dhs
     dxs_tm: Array  # (T, B, I) dL/dxs
     dcarry0: Carry  # gradient w.r.t. the initial carry
-    dzh_tm: Array  # (T, B, G*H) recurrent pre-activation gradients: dW_h = sum_t h_{t-1}^T dzh_t
+    dzx_tm: Array  # (T, B, G*H) input pre-activation gradients: dW_x = sum_t x_t^T dzx_t
+    dzh_part_tm: Array | None  # the cell's recurrent part; cell.full_dzh(dzx, part): dW_h = sum_t h_{t-1}^T dzh_t
 
 
 def explicit_value_and_grad(
@@ -155,12 +151,12 @@ def explicit_value_and_grad(
         dhs_out_tm = None
         final_dcarry = (dlogits @ w_out.T,) + tuple(jnp.zeros_like(c) for c in final[1:])
 
-    cell_grads, dxs_tm, dcarry0, dhs_tm, dzh_tm = backward_scan(
+    cell_grads, dxs_tm, dcarry0, dhs_tm, dzx_tm, dzh_part_tm = backward_scan(
         cell, cell_params, xs_tm, carry0, carries, residuals, final_dcarry, dhs_out_tm, mask_tm,
         keep_dhs=keep_dhs,
     )
     grads = {"cell": cell_grads, "readout": readout_grads}
-    return loss, grads, Aux(logits, carries, dhs_tm, dxs_tm, dcarry0, dzh_tm)
+    return loss, grads, Aux(logits, carries, dhs_tm, dxs_tm, dcarry0, dzx_tm, dzh_part_tm)
 
 
 @partial(jax.jit, static_argnames=("cell_name", "many_to_many", "return_extras"))
@@ -232,7 +228,7 @@ def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0):
 def _unroll_bwd(cell_name, saved, cotangents):
     cell_params, xs_tm, lengths, carry0, carries, residuals = saved
     d_hs, d_final = cotangents
-    cell_grads, dxs_tm, dcarry0, _, _ = backward_scan(
+    cell_grads, dxs_tm, dcarry0, *_ = backward_scan(
         CELLS[cell_name], cell_params, xs_tm, carry0, carries, residuals, tuple(d_final),
         jnp.swapaxes(d_hs, 0, 1), time_mask(lengths, xs_tm.shape[0]), keep_dhs=False,
     )

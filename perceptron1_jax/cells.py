@@ -16,11 +16,12 @@ Shapes (``B`` batch, ``I`` input size, ``H`` hidden size, ``G`` gate blocks: 1 E
 
 The step signature is ``step(params, carry, zx) -> (new_carry, residuals)``; ``residuals`` are the
 extra per-step arrays (beyond the carries, which the unroll keeps anyway) that ``backward_step``
-needs. ``backward_step(params, carry_prev, carry, residuals, dcarry) -> (dzx, dzh, dcarry_prev)``
+needs. ``backward_step(params, carry_prev, carry, residuals, dcarry) -> (dzx, dzh_part, dcarry_prev)``
 maps the gradient of the loss with respect to the new carry to the gradients with respect to the
-input pre-activation ``zx`` (``(B, G*H)``), the recurrent pre-activation ``zh = h W_h (+ b_h)``
-(``None`` when it equals ``dzx``) and the previous carry. The weight gradients are then formed
-outside the time loop as ``dW_x = X^T dZx``, ``dW_h = H_prev^T dZh``.
+input pre-activation ``zx`` (``(B, G*H)``), the part of the recurrent pre-activation gradient
+``dzh`` (``zh = h W_h (+ b_h)``) that differs from ``dzx`` (``None`` for Elman and LSTM, where
+they coincide; the GRU's ``n`` block) and the previous carry. The weight gradients are then
+formed outside the time loop by ``param_grads``: ``dW_x = X^T dZx``, ``dW_h = H_prev^T dZh``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Cell(NamedTuple):
     init: Callable[..., Params]
     step: Callable[[Params, Carry, Array], tuple[Carry, Any]]
     backward_step: Callable[..., tuple[Array, Array | None, Carry]]
-    bias_grads: Callable[[Array, Array], Params]
+    param_grads: Callable[..., Params]  # (xs, h_prev, dzx, dzh_part) stacked over time -> grads
+    full_dzh: Callable[[Array, Array | None], Array]  # (dzx, dzh_part) -> dzh, shape (..., G*H)
 
 
 def project_inputs(cell: Cell, params: Params, xs: Array) -> Array:
@@ -116,8 +118,18 @@ def _elman_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, 
     return da, None, (da @ params["W_h"].T,)
 
 
-def _single_bias_grads(dzx_sum: Array, dzh_sum: Array) -> Params:
-    return {"b": dzx_sum}
+def _shared_param_grads(xs: Array, h_prev: Array, dzx: Array, dzh_part) -> Params:
+    """Elman and LSTM (``dzh = dzx``): ``dW_x = X^T dZ``, ``dW_h = H_prev^T dZ``, ``db = sum dZ``,
+    each one matmul over all (time, batch) rows; arrays are ``(T, B, ...)``."""
+    return {
+        "W_x": jnp.einsum("tbi,tbg->ig", xs, dzx),
+        "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dzx),
+        "b": jnp.sum(dzx, axis=(0, 1)),
+    }
+
+
+def _same_dzh(dzx: Array, dzh_part) -> Array:
+    return dzx
 
 
 ELMAN = Cell(
@@ -129,7 +141,8 @@ ELMAN = Cell(
     init=_elman_init,
     step=_elman_step,
     backward_step=_elman_backward,
-    bias_grads=_single_bias_grads,
+    param_grads=_shared_param_grads,
+    full_dzh=_same_dzh,
 )
 
 
@@ -200,7 +213,8 @@ LSTM = Cell(
     init=_lstm_init,
     step=_lstm_step,
     backward_step=_lstm_backward,
-    bias_grads=_single_bias_grads,
+    param_grads=_shared_param_grads,
+    full_dzh=_same_dzh,
 )
 
 
@@ -251,7 +265,9 @@ def _gru_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dc
     ``dn_pre = dh' * (1 - z) * (1 - n^2)``,  ``dz_pre = dh' * (h - n) * z (1 - z)``,
     ``dr_pre = dn_pre * zh_n * r (1 - r)``;
     ``dzx = [dr_pre, dz_pre, dn_pre]``,  ``dzh = [dr_pre, dz_pre, r * dn_pre]``;
-    ``dh = dh' * z + dzh W_h^T``.
+    ``dh = dh' * z + dzh W_h^T``. Only ``r * dn_pre`` (``(B, H)``) is returned as the recurrent
+    part: the ``r`` and ``z`` blocks of ``dzh`` are those of ``dzx``, so the stacked per-step
+    gradients take ``4H`` instead of ``6H`` per row.
     """
     (h_prev,) = carry_prev
     (dh,) = dcarry
@@ -261,12 +277,27 @@ def _gru_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dc
     dz_pre = dh * (h_prev - n) * z * (1.0 - z)
     dr_pre = dn_pre * zh_n * r * (1.0 - r)
     dzx = jnp.concatenate([dr_pre, dz_pre, dn_pre], axis=-1)
-    dzh = jnp.concatenate([dr_pre, dz_pre, r * dn_pre], axis=-1)
-    return dzx, dzh, (dh * z + dzh @ params["W_h"].T,)
+    dzh_n = r * dn_pre
+    dzh = jnp.concatenate([dr_pre, dz_pre, dzh_n], axis=-1)
+    return dzx, dzh_n, (dh * z + dzh @ params["W_h"].T,)
 
 
-def _gru_bias_grads(dzx_sum: Array, dzh_sum: Array) -> Params:
-    return {"b_x": dzx_sum, "b_h": dzh_sum}
+def _gru_param_grads(xs: Array, h_prev: Array, dzx: Array, dzh_n: Array) -> Params:
+    """``dW_x = X^T dZx``, ``db_x = sum dZx``; the ``r, z`` blocks of ``dW_h``/``db_h`` from ``dZx``,
+    the ``n`` block from ``dZh_n`` (arrays ``(T, B, ...)``)."""
+    two = 2 * dzh_n.shape[-1]
+    return {
+        "W_x": jnp.einsum("tbi,tbg->ig", xs, dzx),
+        "W_h": jnp.concatenate(
+            [jnp.einsum("tbh,tbg->hg", h_prev, dzx[..., :two]), jnp.einsum("tbh,tbg->hg", h_prev, dzh_n)], axis=1
+        ),
+        "b_x": jnp.sum(dzx, axis=(0, 1)),
+        "b_h": jnp.concatenate([jnp.sum(dzx[..., :two], axis=(0, 1)), jnp.sum(dzh_n, axis=(0, 1))]),
+    }
+
+
+def _gru_full_dzh(dzx: Array, dzh_n: Array) -> Array:
+    return jnp.concatenate([dzx[..., : 2 * dzh_n.shape[-1]], dzh_n], axis=-1)
 
 
 GRU = Cell(
@@ -278,7 +309,8 @@ GRU = Cell(
     init=_gru_init,
     step=_gru_step,
     backward_step=_gru_backward,
-    bias_grads=_gru_bias_grads,
+    param_grads=_gru_param_grads,
+    full_dzh=_gru_full_dzh,
 )
 
 CELLS: dict[str, Cell] = {c.name: c for c in (ELMAN, LSTM, GRU)}

@@ -41,7 +41,8 @@ def _gradient_flow(cell_name, params, xs, labels, lengths, carry0, many_to_many)
     )
     dh_norm = jnp.sqrt(jnp.sum(aux.dhs_tm**2, axis=(1, 2)))
     h_prev = jnp.concatenate([carry0[0][None], aux.carries[0][:-1]], axis=0)  # (T, B, H)
-    per_step = jnp.einsum("tbh,tbg->thg", h_prev, aux.dzh_tm)
+    dzh = validate.get_cell(cell_name).full_dzh(aux.dzx_tm, aux.dzh_part_tm)
+    per_step = jnp.einsum("tbh,tbg->thg", h_prev, dzh)
     return GradientFlow(loss, dh_norm, jnp.sqrt(jnp.sum(per_step**2, axis=(1, 2))))
 
 

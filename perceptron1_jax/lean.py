@@ -108,7 +108,7 @@ def lean_value_and_grad(cell_name, params, xs, labels, lengths, carry0, *, many_
             readout_acc = {"W": readout_acc["W"] + jnp.einsum("tbh,tbc->hc", hs, dlogits),
                            "b": readout_acc["b"] + jnp.sum(dlogits, axis=(0, 1))}
             dhs_out = dlogits @ w_out.T
-        grads, dxs, dstart, dhs, _ = backward_scan(
+        grads, dxs, dstart, dhs, *_ = backward_scan(
             cell, cell_params, x, start, carries, residuals, dcarry, dhs_out, v if needs_mask else None,
             keep_dhs=keep_dhs,
         )

@@ -34,8 +34,8 @@ def test_backward_step_equals_vjp_of_step(x64, cell, batch, input_size, hidden):
     new_carry, vjp = jax.vjp(forward, zx, carry, cell_params["W_h"])
     _, residuals = spec.step(cell_params, carry, zx)
     dcarry = tuple(jnp.asarray(rng.standard_normal((batch, hidden))) for _ in range(spec.carry_size))
-    dzx, dzh, dprev = spec.backward_step(cell_params, carry, new_carry, residuals, dcarry)
-    dzh = dzx if dzh is None else dzh
+    dzx, dzh_part, dprev = spec.backward_step(cell_params, carry, new_carry, residuals, dcarry)
+    dzh = spec.full_dzh(dzx, dzh_part)
     ref_dzx, ref_dprev, ref_dwh = vjp(dcarry)
     np.testing.assert_allclose(dzx, ref_dzx, rtol=1e-12, atol=1e-14)
     assert_trees_close(dprev, ref_dprev, rtol=1e-12, atol=1e-14)
