@@ -1,4 +1,7 @@
-"""The ``perceptron1`` command: ``train``, ``eval``, ``gradcheck`` and ``gradflow``.
+"""The ``perceptron1`` command: ``train``, ``eval``, ``gradcheck``, ``gradflow`` and ``bench``.
+
+Run as a command (``perceptron1`` or ``python -m perceptron1_jax``) it re-executes itself once under
+:data:`perceptron1_jax.bench.ALLOCATOR_ENV` (set ``PERCEPTRON1_NO_REEXEC=1`` to skip that).
 
 Option precedence for ``train``: the defaults of :class:`TrainConfig`, then (with ``--resume``) the
 config saved in the run's checkpoint, then ``--config file.toml``, then the options on the command
@@ -119,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--checkpoint", type=Path, help="use the params of a run (file or run folder)")
     flow.add_argument("--seed", type=int, default=0)
     flow.add_argument("--png", type=Path, default=Path("gradflow.png"), help="where to write the plot")
+
+    bench_parser = commands.add_parser(
+        "bench", help="training-step speed and memory vs jax.grad, Flax and PyTorch (if installed)",
+        description="Benchmark one training step (forward + loss + backward + Adam) of our explicit BPTT "
+                    "against jax.grad through lax.scan, Flax nn.RNN and PyTorch; writes a markdown table and JSON.",
+    )
+    from perceptron1_jax.bench import add_arguments
+
+    add_arguments(bench_parser)
 
     check = commands.add_parser("gradcheck", help="explicit BPTT vs jax.grad on random params (float64)")
     check.add_argument("--cell", choices=["elman", "lstm", "gru", "all"], default="all")
@@ -320,11 +332,22 @@ def cmd_gradflow(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from perceptron1_jax.bench import run_from_args
+
+    try:
+        run_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        commands = {"train": cmd_train, "eval": cmd_eval, "gradcheck": cmd_gradcheck, "gradflow": cmd_gradflow}
+        commands = {"train": cmd_train, "eval": cmd_eval, "gradcheck": cmd_gradcheck, "gradflow": cmd_gradflow,
+                    "bench": cmd_bench}
         command = commands[args.command]
         return command(args)
     except UsageError as err:
@@ -335,5 +358,14 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
+def entry() -> None:
+    """Console-script entry: re-run under the allocator settings that keep XLA:CPU's per-call
+    scratch buffer in the heap (see :mod:`perceptron1_jax.bench`), then :func:`main`."""
+    from perceptron1_jax.bench import reexec_with_allocator_env
+
+    reexec_with_allocator_env(["-m", "perceptron1_jax", *sys.argv[1:]])
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

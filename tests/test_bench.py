@@ -1,0 +1,46 @@
+"""The benchmark is not a test: this only checks that it runs end to end on a tiny size."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perceptron1_jax import bench
+from perceptron1_jax.cli import main
+
+pytestmark = pytest.mark.standard_promotion  # the benchmark steps use optax
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick(tmp_path, capsys):
+    assert main(["bench", "--quick", "--cells", "gru", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    names = {r["contender"] for r in result["rows"]}
+    assert {"explicit BPTT", "jax.grad(lax.scan)", "flax nn.RNN(GRUCell)"} <= names
+    assert any(name.startswith("explicit BPTT, lean") for name in names)
+    assert all(r["ms_per_step"] > 0 for r in result["rows"])
+    assert "| size | cell | contender |" in (tmp_path / "benchmark.md").read_text()
+    assert main(["bench", "--batch", "0"]) == 2
+
+
+def test_flop_count_and_allocator_env():
+    size = bench.Size(batch=2, input=3, hidden=4, time=5, classes=6)
+    # LSTM: 4 gates; forward = 2*B*T*(I+H)*4H + 2*B*H*C; forward + backward = 3x.
+    assert bench.step_flops("lstm", size) == 3 * (2 * 2 * 5 * 7 * 16 + 2 * 2 * 4 * 6)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert parser.parse_args([]).hidden == [128, 512]
+
+
+def test_scaling_script_quick(tmp_path):
+    env = {**os.environ, "PERCEPTRON1_NO_REEXEC": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick", "--out",
+                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"explicit BPTT", "lean (k = sqrt T)", "jax.grad(lax.scan)"}
+    assert (tmp_path / "scaling.png").stat().st_size > 0
