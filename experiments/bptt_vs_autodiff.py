@@ -16,15 +16,7 @@ from _common import main_guard, train_run, write_table
 
 import perceptron1_jax as p1
 from perceptron1_jax.checkpoint import list_checkpoints
-
-
-def relative_error(ours, reference) -> float:
-    worst = 0.0
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
-        scale = float(jnp.max(jnp.abs(b)))
-        if scale > 0:
-            worst = max(worst, float(jnp.max(jnp.abs(a - b))) / scale)
-    return worst
+from perceptron1_jax.diagnostics import max_relative_error
 
 
 def main(quick: bool = False, out=None, seed: int = 0, batch: int = 32):
@@ -69,7 +61,7 @@ def _compare(found, seed, batch):
         reference = jax.grad(p1.loss)(params, data.xs, data.labels, cfg.cell)
         rows.append({"run": run_dir.name, "task": cfg.task, "cell": cfg.cell, "seq_len": cfg.time,
                      "step": loaded["step"], "loss": float(loss),
-                     "max_relative_error": relative_error(ours, reference)})
+                     "max_relative_error": max_relative_error(ours, reference)})
     return rows
 
 

@@ -232,8 +232,8 @@ def _gru_init(key, input_size, hidden_size, dtype=jnp.float32) -> Params:
 
     The update gate ``z`` is the GRU's forget gate (``h' = z*h + (1-z)*n``); with a zero bias
     ``z = 0.5`` halves the memory at every step. Measured on the copy task at lag 50 (hidden 64,
-    Adam 1e-3, clip 1): zero bias stays at chance after 2000 steps, bias 1 reaches 100% by step
-    1600, the counterpart of the LSTM forget-gate bias of 1.
+    Adam 1e-3, clip 1): zero bias stays at chance after 2000 steps, bias 1 reaches 99% held-out
+    accuracy by step 1700. It is the counterpart of the LSTM forget-gate bias of 1.
     """
     w_x, w_h = _init_common(key, input_size, hidden_size, 3, dtype)
     zeros = jnp.zeros((3 * hidden_size,), dtype)

@@ -56,6 +56,17 @@ def gradient_flow(params, xs, labels, cell: str, lengths=None, h0=None) -> Gradi
     return _gradient_flow(cell, params, c.xs, c.labels, c.lengths, c.carry0, c.many_to_many)
 
 
+def max_relative_error(ours, reference) -> float:
+    """Largest ``max|a - b| / max|b|`` over the leaves of two pytrees (leaves of ``reference``
+    that are all zero are skipped): the figure our gradient checks report."""
+    worst = 0.0
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
+        scale = float(jnp.max(jnp.abs(b)))
+        if scale > 0:
+            worst = max(worst, float(jnp.max(jnp.abs(a - b))) / scale)
+    return worst
+
+
 def decay_rate(dh_norm, last: int | None = None) -> float:
     """Geometric rate ``r`` of ``||dL/dh_t|| ~ r^(T-t)`` fitted (least squares on the log) over the
     steps before the read-out: ``r < 1`` vanishing, ``r > 1`` exploding."""

@@ -27,6 +27,7 @@ from flax import serialization
 
 from perceptron1_jax import checkpoint, losses, validate
 from perceptron1_jax.bptt import explicit_value_and_grad
+from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import _logits_and_mask, init_params
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from perceptron1_jax.tasks import TASKS, Dataset, TaskSpec
@@ -287,12 +288,7 @@ def gradient_agreement(cfg: TrainConfig, params, batch) -> float:
     many_to_many = cfg.task_spec.many_to_many
     _, ours, _ = jax.jit(make_value_and_grad(cfg.cell, many_to_many, "bptt"))(params, *batch)
     _, ref, _ = jax.jit(make_value_and_grad(cfg.cell, many_to_many, "autodiff"))(params, *batch)
-    worst = 0.0
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
-        scale = float(jnp.max(jnp.abs(b)))
-        if scale > 0:
-            worst = max(worst, float(jnp.max(jnp.abs(a - b))) / scale)
-    return worst
+    return max_relative_error(ours, ref)
 
 
 # --------------------------------------------------------------------------- the loop
