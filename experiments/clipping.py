@@ -20,15 +20,16 @@ import perceptron1_jax as p1
 from perceptron1_jax import tasks
 
 
-def main(quick: bool = False, out=None, seed: int = 0, seq_len: int = 50, hidden: int = 64, steps: int = 1500,
-         radius: float = 3.0, lr: float = 0.05, clip: float = 1.0):
+def main(quick: bool = False, out=None, seed: int = 0, task: str = "adding", seq_len: int = 50, hidden: int = 64,
+         steps: int = 1500, radius: float = 3.0, lr: float = 0.05, clip: float = 1.0):
     if quick:
         seq_len, hidden, steps = 10, 8, 20
-    params = p1.init_params(jax.random.key(seed + 7), "elman", 2, hidden, tasks.ADDING_BINS)
+    spec = tasks.TASKS[task]
+    params = p1.init_params(jax.random.key(seed + 7), "elman", spec.input_size, hidden, spec.num_classes)
     params = p1.set_spectral_radius(params, radius)
     rows, runs = [], {}
     for label, bound in (("no clipping", None), (f"clip_by_global_norm({clip:g})", clip)):
-        run = train_run(out, f"clipping-{'none' if bound is None else 'clip'}", params=params, task="adding",
+        run = train_run(out, f"clipping-{'none' if bound is None else 'clip'}", params=params, task=task,
                         cell="elman", hidden=hidden, seq_len=seq_len, optimizer="sgd", lr=lr, momentum=0.9,
                         clip=bound, steps=steps, seed=seed, log_every=1, eval_every=max(steps // 20, 1),
                         target_accuracy=0.0)
@@ -51,7 +52,7 @@ def main(quick: bool = False, out=None, seed: int = 0, seq_len: int = 50, hidden
         ax_loss.plot(*curves(history, "loss"), label=label, alpha=0.8)
         ax_norm.plot(*curves(history, "grad_norm"), label=label, alpha=0.8)
     ax_loss.set(xlabel="step", ylabel="training cross-entropy (nats, log scale)", yscale="log",
-                title=f"Elman, W_h spectral radius {radius:g}, SGD lr {lr:g}, adding T={seq_len}")
+                title=f"Elman, W_h spectral radius {radius:g}, SGD lr {lr:g}, {task} T={seq_len}")
     ax_norm.axhline(clip, color="k", ls="--", lw=1, label=f"clip bound {clip:g}")
     ax_norm.set(xlabel="step", ylabel="global gradient norm before clipping (log scale)", yscale="log",
                 title="gradient norm per step")
