@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import sys
 
 import matplotlib
@@ -35,7 +36,9 @@ def train_run(out: pathlib.Path, name: str, params=None, **config) -> p1.train._
     """One quiet training run; returns the RunState. The run folder is ``out/runs/name``."""
     cfg = p1.TrainConfig(**config)
     print(f"  training {name}: " + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)
-    return p1.train(cfg, out / "runs" / name, progress=False, log=lambda _: None, check_grads=False, params=params)
+    run_dir = out / "runs" / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: no checkpoints or metrics of an older one
+    return p1.train(cfg, run_dir, progress=False, log=lambda _: None, check_grads=False, params=params)
 
 
 def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> None:
