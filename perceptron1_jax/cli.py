@@ -63,8 +63,6 @@ _HELP = {
 
 def _base_type(annotation):
     """``int | None`` -> int; ``str`` -> str."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"int": int, "float": float, "str": str, "None": None})  # noqa: S307
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return next(a for a in typing.get_args(annotation) if a is not type(None))
     return annotation
@@ -78,8 +76,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     choices = {"task": list(TASKS), "cell": ["elman", "lstm", "gru"], "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES)}
     defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        kind = _base_type(f.type)
+        kind = _base_type(hints[f.name])
         default = getattr(defaults, f.name)
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),

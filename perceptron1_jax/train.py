@@ -116,6 +116,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.tbptt_k1 is not None:
         from perceptron1_jax.truncated import windows
 
+        if cfg.task_spec.vocab_size is not None:
+            raise ValueError(
+                f"tbptt_k1: truncated BPTT supports the float-input tasks, got the token task {cfg.task!r}"
+            )
         windows(cfg.time, cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not cfg.task_spec.many_to_many)
     if cfg.task == "three_step" and cfg.time != 3:
         raise ValueError(f"seq_len: expected 3 for the three_step task, got {cfg.time}")
@@ -236,8 +240,6 @@ def make_truncated_step(cfg: TrainConfig, optimizer) -> Callable:
             holder["clipped"].append(fired)
             return new
 
-        if "embed" in params:
-            raise ValueError("tbptt_k1: truncated BPTT supports float-input tasks, got the token task 'chars'")
         params, results, _ = run_windows(params, xs, labels, cfg.cell, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
         logits, mask = _logits_and_mask(cfg.cell, params, xs, None, None, many_to_many)
         metrics = {

@@ -182,5 +182,7 @@ def test_bad_configs():
         check_config(dataclasses.replace(TINY, num_train=4))
     with pytest.raises(ValueError, match="k1: expected a divisor"):
         check_config(dataclasses.replace(TINY, task="parity", seq_len=10, tbptt_k1=3))
+    with pytest.raises(ValueError, match="tbptt_k1: truncated BPTT supports the float-input tasks"):
+        check_config(dataclasses.replace(TINY, task="chars", seq_len=8, tbptt_k1=4))
     with pytest.raises(ValueError, match="config: unknown keys \\['hiden'\\]"):
         config_from_dict({"hiden": 3})
