@@ -151,3 +151,15 @@ def test_value_checks_apply_when_concrete_only():
     # Inside jit the values are unknown at trace time: no check (documented), no crash.
     value = jax.jit(lambda y: p1.loss(PARAMS, XS, y, "gru"))(bad_labels)
     assert value.shape == ()
+
+
+def test_init_params_under_jit_and_vmap():
+    keys = jax.random.split(jax.random.key(0), 3)
+    ensemble = jax.vmap(lambda k: p1.init_params(k, "gru", I, H, C))(keys)
+    assert ensemble["cell"]["W_h"].shape == (3, H, 3 * H)
+    assert not np.allclose(ensemble["cell"]["W_h"][0], ensemble["cell"]["W_h"][1])
+    jitted = jax.jit(lambda k: p1.init_params(k, "lstm", I, H, C))(keys[0])
+    eager = p1.init_params(keys[0], "lstm", I, H, C)
+    np.testing.assert_allclose(jitted["cell"]["W_h"], eager["cell"]["W_h"], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="hidden_size: expected a positive int, got 0"):
+        jax.jit(lambda k: p1.init_params(k, "lstm", I, 0, C))(keys[0])
