@@ -194,13 +194,18 @@ def cmd_train(args) -> int:
         verdict = "reached" if last["eval_accuracy"] >= cfg.target > 0 else "did not reach"
         print(f"final: step {last['step']}, eval loss {last['eval_loss']:.4f}, eval accuracy "
               f"{last['eval_accuracy']:.3f} ({verdict} the target {cfg.target}; chance {cfg.task_spec.chance:.3f})")
-    try:
-        from perceptron1_jax.plotting import plot_metrics
-
-        print(f"loss curve: {plot_metrics(out / 'metrics.jsonl', out / 'metrics.png')}")
-    except ImportError:
-        print("loss curve: not drawn (matplotlib missing): pip install 'perceptron1_jax[plot]'")
+    _plot_or_hint("loss curve", lambda plotting: plotting.plot_metrics(out / "metrics.jsonl", out / "metrics.png"))
     return 0
+
+
+def _plot_or_hint(label: str, draw) -> None:
+    """Print where ``draw(plotting_module)`` wrote its PNG, or how to get matplotlib."""
+    try:
+        from perceptron1_jax import plotting
+
+        print(f"{label}: {draw(plotting)}")
+    except ImportError:
+        print(f"{label}: not drawn (matplotlib missing): pip install 'perceptron1_jax[plot]'")
 
 
 def cmd_eval(args) -> int:
@@ -273,7 +278,15 @@ def cmd_gradflow(args) -> int:
     import numpy as np
 
     from perceptron1_jax.diagnostics import decay_rate, set_spectral_radius
-    from perceptron1_jax.train import TrainConfig, _datasets, _keys, gradient_flow_of, init_model, load_checkpoint
+    from perceptron1_jax.train import (
+        TrainConfig,
+        _datasets,
+        _keys,
+        check_config,
+        gradient_flow_of,
+        init_model,
+        load_checkpoint,
+    )
 
     for name in ("seq_len", "hidden", "batch"):
         if getattr(args, name) <= 0:
@@ -293,11 +306,9 @@ def cmd_gradflow(args) -> int:
         cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]
         for cell in cells:
             try:
-                cfg = TrainConfig(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
-                                  seed=args.seed, batch_size=args.batch, num_train=args.batch, num_eval=args.batch)
-                from perceptron1_jax.train import check_config
-
-                check_config(cfg)
+                cfg = check_config(TrainConfig(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
+                                               seed=args.seed, batch_size=args.batch, num_train=args.batch,
+                                               num_eval=args.batch))
             except (ValueError, TypeError) as err:
                 raise UsageError(str(err)) from err
             params = init_model(_keys(cfg)[1], cfg)
@@ -320,12 +331,8 @@ def cmd_gradflow(args) -> int:
         print(f"{lag:>6} " + " ".join(f"{norms[time - 1 - lag]:>28.3e}" for norms in profiles.values()))
     print(f"{'rate':>6} " + " ".join(f"{decay_rate(norms):>28.4f}" for norms in profiles.values()))
     print("rate: geometric factor per step back fitted to the profile (< 1 vanishing, > 1 exploding)")
-    try:
-        from perceptron1_jax.plotting import plot_gradient_flow
-
-        print(f"plot: {plot_gradient_flow(profiles, args.png, f'gradient flow through time, task {runs[0][0].task}')}")
-    except ImportError:
-        print("plot: not drawn (matplotlib missing): pip install 'perceptron1_jax[plot]'")
+    title = f"gradient flow through time, task {runs[0][0].task}"
+    _plot_or_hint("plot", lambda plotting: plotting.plot_gradient_flow(profiles, args.png, title))
     return 0
 
 

@@ -31,7 +31,7 @@ from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import _logits_and_mask, init_params
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from perceptron1_jax.tasks import TASKS, Dataset, TaskSpec
-from perceptron1_jax.truncated import run_windows
+from perceptron1_jax.truncated import run_windows, windows
 
 GRAD_SOURCES = ("bptt", "autodiff")
 DTYPES = ("float32", "float64")
@@ -114,8 +114,6 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.tbptt_k2 is not None and cfg.tbptt_k1 is None:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
     if cfg.tbptt_k1 is not None:
-        from perceptron1_jax.truncated import windows
-
         if cfg.task_spec.vocab_size is not None:
             raise ValueError(
                 f"tbptt_k1: truncated BPTT supports the float-input tasks, got the token task {cfg.task!r}"
