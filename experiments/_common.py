@@ -41,6 +41,13 @@ def train_run(out: pathlib.Path, name: str, params=None, **config) -> p1.train._
     return p1.train(cfg, run_dir, progress=False, log=lambda _: None, check_grads=False, params=params)
 
 
+def publish(fig, out: pathlib.Path, name: str, rows: list[dict], title: str) -> list[dict]:
+    """Write the experiment's plot and tables; returns ``rows``."""
+    save_figure(fig, out, name)
+    write_table(out, name, rows, title)
+    return rows
+
+
 def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> None:
     """``NAME.json`` (the rows) and ``NAME.md`` (a markdown table) under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +62,10 @@ def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> N
 
 
 def save_figure(fig, out: pathlib.Path, name: str) -> pathlib.Path:
+    """Grid and legend on every panel, then ``out/NAME.png``."""
+    for ax in fig.axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
     fig.tight_layout()
@@ -70,8 +81,6 @@ def flow_axes(ax, profiles: dict, title: str) -> None:
         norms = np.asarray(norms, np.float64)
         ax.semilogy(np.arange(norms.size)[::-1], np.maximum(norms, 1e-300), label=label)
     ax.set(xlabel="lag T - t (steps before the read-out)", ylabel="||dL/dh_t|| (log scale)", title=title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
 
 
 def curves(records: list[dict], key: str) -> tuple[list, list]:

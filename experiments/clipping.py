@@ -15,7 +15,7 @@ import math
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import curves, main_guard, save_figure, train_run, write_table
+from _common import curves, main_guard, publish, train_run
 
 import perceptron1_jax as p1
 from perceptron1_jax import tasks
@@ -57,12 +57,7 @@ def main(quick: bool = False, out=None, seed: int = 0, task: str = "copy", seq_l
     ax_norm.axhline(clip, color="k", ls="--", lw=1, label=f"clip bound {clip:g}")
     ax_norm.set(xlabel="step", ylabel="global gradient norm before clipping (log scale)", yscale="log",
                 title="gradient norm per step")
-    for ax in (ax_loss, ax_norm):
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    save_figure(fig, out, "clipping")
-    write_table(out, "clipping", rows, "Clipping in the exploding regime")
-    return rows
+    return publish(fig, out, "clipping", rows, "Clipping in the exploding regime")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ the best held-out accuracy and the steps used.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from _common import main_guard, save_figure, train_run, write_table
+from _common import main_guard, publish, train_run
 
 from perceptron1_jax.tasks import TASKS
 
@@ -41,11 +41,7 @@ def main(quick: bool = False, out=None, seed: int = 0, lags=(10, 50, 100, 200), 
         ax.set(xscale="log", xlabel="lag T (steps between the cue and the read-out, log scale)",
                ylabel="best held-out accuracy (fraction)", ylim=(0, 1.02),
                title=f"{task}: {steps} steps budget, hidden {hidden}")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    save_figure(fig, out, "long_range")
-    write_table(out, "long_range", rows, "Long-range tasks: best held-out accuracy by lag")
-    return rows
+    return publish(fig, out, "long_range", rows, "Long-range tasks: best held-out accuracy by lag")
 
 
 if __name__ == "__main__":

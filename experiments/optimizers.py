@@ -8,7 +8,7 @@ step; table: best held-out accuracy and the step it first reached 0.99 (if it di
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from _common import curves, main_guard, save_figure, train_run, write_table
+from _common import curves, main_guard, publish, train_run
 
 SETTINGS = (("sgd", 0.1), ("sgd", 3e-3), ("rmsprop", 3e-3), ("adam", 3e-3))
 
@@ -34,12 +34,7 @@ def main(quick: bool = False, out=None, seed: int = 0, lag: int = 20, hidden: in
     ax_loss.set(xlabel="step", ylabel="training cross-entropy (nats, log scale)", yscale="log",
                 title=f"LSTM, copy task lag {lag}")
     ax_acc.set(xlabel="step", ylabel="held-out accuracy (fraction)", ylim=(0, 1.02), title="held-out accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    save_figure(fig, out, "optimizers")
-    write_table(out, "optimizers", rows, "Optimizers on the same task and budget")
-    return rows
+    return publish(fig, out, "optimizers", rows, "Optimizers on the same task and budget")
 
 
 if __name__ == "__main__":

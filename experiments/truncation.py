@@ -9,7 +9,7 @@ by an LSTM with full BPTT and with the gradient truncated to the last k in {5, 2
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from _common import curves, main_guard, save_figure, train_run, write_table
+from _common import curves, main_guard, publish, train_run
 
 
 def main(quick: bool = False, out=None, seed: int = 0, lag: int = 15, ks=(5, 20, 50), hidden: int = 32,
@@ -33,11 +33,7 @@ def main(quick: bool = False, out=None, seed: int = 0, lag: int = 15, ks=(5, 20,
     ax.axhline(1 / 8, color="k", ls="--", lw=1, label="chance")
     ax.set(xlabel="step", ylabel="held-out accuracy (fraction)", ylim=(0, 1.02),
            title=f"copy task, lag {lag}: full vs truncated BPTT (LSTM)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, out, "truncation")
-    write_table(out, "truncation", rows, f"Truncated BPTT on a dependency of lag {lag}")
-    return rows
+    return publish(fig, out, "truncation", rows, f"Truncated BPTT on a dependency of lag {lag}")
 
 
 if __name__ == "__main__":

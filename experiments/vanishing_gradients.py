@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 import matplotlib.pyplot as plt
-from _common import flow_axes, main_guard, save_figure, train_run, write_table
+from _common import flow_axes, main_guard, publish, train_run
 
 import perceptron1_jax as p1
 from perceptron1_jax import tasks
@@ -48,9 +48,7 @@ def main(quick: bool = False, out=None, seed: int = 0, lag: int = 50, hidden: in
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     flow_axes(left, cells_panel, f"copy task, T = {lag}: init vs trained")
     flow_axes(right, radius_panel, f"Elman at init, T = {lag}: recurrent spectral radius")
-    save_figure(fig, out, "vanishing_gradients")
-    write_table(out, "vanishing_gradients", rows, "Gradient flow: geometric rate of ||dL/dh_t|| per step back")
-    return rows
+    return publish(fig, out, "vanishing_gradients", rows, "Gradient flow: geometric rate of ||dL/dh_t|| per step back")
 
 
 if __name__ == "__main__":
