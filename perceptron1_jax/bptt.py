@@ -2,19 +2,25 @@
 
 Never calls ``jax.grad``/``jax.vjp``/``jax.linearize``. The algorithm, for any cell:
 
-1. Forward (shared with the plain path, :func:`perceptron1_jax.unroll.scan_forward`): the input
-   projection ``Zx = X W_x + b_x`` for all steps is one matmul before the scan; the scan keeps the
-   carries (``h_t``, and ``c_t`` for the LSTM) and the cell's small per-step residuals.
+1. Forward (shared with the plain path, :func:`perceptron1_jax.unroll.scan_forward`): the scan
+   keeps the carry *entering* each step (``h_{t-1}``, and ``c_{t-1}`` for the LSTM) and the cell's
+   small per-step residuals. (The input projection ``x_t W_x + b_x`` runs inside the loop on CPU
+   and as one matmul before it on accelerators: :func:`perceptron1_jax.unroll.hoist_input_projection`.)
 2. Readout and loss gradient: ``dL/dlogits = w (softmax - onehot)``; for many-to-one it enters
    the backward as ``dL/dh_T``, for many-to-many as a per-step ``dL/dh_t`` injection
    ``dlogits_t W^T``.
-3. Backward: ``lax.scan(reverse=True)`` carrying only ``dL/dh`` (and ``dL/dc``). At step ``t`` the
-   carried gradient plus the step's own output gradient is the total ``dL/dh_t``; the cell's
-   ``backward_step`` turns it into the pre-activation gradients ``dZx_t``, ``dZh_t`` and the
-   gradient for the previous carry. With ``lengths``, a padded step passes its gradient straight to
-   the previous carry (the state was held) and contributes nothing to the weights.
-4. Weight gradients as big matmuls outside the loop, over all batch and time rows:
-   ``dW_x = X^T dZx``, ``dW_h = H_prev^T dZh``, ``db = sum dZ``; ``dL/dX = dZx W_x^T``.
+3. Backward: ``lax.scan(reverse=True)`` carrying only ``dL/dh`` (and ``dL/dc``) and the state after
+   the step. At step ``t`` the carried gradient plus the step's own output gradient is the total
+   ``dL/dh_t``; the cell's ``backward_step`` turns it into the pre-activation gradients ``dZx_t``,
+   ``dZh_t`` and the gradient for the previous carry. With ``lengths``, a padded step passes its
+   gradient straight to the previous carry (the state was held) and contributes nothing to the
+   weights.
+4. Weight gradients as matmuls over blocks of ``WINDOW`` steps (``WINDOW * B`` rows), not per step:
+   ``dW_x += X^T dZx``, ``dW_h += H_prev^T dZh``, ``db += sum dZ``; ``dL/dX = dZx W_x^T``.
+
+What is kept for all ``T`` steps (per batch row, floats): the entering carries and the cell's
+residuals, i.e. Elman ``H``, LSTM ``2H + 4H`` (``h``, ``c``, gates), GRU ``H + 3H + H`` (``h``,
+``[r, z, n]``, ``zh_n``); ``dZ`` lives for one block (``WINDOW x G*H``).
 
 Shapes: ``B`` batch, ``T`` time, ``I`` input, ``H`` hidden, ``G`` gate blocks, ``C`` classes.
 Inside, arrays are time-major ``(T, B, ...)``; public arrays are batch-major.
@@ -32,7 +38,7 @@ from jax import lax
 from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS, Carry, Cell, Params
 from perceptron1_jax.model import readout
-from perceptron1_jax.unroll import public_carry, scan_forward, time_mask, zero_carry
+from perceptron1_jax.unroll import carries_after, public_carry, scan_forward, time_mask, zero_carry
 
 Array = jax.Array
 
@@ -45,78 +51,131 @@ class BPTTExtras(NamedTuple):
     dh0: object  # dL/d(initial carry): (batch, hidden), or a pair (dh0, dc0) for the LSTM
 
 
+WINDOW = 16
+"""Steps per block of the weight-gradient matmuls in :func:`backward_scan`.
+
+Measured on the 2-core CPU (LSTM, batch 64, hidden 128, T 128): blocks of 8, 16 and 32 steps run
+within noise of each other, and all are ~10% faster than one matmul over all steps after the loop,
+which also kept every step's ``dZ`` alive (``python benchmarks/benchmark.py --window ...``).
+"""
+
+
+class Backward(NamedTuple):
+    """What :func:`backward_scan` returns (time-major)."""
+
+    grads: Params  # gradients of the cell params
+    dxs_tm: Array  # (T, B, I) dL/dxs
+    dcarry0: Carry  # gradient w.r.t. the initial carry
+    dhs_tm: Array | None  # (T, B, H) total dL/dh_t, when keep_dhs
+    dzx_tm: Array | None  # (T, B, G*H) input pre-activation gradients, when keep_dz
+    dzh_part_tm: Array | None  # the cell's recurrent part of dZh (cell.full_dzh), when keep_dz
+
+
 def backward_scan(
     cell: Cell,
     cell_params: Params,
     xs_tm: Array,
-    carry0: Carry,
-    carries: Carry,
+    carries_in: Carry,
+    final_carry: Carry,
     residuals,
     final_dcarry: Carry,
     dhs_out_tm: Array | None,
     mask_tm: Array | None,
-    keep_dhs: bool,
-):
-    """The reverse-time pass shared by :func:`bptt` and the custom VJP of :func:`unroll_bptt`.
+    *,
+    keep_dhs: bool = False,
+    keep_dz: bool = False,
+    window: int = WINDOW,
+) -> Backward:
+    """The reverse-time pass shared by :func:`bptt`, the lean mode and :func:`unroll_bptt`.
+
+    Time runs in blocks of ``window`` steps (the last block takes the remainder). Within a block
+    a reverse ``lax.scan`` carries ``dL/dh`` (and ``dL/dc``) and the carry *after* the current
+    step, and stacks the block's ``dZx``/``dZh``; after each block its weight gradients are one
+    matmul over ``window * B`` rows (``dW_x += X_blk^T dZx_blk``, ``dW_h += H_prev_blk^T dZh_blk``)
+    and ``dL/dX_blk = dZx_blk W_x^T``. So the per-step pre-activation gradients live for one block
+    only: what the backward keeps for all ``T`` steps is what the forward saved.
 
     Args:
-      xs_tm: ``(T, B, I)`` inputs; ``carry0``: initial carry tuple, each ``(B, H)``.
-      carries, residuals: what :func:`scan_forward` saved (carries ``(T, B, H)`` each).
-      final_dcarry: gradient w.r.t. the final carry (tuple like ``carry0``).
+      xs_tm: ``(T, B, I)`` inputs.
+      carries_in: the carry entering each step, ``(T, B, H)`` per leaf
+        (``scan_forward(..., stack_entering=True)``); ``final_carry``: the carry after the last
+        step; ``residuals``: the cell's saved per-step arrays.
+      final_dcarry: gradient w.r.t. the final carry (tuple like ``final_carry``).
       dhs_out_tm: ``(T, B, H)`` gradient flowing into each ``h_t`` from outside the recurrence
         (readout of every step), or None.
       mask_tm: ``(T, B)`` bool validity, or None.
-      keep_dhs: also stack the total ``dL/dh_t`` per step.
-
-    Returns:
-      ``(cell_grads, dxs_tm, dcarry0, dhs_tm, dzx_tm, dzh_part_tm)``; ``dhs_tm`` is None unless
-      ``keep_dhs``; ``dzx_tm`` ``(T, B, G*H)`` and the cell's recurrent part ``dzh_part_tm`` are the
-      stacked pre-activation gradients (``cell.full_dzh`` assembles ``dZh``).
+      keep_dhs: also return the total ``dL/dh_t`` of every step; ``keep_dz``: also return the
+        stacked ``dZx`` and the cell's recurrent part of ``dZh`` (diagnostics).
     """
-    # Carry entering step t: the initial carry, then the carries of steps 0..T-2.
-    carries_prev = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries))
+    time = xs_tm.shape[0]
+    block = min(window, time)
+    n_full, tail = divmod(time, block)
+    w_x_t = cell_params["W_x"].T
 
-    def body(dcarry, inputs):
-        prev_t, carry_t, residuals_t, dh_out_t, valid_t = inputs
-        if dh_out_t is not None:
-            dcarry = (dcarry[0] + dh_out_t,) + dcarry[1:]
-        dh_total = dcarry[0]
-        if valid_t is None:
-            dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, carry_t, residuals_t, dcarry)
-        else:
-            keep = valid_t[:, None]
-            into_cell = tuple(jnp.where(keep, d, 0.0) for d in dcarry)
-            dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, carry_t, residuals_t, into_cell)
-            dprev = tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
-        return dprev, (dzx, dzh, dh_total if keep_dhs else None)
+    def run_block(state, start, length):
+        dcarry, after, acc = state
 
-    dcarry0, (dzx, dzh_part, dhs) = lax.scan(
-        body, final_dcarry, (carries_prev, carries, residuals, dhs_out_tm, mask_tm), reverse=True
-    )
-    grads = cell.param_grads(xs_tm, carries_prev[0], dzx, dzh_part)
-    dxs_tm = dzx @ cell_params["W_x"].T
-    return grads, dxs_tm, dcarry0, dhs, dzx, dzh_part
+        def take(a):
+            return None if a is None else lax.dynamic_slice_in_dim(a, start, length)
+
+        block_in = tuple(take(c) for c in carries_in)
+
+        def step(carry, inputs):
+            dcarry, after = carry
+            prev_t, residuals_t, dh_out_t, valid_t = inputs
+            if dh_out_t is not None:
+                dcarry = (dcarry[0] + dh_out_t,) + dcarry[1:]
+            dh_total = dcarry[0]
+            if valid_t is None:
+                dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, after, residuals_t, dcarry)
+            else:
+                keep = valid_t[:, None]
+                into_cell = tuple(jnp.where(keep, d, 0.0) for d in dcarry)
+                dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, after, residuals_t, into_cell)
+                dprev = tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
+            return (dprev, prev_t), (dzx, dzh, dh_total if keep_dhs else None)
+
+        inputs = (block_in, jax.tree.map(take, residuals), take(dhs_out_tm), take(mask_tm))
+        (dcarry, after), (dzx, dzh_part, dhs) = lax.scan(step, (dcarry, after), inputs, reverse=True)
+        grads = cell.param_grads(take(xs_tm), block_in[0], dzx, dzh_part)
+        acc = jax.tree.map(jnp.add, acc, grads)
+        kept = (dzx, dzh_part) if keep_dz else (None, None)
+        return (dcarry, after, acc), (dzx @ w_x_t, dhs) + kept
+
+    state = (final_dcarry, final_carry, jax.tree.map(jnp.zeros_like, cell_params))
+    if tail:  # the remainder block at the end of time comes first in reverse
+        state, tail_outs = run_block(state, n_full * block, tail)
+    state, outs = lax.scan(lambda s, w: run_block(s, w * block, block), state, jnp.arange(n_full), reverse=True)
+    outs = jax.tree.map(lambda a: a.reshape((n_full * block,) + a.shape[2:]), outs)
+    if tail:
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, tail_outs)
+    dcarry0, _, grads = state
+    dxs_tm, dhs_tm, dzx_tm, dzh_part_tm = outs
+    return Backward(grads, dxs_tm, dcarry0, dhs_tm, dzx_tm, dzh_part_tm)
 
 
 class Aux(NamedTuple):
     """Side outputs of :func:`explicit_value_and_grad` (time-major where noted)."""
 
     logits: Array  # (B, C) many-to-one, (B, T, C) many-to-many
-    carries: Carry  # every carry leaf after each step, (T, B, H) each
+    carries_in: Carry  # every carry leaf entering each step, (T, B, H) each
+    final: Carry  # the carry after the last step
     dhs_tm: Array | None  # (T, B, H) total dL/dh_t, when keep_dhs
     dxs_tm: Array  # (T, B, I) dL/dxs
     dcarry0: Carry  # gradient w.r.t. the initial carry
-    dzx_tm: Array  # (T, B, G*H) input pre-activation gradients: dW_x = sum_t x_t^T dzx_t
-    dzh_part_tm: Array | None  # the cell's recurrent part; cell.full_dzh(dzx, part): dW_h = sum_t h_{t-1}^T dzh_t
+    dzx_tm: Array | None  # (T, B, G*H) input pre-activation gradients (keep_dz): dW_x = sum_t x_t^T dzx_t
+    dzh_part_tm: Array | None  # the cell's recurrent part (keep_dz); cell.full_dzh(dzx, part) = dZh
 
 
 def explicit_value_and_grad(
-    cell_name, params, xs, labels, lengths=None, carry0=None, *, many_to_many, keep_dhs=False, loss_mask=None
+    cell_name, params, xs, labels, lengths=None, carry0=None, *, many_to_many, keep_dhs=False, keep_dz=False,
+    loss_mask=None, window=WINDOW,
 ):
     """Unchecked, traceable core of :func:`bptt` (call it inside your own jit).
 
     ``loss_mask: (B, T)`` bool (many-to-many only) restricts which steps are scored, on top of
-    ``lengths`` (truncated BPTT scores only the last ``k1`` steps of a window).
+    ``lengths`` (truncated BPTT scores only the last ``k1`` steps of a window). ``window``: steps
+    per weight-gradient block (:func:`backward_scan`).
 
     Returns:
       ``(loss, grads, aux)`` with ``aux`` an :class:`Aux`.
@@ -129,11 +188,11 @@ def explicit_value_and_grad(
         carry0 = zero_carry(cell, batch, hidden, xs.dtype)
     xs_tm = jnp.swapaxes(xs, 0, 1)
     mask_tm = time_mask(lengths, time)
-    final, carries, residuals = scan_forward(cell, cell_params, xs_tm, carry0, mask_tm)
+    final, carries_in, residuals = scan_forward(cell, cell_params, xs_tm, carry0, mask_tm, stack_entering=True)
 
     w_out = readout_params["W"]
     if many_to_many:
-        hs_tm = carries[0]
+        hs_tm = carries_after(carries_in[:1], final[:1])[0]
         logits = readout(readout_params, hs_tm)  # (T, B, C)
         scored = mask_tm
         if loss_mask is not None:
@@ -151,12 +210,14 @@ def explicit_value_and_grad(
         dhs_out_tm = None
         final_dcarry = (dlogits @ w_out.T,) + tuple(jnp.zeros_like(c) for c in final[1:])
 
-    cell_grads, dxs_tm, dcarry0, dhs_tm, dzx_tm, dzh_part_tm = backward_scan(
-        cell, cell_params, xs_tm, carry0, carries, residuals, final_dcarry, dhs_out_tm, mask_tm,
-        keep_dhs=keep_dhs,
+    back = backward_scan(
+        cell, cell_params, xs_tm, carries_in, final, residuals, final_dcarry, dhs_out_tm, mask_tm,
+        keep_dhs=keep_dhs, keep_dz=keep_dz, window=window,
     )
-    grads = {"cell": cell_grads, "readout": readout_grads}
-    return loss, grads, Aux(logits, carries, dhs_tm, dxs_tm, dcarry0, dzx_tm, dzh_part_tm)
+    grads = {"cell": back.grads, "readout": readout_grads}
+    return loss, grads, Aux(
+        logits, carries_in, final, back.dhs_tm, back.dxs_tm, back.dcarry0, back.dzx_tm, back.dzh_part_tm
+    )
 
 
 @partial(jax.jit, static_argnames=("cell_name", "many_to_many", "return_extras"))
@@ -220,19 +281,21 @@ def _unroll_explicit(cell_name, cell_params, xs, lengths, carry0):
 def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0):
     cell = CELLS[cell_name]
     xs_tm = jnp.swapaxes(xs, 0, 1)
-    final, carries, residuals = scan_forward(cell, cell_params, xs_tm, carry0, time_mask(lengths, xs.shape[1]))
-    saved = (cell_params, xs_tm, lengths, carry0, carries, residuals)
-    return (jnp.swapaxes(carries[0], 0, 1), final), saved
+    mask_tm = time_mask(lengths, xs.shape[1])
+    final, carries_in, residuals = scan_forward(cell, cell_params, xs_tm, carry0, mask_tm, stack_entering=True)
+    hs_tm = carries_after(carries_in[:1], final[:1])[0]
+    saved = (cell_params, xs_tm, lengths, carries_in, final, residuals)
+    return (jnp.swapaxes(hs_tm, 0, 1), final), saved
 
 
 def _unroll_bwd(cell_name, saved, cotangents):
-    cell_params, xs_tm, lengths, carry0, carries, residuals = saved
+    cell_params, xs_tm, lengths, carries_in, final, residuals = saved
     d_hs, d_final = cotangents
-    cell_grads, dxs_tm, dcarry0, *_ = backward_scan(
-        CELLS[cell_name], cell_params, xs_tm, carry0, carries, residuals, tuple(d_final),
-        jnp.swapaxes(d_hs, 0, 1), time_mask(lengths, xs_tm.shape[0]), keep_dhs=False,
+    back = backward_scan(
+        CELLS[cell_name], cell_params, xs_tm, carries_in, final, residuals, tuple(d_final),
+        jnp.swapaxes(d_hs, 0, 1), time_mask(lengths, xs_tm.shape[0]),
     )
-    return cell_grads, jnp.swapaxes(dxs_tm, 0, 1), None, dcarry0
+    return back.grads, jnp.swapaxes(back.dxs_tm, 0, 1), None, back.dcarry0
 
 
 _unroll_explicit.defvjp(_unroll_fwd, _unroll_bwd)

@@ -37,10 +37,10 @@ def _gradient_flow(cell_name, params, xs, labels, lengths, carry0, many_to_many)
     if carry0 is None:
         carry0 = zero_carry(validate.get_cell(cell_name), xs.shape[0], params["cell"]["W_h"].shape[0], xs.dtype)
     loss, _, aux = explicit_value_and_grad(
-        cell_name, params, xs, labels, lengths, carry0, many_to_many=many_to_many, keep_dhs=True
+        cell_name, params, xs, labels, lengths, carry0, many_to_many=many_to_many, keep_dhs=True, keep_dz=True
     )
     dh_norm = jnp.sqrt(jnp.sum(aux.dhs_tm**2, axis=(1, 2)))
-    h_prev = jnp.concatenate([carry0[0][None], aux.carries[0][:-1]], axis=0)  # (T, B, H)
+    h_prev = aux.carries_in[0]  # (T, B, H)
     dzh = validate.get_cell(cell_name).full_dzh(aux.dzx_tm, aux.dzh_part_tm)
     per_step = jnp.einsum("tbh,tbg->thg", h_prev, dzh)
     return GradientFlow(loss, dh_norm, jnp.sqrt(jnp.sum(per_step**2, axis=(1, 2))))

@@ -24,7 +24,7 @@ from perceptron1_jax import losses
 from perceptron1_jax.bptt import backward_scan
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.model import readout
-from perceptron1_jax.unroll import scan_forward, time_mask, zero_carry
+from perceptron1_jax.unroll import carries_after, scan_forward, time_mask, zero_carry
 
 
 def default_segment(time: int) -> int:
@@ -64,15 +64,14 @@ def lean_value_and_grad(cell_name, params, xs, labels, lengths, carry0, *, many_
 
     def segment_forward(carry, seg):
         x, v = seg[0], seg[1]
-        final, carries, residuals = scan_forward(cell, cell_params, x, carry, v if needs_mask else None)
-        return final, carries, residuals
+        return scan_forward(cell, cell_params, x, carry, v if needs_mask else None, stack_entering=True)
 
     # Forward: keep only each segment's starting carry (and the many-to-many loss).
     def forward_body(carry, seg):
-        final, carries, _ = segment_forward(carry, seg)
+        final, carries_in, _ = segment_forward(carry, seg)
         seg_loss = jnp.zeros((), dtype)
         if many_to_many:
-            logits = readout(readout_params, carries[0])
+            logits = readout(readout_params, carries_after(carries_in[:1], final[:1])[0])
             picked = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), seg[2][..., None], -1)[..., 0]
             seg_loss = -jnp.sum(jnp.where(seg[1], picked, 0.0)) * weight
         return final, (carry, seg_loss)
@@ -97,10 +96,10 @@ def lean_value_and_grad(cell_name, params, xs, labels, lengths, carry0, *, many_
     def backward_body(acc, seg):
         dcarry, cell_acc, readout_acc = acc
         start, x, v, y = seg
-        _, carries, residuals = segment_forward(start, (x, v))
+        seg_final, carries_in, residuals = segment_forward(start, (x, v))
         dhs_out = None
         if many_to_many:
-            hs = carries[0]
+            hs = carries_after(carries_in[:1], seg_final[:1])[0]
             logits = readout(readout_params, hs)
             probs = jax.nn.softmax(logits, -1)
             onehot = jax.nn.one_hot(y, logits.shape[-1], dtype=dtype)
@@ -108,12 +107,12 @@ def lean_value_and_grad(cell_name, params, xs, labels, lengths, carry0, *, many_
             readout_acc = {"W": readout_acc["W"] + jnp.einsum("tbh,tbc->hc", hs, dlogits),
                            "b": readout_acc["b"] + jnp.sum(dlogits, axis=(0, 1))}
             dhs_out = dlogits @ w_out.T
-        grads, dxs, dstart, dhs, *_ = backward_scan(
-            cell, cell_params, x, start, carries, residuals, dcarry, dhs_out, v if needs_mask else None,
+        back = backward_scan(
+            cell, cell_params, x, carries_in, seg_final, residuals, dcarry, dhs_out, v if needs_mask else None,
             keep_dhs=keep_dhs,
         )
-        cell_acc = jax.tree.map(jnp.add, cell_acc, grads)
-        return (dstart, cell_acc, readout_acc), (dxs, dhs)
+        cell_acc = jax.tree.map(jnp.add, cell_acc, back.grads)
+        return (back.dcarry0, cell_acc, readout_acc), (back.dxs_tm, back.dhs_tm)
 
     (dcarry0, cell_grads, readout_acc), (dxs, dhs) = lax.scan(
         backward_body, (final_dcarry, zeros_cell, zeros_readout), (starts, seg_xs, seg_valid, seg_labels),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from perceptron1_jax import validate
 from perceptron1_jax.bptt import explicit_value_and_grad
-from perceptron1_jax.unroll import _unroll, public_carry, zero_carry
+from perceptron1_jax.unroll import _unroll, carries_after, public_carry, zero_carry
 
 Array = jax.Array
 
@@ -61,7 +61,7 @@ def _window_value_and_grad(cell_name, params, xs, labels, carry0, many_to_many, 
     loss, grads, aux = explicit_value_and_grad(
         cell_name, params, xs, labels, None, carry0, many_to_many=many_to_many, loss_mask=loss_mask
     )
-    return loss, grads, aux.carries
+    return loss, grads, carries_after(aux.carries_in, aux.final)
 
 
 def run_windows(

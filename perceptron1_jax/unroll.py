@@ -53,7 +53,8 @@ def hoist_input_projection() -> bool:
 
 
 def scan_forward(
-    cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None
+    cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
+    *, stack_entering: bool = False,
 ) -> tuple[Carry, Carry, object]:
     """Run the cell over time.
 
@@ -61,11 +62,15 @@ def scan_forward(
       xs_tm: ``(time, batch, input)`` inputs, time-major.
       carry0: initial carry tuple, each ``(batch, hidden)``.
       mask_tm: ``(time, batch)`` bool validity mask or None.
+      stack_entering: stack the carry *entering* each step (``carry0, ..., carry_{T-2}``) instead
+        of the carry after it. The explicit backward wants this one: it is the ``H_prev`` operand
+        of ``dW_h`` as is, and the reverse scan carries the "after" state itself.
 
     Returns:
       ``(final_carry, carries, residuals)``: ``carries`` stacks every carry leaf over time
-      (``(time, batch, hidden)`` each, the state *after* step t); ``residuals`` stacks the cell's
-      per-step residuals (used only by the explicit backward; dead code otherwise).
+      (``(time, batch, hidden)`` each, the state *after* step t, or entering it with
+      ``stack_entering``); ``residuals`` stacks the cell's per-step residuals (used only by the
+      explicit backward; dead code otherwise).
     """
     hoist = hoist_input_projection()
     # Hoisted: one (T*B, I) x (I, G*H) matmul before the loop, the loop slices its rows.
@@ -78,10 +83,15 @@ def scan_forward(
         if valid_t is not None:
             keep = valid_t[:, None]
             new_carry = tuple(jnp.where(keep, new, old) for new, old in zip(new_carry, carry))
-        return new_carry, (new_carry, residuals)
+        return new_carry, (carry if stack_entering else new_carry, residuals)
 
     final_carry, (carries, residuals) = lax.scan(body, carry0, (inputs_tm, mask_tm))
     return final_carry, carries, residuals
+
+
+def carries_after(carries_in: Carry, final: Carry) -> Carry:
+    """Entering-carry stacks (``stack_entering=True``) -> the stacks of the carry after each step."""
+    return tuple(jnp.concatenate([c[1:], f[None]], axis=0) for c, f in zip(carries_in, final))
 
 
 def public_carry(cell: Cell, carry: Carry):

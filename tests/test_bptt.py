@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import perceptron1_jax as p1
+from perceptron1_jax.bptt import explicit_value_and_grad
 from perceptron1_jax.cells import CELLS, cell_step
 from perceptron1_jax.losses import cross_entropy
 from perceptron1_jax.model import readout
+from perceptron1_jax.unroll import public_carry
 
 CELL_NAMES = sorted(CELLS)
 # (batch, time, input, hidden, classes): edges T=1, batch=1, hidden=1, input=1.
@@ -116,6 +118,35 @@ def test_dhs_dxs_dh0_equal_jax_grad(x64, cell, many_to_many, with_lengths):
     _, _, extras_h0 = p1.bptt(params, xs, labels, cell, lengths, h0, return_extras=True)
     ref_dh0 = jax.jit(jax.grad(p1.loss, argnums=5), static_argnums=3)(params, xs, labels, cell, lengths, h0)
     assert_trees_close(extras_h0.dh0, ref_dh0, rtol=1e-6, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("window", [1, 3, 5, 8])
+@pytest.mark.parametrize("many_to_many, with_lengths", [(False, False), (True, True)])
+def test_blocked_backward_equals_jax_grad(x64, cell, window, many_to_many, with_lengths):
+    # T = 7 in blocks of 1, 3 and 5 (full blocks plus a remainder) and 8 (one block): the
+    # block boundaries must not change the loss, the gradients or any per-step output.
+    params, xs, labels, lengths = random_problem(
+        21 + window, cell, 3, 7, 2, 4, 3, many_to_many=many_to_many, with_lengths=with_lengths
+    )
+    h0 = jax.random.normal(jax.random.key(window), (3, 4), xs.dtype)
+    carry0 = (h0, -0.5 * h0) if cell == "lstm" else (h0,)
+
+    @jax.jit
+    def blocked(q, x, y, n, c0):
+        return explicit_value_and_grad(cell, q, x, y, n, c0, many_to_many=many_to_many, keep_dhs=True,
+                                       keep_dz=True, window=window)
+
+    loss, grads, aux = blocked(params, xs, labels, lengths, carry0)
+    ref_loss, ref_grads = reference_value_and_grad(cell)(params, xs, labels, lengths, public_carry(CELLS[cell], carry0))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    assert_trees_close(grads, ref_grads, rtol=1e-6, atol=1e-12 * max_scale(ref_grads))
+    _, _, whole = jax.jit(
+        lambda q, x, y, n, c0: explicit_value_and_grad(cell, q, x, y, n, c0, many_to_many=many_to_many,
+                                                       keep_dhs=True, keep_dz=True, window=7)
+    )(params, xs, labels, lengths, carry0)
+    for name in ("dhs_tm", "dxs_tm", "dcarry0", "dzx_tm", "dzh_part_tm"):
+        assert_trees_close(getattr(aux, name), getattr(whole, name), rtol=1e-12, atol=1e-15)
 
 
 def test_dhs_show_vanishing_profile_for_many_to_one(x64):

@@ -34,6 +34,20 @@ def test_lean_equals_full_and_jax_grad(x64, cell, many_to_many, with_lengths, se
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
+def test_lean_segments_longer_than_a_backward_block(x64, cell):
+    # Segments of 20 steps span a full WINDOW block plus a remainder inside the backward.
+    from perceptron1_jax.bptt import WINDOW
+
+    segment = WINDOW + 4
+    params, xs, labels, lengths = random_problem(5, cell, 2, 2 * segment + 3, 2, 3, 3, many_to_many=True,
+                                                 with_lengths=True)
+    loss, grads = p1.bptt(params, xs, labels, cell, lengths, lean=segment)
+    ref_loss, ref_grads = reference_value_and_grad(cell)(params, xs, labels, lengths)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    assert_trees_close(grads, ref_grads, rtol=1e-6, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
 def test_lean_float32(cell):
     params, xs, labels, _ = random_problem(0, cell, 8, 64, 4, 16, 5, dtype=jnp.float32)
     loss, grads = p1.bptt(params, xs, labels, cell, lean=8)
