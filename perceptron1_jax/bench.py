@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -32,7 +33,7 @@ import numpy as np
 import optax
 
 from perceptron1_jax import losses
-from perceptron1_jax.bptt import explicit_value_and_grad
+from perceptron1_jax.bptt import WINDOW, explicit_value_and_grad
 from perceptron1_jax.lean import default_segment, lean_value_and_grad
 from perceptron1_jax.model import _logits_and_mask, init_params
 
@@ -127,12 +128,13 @@ def _jax_contender(name, value_and_grad, params, xs, labels) -> Contender:
     return Contender(name, run, float(getattr(memory, "temp_size_in_bytes", float("nan"))))
 
 
-def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True) -> list[Contender]:
+def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, windows=()) -> list[Contender]:
+    """``windows``: extra explicit-BPTT contenders with these weight-gradient block sizes."""
     xs, labels = jnp.asarray(xs), jnp.asarray(labels)
     params = init_params(jax.random.key(0), cell, size.input, size.hidden, size.classes)
 
-    def explicit(params, xs, labels):
-        loss, grads, _ = explicit_value_and_grad(cell, params, xs, labels, many_to_many=False)
+    def explicit(params, xs, labels, window=WINDOW):
+        loss, grads, _ = explicit_value_and_grad(cell, params, xs, labels, many_to_many=False, window=window)
         return loss, grads
 
     def plain_loss(params, xs, labels):
@@ -151,6 +153,8 @@ def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True) -
         _jax_contender(f"explicit BPTT, lean k={segment}", lean, params, xs, labels),
         _jax_contender("jax.grad(lax.scan)", jax.value_and_grad(plain_loss), params, xs, labels),
     ]
+    out += [_jax_contender(f"explicit BPTT, window {w}", partial(explicit, window=w), params, xs, labels)
+            for w in windows if w != WINDOW]
     if flax_cells:
         out += _flax_contenders(cell, size, xs, labels)
     return out
@@ -227,14 +231,15 @@ def time_contenders(contenders: list[Contender], rounds: int, min_seconds: float
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torch_threads=2, log=print) -> dict:
+def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torch_threads=2, log=print,
+                  windows=()) -> dict:
     peak = matmul_peak_gflops()
     log(f"matmul peak (2048x2048 float32): {peak:.0f} GFLOP/s; allocator env applied: {allocator_env_applied()}")
     rows = []
     for size in sizes:
         for cell in cells:
             xs, labels = _problem(size)
-            contenders = jax_contenders(cell, size, xs, labels, flax_cells) + torch_contenders(
+            contenders = jax_contenders(cell, size, xs, labels, flax_cells, windows) + torch_contenders(
                 cell, size, xs, labels, torch_threads
             )
             times = time_contenders(contenders, rounds, min_seconds)
@@ -307,6 +312,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--min-seconds", type=float, default=0.2, help="time per contender per round")
     parser.add_argument("--no-flax", action="store_true", help="skip the Flax nn.RNN contenders")
     parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--windows", type=int, nargs="*", default=[],
+                        help=f"also time the explicit BPTT with these weight-gradient block sizes (default {WINDOW})")
     parser.add_argument("--quick", action="store_true", help="one tiny size, one round (a smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
 
@@ -315,8 +322,10 @@ def run_from_args(args) -> dict:
     for name in ("batch", "input", "rounds", "torch_threads"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
-    if any(v <= 0 for v in [*args.hidden, *args.time]):
-        raise ValueError(f"--hidden/--time: expected positive ints, got {args.hidden} / {args.time}")
+    if any(v <= 0 for v in [*args.hidden, *args.time, *args.windows]):
+        raise ValueError(
+            f"--hidden/--time/--windows: expected positive ints, got {args.hidden} / {args.time} / {args.windows}"
+        )
     if args.quick:
         sizes = [Size(4, 3, 8, 6)]
         rounds, min_seconds = 1, 0.0
@@ -327,7 +336,8 @@ def run_from_args(args) -> dict:
         import torch  # noqa: F401
     except ImportError:
         print("torch is not installed: PyTorch contenders skipped (pip install torch)")
-    result = run_benchmark(args.cells, sizes, rounds, min_seconds, not args.no_flax, args.torch_threads)
+    result = run_benchmark(args.cells, sizes, rounds, min_seconds, not args.no_flax, args.torch_threads,
+                           windows=args.windows)
     json_path, md_path = write_results(result, args.out)
     print(markdown(result))
     print(f"wrote {json_path} and {md_path}")

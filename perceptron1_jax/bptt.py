@@ -51,12 +51,13 @@ class BPTTExtras(NamedTuple):
     dh0: object  # dL/d(initial carry): (batch, hidden), or a pair (dh0, dc0) for the LSTM
 
 
-WINDOW = 16
+WINDOW = 8
 """Steps per block of the weight-gradient matmuls in :func:`backward_scan`.
 
-Measured on the 2-core CPU (LSTM, batch 64, hidden 128, T 128): blocks of 8, 16 and 32 steps run
-within noise of each other, and all are ~10% faster than one matmul over all steps after the loop,
-which also kept every step's ``dZ`` alive (``python benchmarks/benchmark.py --window ...``).
+Measured on the 2-core CPU (batch 64, hidden 128, T 32/128/512; ``python benchmarks/benchmark.py
+--hidden 128 --time 32 128 512 --windows 8 32 64 --no-flax``): blocks of 8 were as fast as or up to
+10% faster than 16 and 32 for every cell, and 64-step blocks or one matmul after the loop were
+slower (up to 15%) and kept more memory.
 """
 
 

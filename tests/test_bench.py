@@ -17,14 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_quick(tmp_path, capsys):
-    assert main(["bench", "--quick", "--cells", "gru", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--quick", "--cells", "gru", "--windows", "2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "benchmark.json").read_text())
     names = {r["contender"] for r in result["rows"]}
     assert {"explicit BPTT", "jax.grad(lax.scan)", "flax nn.RNN(GRUCell)"} <= names
     assert any(name.startswith("explicit BPTT, lean") for name in names)
+    assert "explicit BPTT, window 2" in names
     assert all(r["ms_per_step"] > 0 for r in result["rows"])
     assert "| size | cell | contender |" in (tmp_path / "benchmark.md").read_text()
     assert main(["bench", "--batch", "0"]) == 2
+    assert main(["bench", "--windows", "0"]) == 2
+    assert "--windows" in capsys.readouterr().err
 
 
 def test_flop_count_and_allocator_env():

@@ -42,7 +42,7 @@ def test_bptt_equals_jax_grad_float64(x64, seed, cell, shape, many_to_many, with
 @pytest.mark.parametrize("many_to_many", [False, True])
 def test_bptt_equals_jax_grad_float32(cell, many_to_many):
     # Both sides compute in float32 (eps 1.2e-7) with different summation orders: the explicit
-    # backward sums dW over all (time, batch) rows in one matmul, autodiff accumulates per step.
+    # backward sums dW in matmuls over blocks of 8 steps' (time, batch) rows, autodiff accumulates per step.
     # Over T=32 steps with hidden 16 the observed difference is ~1e-6 relative to the gradient's
     # scale; rtol 1e-4 plus an absolute 1e-5 of the scale leaves room for BLAS order changes while
     # still catching any missing or wrong term (those give O(1) relative errors).
