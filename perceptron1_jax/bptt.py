@@ -28,6 +28,7 @@ Inside, arrays are time-major ``(T, B, ...)``; public arrays are batch-major.
 
 from __future__ import annotations
 
+import numbers
 from functools import partial
 from typing import NamedTuple
 
@@ -108,8 +109,10 @@ def backward_scan(
       keep_dhs: also return the total ``dL/dh_t`` of every step; ``keep_dz``: also return the
         stacked ``dZx`` and the cell's recurrent part of ``dZh`` (diagnostics).
     """
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+        raise ValueError(f"window: expected a positive int (steps per weight-gradient block), got {window!r}")
     time = xs_tm.shape[0]
-    block = min(window, time)
+    block = min(int(window), time)
     n_full, tail = divmod(time, block)
     w_x_t = cell_params["W_x"].T
 

@@ -21,7 +21,8 @@ maps the gradient of the loss with respect to the new carry to the gradients wit
 input pre-activation ``zx`` (``(B, G*H)``), the part of the recurrent pre-activation gradient
 ``dzh`` (``zh = h W_h (+ b_h)``) that differs from ``dzx`` (``None`` for Elman and LSTM, where
 they coincide; the GRU's ``n`` block) and the previous carry. The weight gradients are then
-formed outside the time loop by ``param_grads``: ``dW_x = X^T dZx``, ``dW_h = H_prev^T dZh``.
+formed by ``param_grads`` over blocks of steps, not per step: ``dW_x = X^T dZx``,
+``dW_h = H_prev^T dZh`` with one row per (step, sequence) of the block.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Cell(NamedTuple):
     init: Callable[..., Params]
     step: Callable[[Params, Carry, Array], tuple[Carry, Any]]
     backward_step: Callable[..., tuple[Array, Array | None, Carry]]
-    param_grads: Callable[..., Params]  # (xs, h_prev, dzx, dzh_part) stacked over time -> grads
+    param_grads: Callable[..., Params]  # (xs, h_prev, dzx, dzh_part) stacked over a block of steps -> grads
     full_dzh: Callable[[Array, Array | None], Array]  # (dzx, dzh_part) -> dzh, shape (..., G*H)
 
 

@@ -149,6 +149,13 @@ def test_blocked_backward_equals_jax_grad(x64, cell, window, many_to_many, with_
         assert_trees_close(getattr(aux, name), getattr(whole, name), rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("window", [0, -3, 2.5, True])
+def test_backward_block_size_must_be_a_positive_int(window):
+    params, xs, labels, _ = random_problem(0, "gru", 2, 3, 2, 3, 2, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="window: expected a positive int"):
+        explicit_value_and_grad("gru", params, xs, labels, many_to_many=False, window=window)
+
+
 def test_dhs_show_vanishing_profile_for_many_to_one(x64):
     # Many-to-one: only the last step is read, so dL/dh_t at earlier steps comes purely through
     # the recurrence; with small recurrent weights it must shrink geometrically backwards in time.
