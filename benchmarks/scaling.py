@@ -15,10 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceptron1_jax import bench, losses
-from perceptron1_jax.bptt import explicit_value_and_grad
-from perceptron1_jax.lean import default_segment, lean_value_and_grad
-from perceptron1_jax.model import _logits_and_mask, init_params
+from perceptron1_jax import bench
+from perceptron1_jax.model import init_params
 
 
 def measure(fn, args, repeats):
@@ -41,14 +39,9 @@ def main(args):
     for t in times_list:
         xs = jax.random.normal(jax.random.key(1), (batch, t, inp))
         labels = jnp.zeros((batch,), jnp.int32)
-        k = default_segment(t)
-        fns = {
-            "explicit BPTT": lambda p, x, y: explicit_value_and_grad(cell, p, x, y, many_to_many=False)[:2],
-            "lean (k = sqrt T)": lambda p, x, y, k=k: lean_value_and_grad(cell, p, x, y, None, None,
-                                                                           many_to_many=False, segment=k)[:2],
-            "jax.grad(lax.scan)": jax.value_and_grad(
-                lambda p, x, y: losses.cross_entropy(_logits_and_mask(cell, p, x, None, None, False)[0], y)),
-        }
+        grads = bench.gradient_fns(cell, t)
+        fns = {"explicit BPTT": grads["explicit"], "lean (k = sqrt T)": grads["lean"],
+               "jax.grad(lax.scan)": grads["autodiff"]}
         for name, fn in fns.items():
             seconds, temp = measure(fn, (params, xs, labels), 1 if args.quick else args.repeats)
             rows.append({"time": t, "method": name, "ms": 1e3 * seconds, "temp_mib": temp / 2**20})

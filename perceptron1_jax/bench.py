@@ -24,7 +24,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -128,33 +127,39 @@ def _jax_contender(name, value_and_grad, params, xs, labels) -> Contender:
     return Contender(name, run, float(getattr(memory, "temp_size_in_bytes", float("nan"))))
 
 
-def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, windows=()) -> list[Contender]:
-    """``windows``: extra explicit-BPTT contenders with these weight-gradient block sizes."""
-    xs, labels = jnp.asarray(xs), jnp.asarray(labels)
-    params = init_params(jax.random.key(0), cell, size.input, size.hidden, size.classes)
+def gradient_fns(cell: str, time: int, window: int = WINDOW) -> dict[str, Callable]:
+    """``(params, xs, labels) -> (loss, grads)`` of a many-to-one problem: ``"explicit"`` (our BPTT
+    with weight-gradient blocks of ``window``), ``"lean"`` (its lean mode, k = sqrt T) and
+    ``"autodiff"`` (``jax.grad`` of the plain ``lax.scan`` loss)."""
 
-    def explicit(params, xs, labels, window=WINDOW):
+    def explicit(params, xs, labels):
         loss, grads, _ = explicit_value_and_grad(cell, params, xs, labels, many_to_many=False, window=window)
+        return loss, grads
+
+    def lean(params, xs, labels):
+        loss, grads, *_ = lean_value_and_grad(cell, params, xs, labels, None, None, many_to_many=False,
+                                              segment=default_segment(time))
         return loss, grads
 
     def plain_loss(params, xs, labels):
         logits, _ = _logits_and_mask(cell, params, xs, None, None, False)
         return losses.cross_entropy(logits, labels)
 
-    segment = default_segment(size.time)
+    return {"explicit": explicit, "lean": lean, "autodiff": jax.value_and_grad(plain_loss)}
 
-    def lean(params, xs, labels):
-        loss, grads, *_ = lean_value_and_grad(cell, params, xs, labels, None, None, many_to_many=False,
-                                              segment=segment)
-        return loss, grads
 
+def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, windows=()) -> list[Contender]:
+    """``windows``: extra explicit-BPTT contenders with these weight-gradient block sizes."""
+    xs, labels = jnp.asarray(xs), jnp.asarray(labels)
+    params = init_params(jax.random.key(0), cell, size.input, size.hidden, size.classes)
+    fns = gradient_fns(cell, size.time)
     out = [
-        _jax_contender("explicit BPTT", explicit, params, xs, labels),
-        _jax_contender(f"explicit BPTT, lean k={segment}", lean, params, xs, labels),
-        _jax_contender("jax.grad(lax.scan)", jax.value_and_grad(plain_loss), params, xs, labels),
+        _jax_contender("explicit BPTT", fns["explicit"], params, xs, labels),
+        _jax_contender(f"explicit BPTT, lean k={default_segment(size.time)}", fns["lean"], params, xs, labels),
+        _jax_contender("jax.grad(lax.scan)", fns["autodiff"], params, xs, labels),
     ]
-    out += [_jax_contender(f"explicit BPTT, window {w}", partial(explicit, window=w), params, xs, labels)
-            for w in windows if w != WINDOW]
+    out += [_jax_contender(f"explicit BPTT, window {w}", gradient_fns(cell, size.time, w)["explicit"], params, xs,
+                           labels) for w in windows if w != WINDOW]
     if flax_cells:
         out += _flax_contenders(cell, size, xs, labels)
     return out

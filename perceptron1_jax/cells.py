@@ -10,9 +10,9 @@ Shapes (``B`` batch, ``I`` input size, ``H`` hidden size, ``G`` gate blocks: 1 E
 
 * ``params``: ``W_x: (I, G*H)``, ``W_h: (H, G*H)`` and biases, see each cell.
 * ``carry``: a tuple, ``(h,)`` for Elman and GRU, ``(h, c)`` for the LSTM, each ``(B, H)``.
-* ``zx``: the input projection ``x W_x + b_x`` of one step, ``(B, G*H)``. It is computed for all
-  steps at once before the time loop (:func:`project_inputs`), so the step only adds the
-  recurrent term.
+* ``zx``: the input projection ``x W_x + b_x`` of one step, ``(B, G*H)`` (:func:`project_inputs`;
+  inside the time loop on CPU, for all steps before it on accelerators, see
+  :func:`perceptron1_jax.unroll.hoist_input_projection`), so the step only adds the recurrent term.
 
 The step signature is ``step(params, carry, zx) -> (new_carry, residuals)``; ``residuals`` are the
 extra per-step arrays (beyond the carries, which the unroll keeps anyway) that ``backward_step``
@@ -121,7 +121,7 @@ def _elman_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, 
 
 def _shared_param_grads(xs: Array, h_prev: Array, dzx: Array, dzh_part) -> Params:
     """Elman and LSTM (``dzh = dzx``): ``dW_x = X^T dZ``, ``dW_h = H_prev^T dZ``, ``db = sum dZ``,
-    each one matmul over all (time, batch) rows; arrays are ``(T, B, ...)``."""
+    each one matmul over all (step, batch) rows of a block; arrays are ``(steps, B, ...)``."""
     return {
         "W_x": jnp.einsum("tbi,tbg->ig", xs, dzx),
         "W_h": jnp.einsum("tbh,tbg->hg", h_prev, dzx),
@@ -285,7 +285,7 @@ def _gru_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dc
 
 def _gru_param_grads(xs: Array, h_prev: Array, dzx: Array, dzh_n: Array) -> Params:
     """``dW_x = X^T dZx``, ``db_x = sum dZx``; the ``r, z`` blocks of ``dW_h``/``db_h`` from ``dZx``,
-    the ``n`` block from ``dZh_n`` (arrays ``(T, B, ...)``)."""
+    the ``n`` block from ``dZh_n`` (arrays ``(steps, B, ...)``)."""
     two = 2 * dzh_n.shape[-1]
     return {
         "W_x": jnp.einsum("tbi,tbg->ig", xs, dzx),

@@ -226,12 +226,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _require_positive(args, *names: str) -> None:
+    """Each ``--name`` option must be a positive int."""
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+
+
 def cmd_gradcheck(args) -> int:
     import jax
 
-    for name in ("batch", "seq_len", "input", "hidden", "classes"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+    _require_positive(args, "batch", "seq_len", "input", "hidden", "classes")
     previous = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", True)  # float64 for this command only; restored below
     try:
@@ -288,9 +293,7 @@ def cmd_gradflow(args) -> int:
         load_checkpoint,
     )
 
-    for name in ("seq_len", "hidden", "batch"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}")
+    _require_positive(args, "seq_len", "hidden", "batch")
     if args.spectral_radius is not None and not args.spectral_radius > 0:
         raise UsageError(f"--spectral-radius: expected a positive number, got {args.spectral_radius}")
     runs = []

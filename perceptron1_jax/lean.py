@@ -66,24 +66,18 @@ def lean_value_and_grad(cell_name, params, xs, labels, lengths, carry0, *, many_
         x, v = seg[0], seg[1]
         return scan_forward(cell, cell_params, x, carry, v if needs_mask else None, stack_entering=True)
 
-    # Forward: keep only each segment's starting carry (and the many-to-many loss).
+    # Forward: keep only each segment's starting carry.
     def forward_body(carry, seg):
-        final, carries_in, _ = segment_forward(carry, seg)
-        seg_loss = jnp.zeros((), dtype)
-        if many_to_many:
-            logits = readout(readout_params, carries_after(carries_in[:1], final[:1])[0])
-            picked = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), seg[2][..., None], -1)[..., 0]
-            seg_loss = -jnp.sum(jnp.where(seg[1], picked, 0.0)) * weight
-        return final, (carry, seg_loss)
+        final, _, _ = segment_forward(carry, seg)
+        return final, carry
 
-    final, (starts, seg_losses) = lax.scan(forward_body, carry0, (seg_xs, seg_valid, seg_labels))
+    final, starts = lax.scan(forward_body, carry0, (seg_xs, seg_valid))
 
     w_out = readout_params["W"]
-    zeros_readout = {"W": jnp.zeros_like(w_out), "b": jnp.zeros_like(readout_params["b"])}
-    if many_to_many:
-        loss = jnp.sum(seg_losses)
+    readout_grads = {"W": jnp.zeros_like(w_out), "b": jnp.zeros_like(readout_params["b"])}
+    loss = jnp.zeros((), dtype)
+    if many_to_many:  # scored segment by segment in the backward pass
         final_dcarry = tuple(jnp.zeros_like(c) for c in final)
-        readout_grads = zeros_readout
     else:
         logits = readout(readout_params, final[0])
         loss, dlogits = losses.cross_entropy_with_grad(logits, labels)
@@ -94,16 +88,16 @@ def lean_value_and_grad(cell_name, params, xs, labels, lengths, carry0, *, many_
 
     # Backward: segments in reverse, each recomputed from its checkpoint.
     def backward_body(acc, seg):
-        dcarry, cell_acc, readout_acc = acc
+        dcarry, cell_acc, readout_acc, loss = acc
         start, x, v, y = seg
         seg_final, carries_in, residuals = segment_forward(start, (x, v))
         dhs_out = None
         if many_to_many:
             hs = carries_after(carries_in[:1], seg_final[:1])[0]
-            logits = readout(readout_params, hs)
-            probs = jax.nn.softmax(logits, -1)
-            onehot = jax.nn.one_hot(y, logits.shape[-1], dtype=dtype)
-            dlogits = jnp.where(v[..., None], probs - onehot, 0.0) * weight
+            seg_loss, dlogits = losses.weighted_cross_entropy_with_grad(
+                readout(readout_params, hs), y, jnp.where(v, weight, 0.0)
+            )
+            loss = loss + seg_loss
             readout_acc = {"W": readout_acc["W"] + jnp.einsum("tbh,tbc->hc", hs, dlogits),
                            "b": readout_acc["b"] + jnp.sum(dlogits, axis=(0, 1))}
             dhs_out = dlogits @ w_out.T
@@ -112,14 +106,12 @@ def lean_value_and_grad(cell_name, params, xs, labels, lengths, carry0, *, many_
             keep_dhs=keep_dhs,
         )
         cell_acc = jax.tree.map(jnp.add, cell_acc, back.grads)
-        return (back.dcarry0, cell_acc, readout_acc), (back.dxs_tm, back.dhs_tm)
+        return (back.dcarry0, cell_acc, readout_acc, loss), (back.dxs_tm, back.dhs_tm)
 
-    (dcarry0, cell_grads, readout_acc), (dxs, dhs) = lax.scan(
-        backward_body, (final_dcarry, zeros_cell, zeros_readout), (starts, seg_xs, seg_valid, seg_labels),
+    (dcarry0, cell_grads, readout_grads, loss), (dxs, dhs) = lax.scan(
+        backward_body, (final_dcarry, zeros_cell, readout_grads, loss), (starts, seg_xs, seg_valid, seg_labels),
         reverse=True,
     )
-    if many_to_many:
-        readout_grads = readout_acc
     grads = {"cell": cell_grads, "readout": readout_grads}
     dxs = jnp.swapaxes(dxs.reshape(padded, batch, -1)[:time], 0, 1)
     if keep_dhs:

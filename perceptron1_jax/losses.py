@@ -38,8 +38,16 @@ def cross_entropy_with_grad(logits: Array, labels: Array, mask: Array | None = N
     ``dL/dlogits = w * (softmax(logits) - onehot(labels))`` with ``w`` the per-position weight
     (``1/count`` on valid positions, 0 on padding). Shape of the gradient: that of ``logits``.
     """
+    return weighted_cross_entropy_with_grad(logits, labels, _weights(labels, mask, logits.dtype))
+
+
+def weighted_cross_entropy_with_grad(logits: Array, labels: Array, weights: Array) -> tuple[Array, Array]:
+    """``sum(weights * -log softmax(logits)[label])`` and its gradient ``weights * (softmax - onehot)``.
+
+    ``weights: (...)`` per position. The lean mode scores one segment at a time with the weights of
+    the whole sequence (``1/count`` over all valid steps), so its segment losses add up to the loss.
+    """
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    weights = _weights(labels, mask, logits.dtype)
     picked = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     dlogits = weights[..., None] * (jnp.exp(log_probs) - onehot)
