@@ -18,16 +18,14 @@ import numpy as np
 from _common import curves, main_guard, publish, train_run
 
 import perceptron1_jax as p1
-from perceptron1_jax import tasks
 
 
 def main(quick: bool = False, out=None, seed: int = 0, task: str = "copy", seq_len: int = 10, hidden: int = 64,
          steps: int = 800, radius: float = 2.0, lr: float = 0.1, clip: float = 1.0):
     if quick:
         seq_len, hidden, steps = 10, 8, 20
-    spec = tasks.TASKS[task]
-    params = p1.init_params(jax.random.key(seed + 7), "elman", spec.input_size, hidden, spec.num_classes)
-    params = p1.set_spectral_radius(params, radius)
+    model = p1.TrainConfig(task=task, cell="elman", hidden=hidden, seq_len=seq_len).model_spec
+    params = p1.set_spectral_radius(p1.init_model(jax.random.key(seed + 7), model), radius)
     rows, runs = [], {}
     for label, bound in (("no clipping", None), (f"clip_by_global_norm({clip:g})", clip)):
         run = train_run(out, f"clipping-{'none' if bound is None else 'clip'}", params=params, task=task,

@@ -25,13 +25,13 @@ def main(quick: bool = False, out=None, seed: int = 0, lag: int = 50, hidden: in
     data = tasks.copy(jax.random.fold_in(key, 1), 128, lag)
     rows, cells_panel, radius_panel = [], {}, {}
     for cell in ("elman", "lstm", "gru"):
-        params = p1.init_params(jax.random.fold_in(key, 2), cell, data.xs.shape[-1], hidden, tasks.COPY_SYMBOLS)
+        model = p1.TrainConfig(task="copy", cell=cell, hidden=hidden, seq_len=lag).model_spec
+        params = p1.init_model(jax.random.fold_in(key, 2), model)
         run = train_run(out, f"vanishing-{cell}", params=params, task="copy", cell=cell, hidden=hidden, seq_len=lag,
                         lr=1e-3, clip=1.0, steps=steps, seed=seed, eval_every=100)
         final_acc = [r["eval_accuracy"] for r in run.history if "eval_accuracy" in r][-1]
-        trained = {"cell": run.params["cell"], "readout": run.params["readout"]}
-        for stage, weights in (("init", params), (f"trained {run.step} steps", trained)):
-            flow = p1.gradient_flow(weights, data.xs, data.labels, cell)
+        for stage, weights in (("init", params), (f"trained {run.step} steps", run.params)):
+            flow = p1.gradient_flow(weights, data.xs, data.labels, model)[0]["fwd"]
             label = f"{cell}, {stage}"
             cells_panel[label] = flow.dh_norm
             rows.append({"profile": label, "rate_per_step": p1.decay_rate(flow.dh_norm),

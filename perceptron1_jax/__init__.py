@@ -10,16 +10,26 @@ Public API (shapes: ``xs`` is ``(batch, time, input)``, hidden states ``(batch, 
     value, grads = bptt(params, xs, labels, "lstm")  # explicit reverse-scan BPTT
     hs, final = unroll_bptt(params, xs, "lstm")      # unroll whose VJP is the explicit BPTT
     state = train(TrainConfig(task="copy", cell="lstm"), out="runs/copy")
+
+Layered models (stacked, bidirectional, embeddings, dropout, cross-entropy or MSE heads)::
+
+    spec = ModelSpec([LayerSpec("lstm", 128, bidirectional=True), LayerSpec("lstm", 64)], num_outputs=2,
+                     vocab_size=1000, embed_size=64, dropout=0.2)
+    params = init_model(key, spec)
+    outputs = model_apply(params, ids, spec, lengths)                  # (batch, 2) logits
+    value, grads = model_bptt(params, ids, labels, spec, lengths, dropout_key=key)  # explicit BPTT
 """
 
-from perceptron1_jax.bptt import BPTTExtras, bptt, unroll_bptt
+from perceptron1_jax.bptt import BPTTExtras, ModelExtras, bptt, model_bptt, unroll_bptt
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.diagnostics import GradientFlow
 from perceptron1_jax.diagnostics import decay_rate
 from perceptron1_jax.diagnostics import gradient_flow
+from perceptron1_jax.diagnostics import model_gradient_flow
 from perceptron1_jax.diagnostics import set_spectral_radius
-from perceptron1_jax.model import accuracy, init_params, loss, predict
+from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, predict
 from perceptron1_jax.optim import make_optimizer
+from perceptron1_jax.spec import LayerSpec, ModelSpec
 from perceptron1_jax.train import TrainConfig
 from perceptron1_jax.train import load_checkpoint
 from perceptron1_jax.train import train
@@ -32,15 +42,23 @@ __all__ = (
     "BPTTExtras",
     "CELLS",
     "GradientFlow",
+    "LayerSpec",
+    "ModelExtras",
+    "ModelSpec",
     "TrainConfig",
     "accuracy",
     "bptt",
     "decay_rate",
     "gradient_flow",
+    "init_model",
     "init_params",
     "load_checkpoint",
     "loss",
     "make_optimizer",
+    "model_apply",
+    "model_bptt",
+    "model_gradient_flow",
+    "model_loss",
     "predict",
     "run_windows",
     "set_spectral_radius",

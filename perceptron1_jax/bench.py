@@ -32,9 +32,10 @@ import numpy as np
 import optax
 
 from perceptron1_jax import losses
-from perceptron1_jax.bptt import WINDOW, explicit_value_and_grad
-from perceptron1_jax.lean import default_segment, lean_value_and_grad
-from perceptron1_jax.model import _logits_and_mask, init_params
+from perceptron1_jax.bptt import explicit_model, explicit_value_and_grad
+from perceptron1_jax.lean import default_segment
+from perceptron1_jax.model import as_model_params, forward, from_model_params, init_params, score, spec_of_params
+from perceptron1_jax.scan import WINDOW
 
 ALLOCATOR_ENV = {
     "MALLOC_MMAP_MAX_": "0",  # never mmap a block: freed memory goes back to the heap, reused next step
@@ -137,13 +138,13 @@ def gradient_fns(cell: str, time: int, window: int = WINDOW) -> dict[str, Callab
         return loss, grads
 
     def lean(params, xs, labels):
-        loss, grads, *_ = lean_value_and_grad(cell, params, xs, labels, None, None, many_to_many=False,
-                                              segment=default_segment(time))
-        return loss, grads
+        loss, grads, _ = explicit_model(as_model_params(params), xs, labels, spec_of_params(cell, params),
+                                        lean=default_segment(time))
+        return loss, from_model_params(grads)
 
     def plain_loss(params, xs, labels):
-        logits, _ = _logits_and_mask(cell, params, xs, None, None, False)
-        return losses.cross_entropy(logits, labels)
+        spec = spec_of_params(cell, params)
+        return score(spec, forward(as_model_params(params), xs, spec).outputs, labels, None)
 
     return {"explicit": explicit, "lean": lean, "autodiff": jax.value_and_grad(plain_loss)}
 

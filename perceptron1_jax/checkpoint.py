@@ -2,10 +2,12 @@
 atomically.
 
 File layout: 8-byte magic ``P1JXCKPT``, the SHA-256 of the payload (32 bytes), then the msgpack
-payload ``{"format", "step", "config" (JSON text), "key" (uint32 key data), "params",
-"opt_state"}``. A write goes to a temporary file in the same folder, is fsynced and then renamed
-over the target, so a crash mid-write never leaves a half checkpoint under a checkpoint's name and
-the previous good one stays. A truncated or altered file fails the checksum with a
+payload ``{"format", "step", "config" (JSON text), "spec" (the model's
+:class:`~perceptron1_jax.spec.ModelSpec` as JSON text), "key" (uint32 key data), "params",
+"opt_state"}``. Format 2 holds params in the model layout (``layers``/``head``/``embed``).
+A write goes to a temporary file in the same folder, is fsynced and then renamed over the target,
+so a crash mid-write never leaves a half checkpoint under a checkpoint's name and the previous
+good one stays. A truncated or altered file fails the checksum with a
 :class:`CheckpointError` naming the file.
 """
 
@@ -22,7 +24,7 @@ import numpy as np
 from flax import serialization
 
 MAGIC = b"P1JXCKPT"
-FORMAT = "perceptron1_jax/1"
+FORMAT = "perceptron1_jax/2"
 _NAME = re.compile(r"^ckpt_(\d{8})\.msgpack$")
 
 
@@ -47,7 +49,8 @@ def _to_bytes(tree) -> dict:
     return serialization.to_state_dict(jax.tree.map(np.asarray, tree))
 
 
-def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, keep: int = 3) -> Path:
+def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, spec: dict | None = None,
+                    keep: int = 3) -> Path:
     """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,6 +59,7 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
             "format": FORMAT,
             "step": int(step),
             "config": json.dumps(config, sort_keys=True),
+            "spec": json.dumps(spec, sort_keys=True),
             "key": np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key),
             "params": _to_bytes(params),
             "opt_state": _to_bytes(opt_state),
@@ -118,6 +122,7 @@ def read_checkpoint(path) -> dict:
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: expected format {FORMAT!r}, got {raw.get('format')!r}")
     raw["config"] = json.loads(raw["config"])
+    raw["spec"] = json.loads(raw["spec"]) if "spec" in raw else None
     raw["path"] = str(path)
     return raw
 

@@ -58,6 +58,10 @@ _HELP = {
     "tbptt_k2": "truncated BPTT: steps backpropagated per update (default k1)",
     "dtype": "float32 or float64",
     "gradflow_every": "log the ||dL/dh_t|| profile to metrics.jsonl every N steps (0: never)",
+    "layers": "stacked layers as cell:size per layer, e.g. lstm:128,lstm:64 (default: one layer of --cell/--hidden)",
+    "bidirectional": "every layer also reads the sequence backwards (outputs [h_fwd, h_bwd])",
+    "dropout": "inverted dropout rate on each layer's input after the first and on the head's input",
+    "embed_size": "embedding size of token tasks (chars; default: the task's)",
 }
 
 
@@ -80,6 +84,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         kind = _base_type(hints[f.name])
         default = getattr(defaults, f.name)
+        if kind is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
+                                default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})")
+            continue
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
             default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})",
@@ -178,13 +186,21 @@ def _train_config(args) -> TrainConfig:
     return cfg
 
 
+def describe_spec(spec) -> str:
+    """``2 x bidirectional lstm:128 -> lstm:64, dropout 0.2`` style summary of a ModelSpec."""
+    layers = " -> ".join(f"{'bi-' if s.bidirectional else ''}{s.cell}:{s.hidden_size}" for s in spec.layers)
+    inputs = f"embed {spec.vocab_size}x{spec.embed_size} -> " if spec.tokens else ""
+    drop = f", dropout {spec.dropout:g}" if spec.dropout else ""
+    return f"{inputs}{layers} -> {spec.loss} head ({spec.num_outputs}){drop}"
+
+
 def cmd_train(args) -> int:
     from perceptron1_jax.train import train
 
     cfg = _train_config(args)
     out = args.out if args.out is not None else Path("runs") / f"{cfg.task}-{cfg.cell}"
     args.out = out
-    print(f"perceptron1 train: task {cfg.task}, cell {cfg.cell}, hidden {cfg.hidden}, seq_len {cfg.time}, "
+    print(f"perceptron1 train: task {cfg.task}, model {describe_spec(cfg.model_spec)}, seq_len {cfg.time}, "
           f"{cfg.optimizer} lr {cfg.lr}, {cfg.steps} steps, gradients from {cfg.grad}; run folder {out}")
     state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
                   check_grads=not args.no_gradcheck)
@@ -220,7 +236,7 @@ def cmd_eval(args) -> int:
     _, _, k_train, k_eval, _ = _keys(cfg)
     _, eval_data = _datasets(cfg, k_train, k_eval)
     scores = make_evaluate(cfg)(loaded["params"], eval_data)
-    print(f"{loaded['path']}: step {loaded['step']}, task {cfg.task}, cell {cfg.cell}: "
+    print(f"{loaded['path']}: step {loaded['step']}, task {cfg.task}, model {describe_spec(loaded['spec'])}: "
           f"eval loss {float(scores['loss']):.4f}, eval accuracy {float(scores['accuracy']):.4f} "
           f"(chance {cfg.task_spec.chance:.3f})")
     return 0
@@ -289,7 +305,7 @@ def cmd_gradflow(args) -> int:
         _keys,
         check_config,
         gradient_flow_of,
-        init_model,
+        init_run_params,
         load_checkpoint,
     )
 
@@ -314,7 +330,7 @@ def cmd_gradflow(args) -> int:
                                                num_eval=args.batch))
             except (ValueError, TypeError) as err:
                 raise UsageError(str(err)) from err
-            params = init_model(_keys(cfg)[1], cfg)
+            params = init_run_params(_keys(cfg)[1], cfg)
             label = f"{cell} at init"
             if args.spectral_radius is not None:
                 params = set_spectral_radius(params, args.spectral_radius)

@@ -20,8 +20,11 @@ import jax
 import jax.numpy as jnp
 
 from perceptron1_jax import validate
-from perceptron1_jax.bptt import explicit_value_and_grad
-from perceptron1_jax.unroll import zero_carry
+from perceptron1_jax.bptt import explicit_model
+from perceptron1_jax.cells import CELLS
+from perceptron1_jax.model import as_model_params, single_carries0, single_layer_spec
+from perceptron1_jax.scan import reverse_in_time
+from perceptron1_jax.spec import ModelSpec
 
 Array = jax.Array
 
@@ -32,28 +35,52 @@ class GradientFlow(NamedTuple):
     recurrent_contribution: Array  # (time,): ||h_{t-1}^T dZh_t||
 
 
-@partial(jax.jit, static_argnames=("cell_name", "many_to_many"))
-def _gradient_flow(cell_name, params, xs, labels, lengths, carry0, many_to_many):
-    if carry0 is None:
-        carry0 = zero_carry(validate.get_cell(cell_name), xs.shape[0], params["cell"]["W_h"].shape[0], xs.dtype)
-    loss, _, aux = explicit_value_and_grad(
-        cell_name, params, xs, labels, lengths, carry0, many_to_many=many_to_many, keep_dhs=True, keep_dz=True
-    )
-    dh_norm = jnp.sqrt(jnp.sum(aux.dhs_tm**2, axis=(1, 2)))
-    h_prev = aux.carries_in[0]  # (T, B, H)
-    dzh = validate.get_cell(cell_name).full_dzh(aux.dzx_tm, aux.dzh_part_tm)
-    per_step = jnp.einsum("tbh,tbg->thg", h_prev, dzh)
-    return GradientFlow(loss, dh_norm, jnp.sqrt(jnp.sum(per_step**2, axis=(1, 2))))
+@partial(jax.jit, static_argnames=("spec",))
+def _model_gradient_flow(params, xs, targets, spec, lengths, carries0=None):
+    loss, _, back = explicit_model(params, xs, targets, spec, lengths, None, carries0, keep_dhs=True, keep_dz=True)
+    flows = []
+    for layer, tapes, backs in zip(spec.layers, back.forward.tapes, back.backs):
+        per_direction = {}
+        for d in layer.directions:
+            b = backs[d]
+            h_prev = tapes[d].carries_in[0]  # in the direction's own time order
+            if d == "bwd":
+                h_prev = reverse_in_time(h_prev, lengths)
+            dzh = CELLS[layer.cell].full_dzh(b.dzx_tm, b.dzh_part_tm)
+            per_step = jnp.einsum("tbh,tbg->thg", h_prev, dzh)
+            per_direction[d] = GradientFlow(loss, jnp.sqrt(jnp.sum(b.dhs_tm**2, axis=(1, 2))),
+                                            jnp.sqrt(jnp.sum(per_step**2, axis=(1, 2))))
+        flows.append(per_direction)
+    return flows
 
 
-def gradient_flow(params, xs, labels, cell: str, lengths=None, h0=None) -> GradientFlow:
+def model_gradient_flow(params, xs, targets, spec: ModelSpec, lengths=None) -> list:
+    """Gradient-flow profiles of every layer and direction from one explicit backward pass.
+
+    Arguments as :func:`perceptron1_jax.model_bptt`. Returns a list over layers of
+    ``{direction: GradientFlow}``, each profile ``(time,)`` in the original time order.
+    """
+    c = validate.check_model_inputs(params, xs, spec, targets, lengths, need_targets=True)
+    return _model_gradient_flow(params, c.xs, c.targets, c.spec, c.lengths)
+
+
+def gradient_flow(params, xs, labels, cell, lengths=None, h0=None):
     """Gradient-flow profiles of one explicit backward pass (arguments as :func:`bptt`).
+
+    ``cell`` may also be a :class:`~perceptron1_jax.ModelSpec` (then ``params`` are a model's and
+    the result is :func:`model_gradient_flow`'s list per layer and direction).
 
     Returns:
       :class:`GradientFlow` with ``dh_norm`` and ``recurrent_contribution``, each ``(time,)``.
     """
+    if isinstance(cell, ModelSpec):
+        if h0 is not None:
+            raise ValueError("h0: expected None with a ModelSpec (models start from zero states), got an array")
+        return model_gradient_flow(params, xs, labels, cell, lengths)
     c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
-    return _gradient_flow(cell, params, c.xs, c.labels, c.lengths, c.carry0, c.many_to_many)
+    spec = single_layer_spec(cell, c.sizes, c.many_to_many)
+    flows = _model_gradient_flow(as_model_params(params), c.xs, c.labels, spec, c.lengths, single_carries0(c.carry0))
+    return flows[0]["fwd"]
 
 
 def max_relative_error(ours, reference) -> float:
@@ -83,18 +110,25 @@ def decay_rate(dh_norm, last: int | None = None) -> float:
 
 
 def set_spectral_radius(params, radius: float):
-    """Params whose recurrent matrix ``W_h`` (each gate block) is rescaled to spectral radius
-    ``radius`` (largest eigenvalue modulus). For the Elman cell, radius < 1 makes the linearized
-    recurrence contract (gradients vanish) and radius > 1 lets them explode (Pascanu et al. 2013)."""
+    """Params whose recurrent matrices ``W_h`` (each gate block, every layer and direction) are
+    rescaled to spectral radius ``radius`` (largest eigenvalue modulus). Single-layer or model
+    params. For the Elman cell, radius < 1 makes the linearized recurrence contract (gradients
+    vanish) and radius > 1 lets them explode (Pascanu et al. 2013)."""
     import numpy as np
 
     if not radius > 0:
         raise ValueError(f"radius: expected a positive spectral radius, got {radius}")
-    w_h = np.asarray(params["cell"]["W_h"], np.float64)
-    hidden = w_h.shape[0]
-    blocks = []
-    for k in range(w_h.shape[1] // hidden):
-        block = w_h[:, k * hidden : (k + 1) * hidden]
-        blocks.append(block * (radius / np.max(np.abs(np.linalg.eigvals(block)))))
-    new_w = jnp.asarray(np.concatenate(blocks, axis=1), params["cell"]["W_h"].dtype)
-    return {**params, "cell": {**params["cell"], "W_h": new_w}}
+
+    def rescale(cell_params):
+        w_h = np.asarray(cell_params["W_h"], np.float64)
+        hidden = w_h.shape[0]
+        blocks = []
+        for k in range(w_h.shape[1] // hidden):
+            block = w_h[:, k * hidden : (k + 1) * hidden]
+            blocks.append(block * (radius / np.max(np.abs(np.linalg.eigvals(block)))))
+        return {**cell_params, "W_h": jnp.asarray(np.concatenate(blocks, axis=1), cell_params["W_h"].dtype)}
+
+    if "layers" in params:
+        layers = [{d: rescale(p) for d, p in layer.items()} for layer in params["layers"]]
+        return {**params, "layers": layers}
+    return {**params, "cell": rescale(params["cell"])}

@@ -1,9 +1,14 @@
-"""Numerically stable softmax cross-entropy and accuracy, with an optional validity mask.
+"""The heads' losses, each beside its hand-derived gradient, with an optional validity mask.
 
-``logits: (..., classes)``, ``labels: (...)`` integer class indices, ``mask: (...)`` bool or None.
-The loss is the mean of the per-position losses over the valid positions: over the batch for
-many-to-one, over all valid (sequence, step) pairs for many-to-many (the token mean, as PyTorch's
-``CrossEntropyLoss`` with ignored padding).
+* Softmax cross-entropy: ``logits: (..., classes)``, ``labels: (...)`` integer class indices,
+  ``mask: (...)`` bool or None. The mean of the per-position losses over the valid positions: over
+  the batch for many-to-one, over all valid (sequence, step) pairs for many-to-many (the token
+  mean, as PyTorch's ``CrossEntropyLoss`` with ignored padding).
+* Mean squared error: ``preds, targets: (..., outputs)``, ``mask: (...)``. The mean over every
+  valid element, as ``torch.nn.MSELoss()`` over the valid rows.
+
+:data:`LOSSES` maps a loss name to its ``(value, value_and_grad)`` pair: the value is what the
+autodiff reference differentiates, the pair's second function is what the explicit backward uses.
 """
 
 from __future__ import annotations
@@ -58,3 +63,23 @@ def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
     """Fraction of valid positions whose arg-max logit equals the label."""
     correct = (jnp.argmax(logits, axis=-1).astype(labels.dtype) == labels).astype(logits.dtype)
     return jnp.sum(_weights(labels, mask, logits.dtype) * correct)
+
+
+def mean_squared_error(preds: Array, targets: Array, mask: Array | None = None) -> Array:
+    """Mean of ``(preds - targets)^2`` over every valid element (``mask`` marks valid rows)."""
+    return mean_squared_error_with_grad(preds, targets, mask)[0]
+
+
+def mean_squared_error_with_grad(preds: Array, targets: Array, mask: Array | None = None) -> tuple[Array, Array]:
+    """The loss of :func:`mean_squared_error` and its gradient ``2 w (preds - targets)``, with
+    ``w = 1 / (valid rows * outputs)`` on valid rows and 0 on padding."""
+    row_weights = _weights(preds[..., 0], mask, preds.dtype) / preds.shape[-1]
+    diff = preds - targets
+    weighted = row_weights[..., None] * diff
+    return jnp.sum(weighted * diff), 2.0 * weighted
+
+
+LOSSES = {
+    "cross_entropy": (cross_entropy, cross_entropy_with_grad),
+    "mse": (mean_squared_error, mean_squared_error_with_grad),
+}

@@ -1,22 +1,217 @@
-"""The classifier as plain functions: parameter init, logits, loss and accuracy.
+"""Models as plain functions: ``init_model``, the forward pass, ``model_apply`` and the plain-autodiff
+``model_loss``; and the single-layer API (``init_params``, ``loss``, ``predict``, ``accuracy``) as
+the one-layer case of the same code.
 
-``params = {"cell": {...}, "readout": {"W": (hidden, classes), "b": (classes,)}}``.
-Many-to-one reads the class from the final carry (the last valid step); many-to-many reads a class
-at every step. Everything here is plain autodiff: ``jax.grad(loss)`` is the reference that the
-explicit backward in :mod:`perceptron1_jax.bptt` is tested against.
+``spec`` is a :class:`~perceptron1_jax.spec.ModelSpec`; parameters follow its pinned layout
+(:func:`perceptron1_jax.spec.param_shapes`). Everything here is plain autodiff:
+``jax.grad(model_loss)`` is the reference that the explicit backward in
+:mod:`perceptron1_jax.bptt` is tested against, and :func:`forward` is the one forward pass both use.
+
+Single-layer params ``{"cell": {...}, "readout": {"W": (hidden, classes), "b": (classes,)}}`` are
+the model ``{"layers": [{"fwd": cell}], "head": readout}`` of a one-layer, one-direction spec.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from perceptron1_jax import losses, validate
-from perceptron1_jax.unroll import _unroll, time_mask
+from perceptron1_jax.cells import CELLS
+from perceptron1_jax.layers import dropout_mask, embed_forward, head_forward, recurrent_forward
+from perceptron1_jax.scan import time_mask
+from perceptron1_jax.spec import LayerSpec, ModelSpec
 
 Array = jax.Array
+
+
+# --------------------------------------------------------------------------- init
+
+
+def init_model(key, spec: ModelSpec, dtype=jnp.float32) -> dict:
+    """Fresh parameters in the pinned layout of ``spec``.
+
+    Each direction of each layer: its cell's default init (``W_x`` LeCun normal, ``W_h`` orthogonal
+    per gate block, biases zero except the LSTM forget and GRU update gates, 1). Head ``W`` LeCun
+    normal, ``b`` zero. Embedding table standard normal (as ``torch.nn.Embedding``).
+    """
+    spec = validate.check_spec(spec)
+    key = validate.check_key(key)
+    dtype = validate.check_float_dtype("dtype", dtype)
+    k_embed, k_head, *k_layers = jax.random.split(key, 2 + len(spec.layers))
+    layers = []
+    for k, (layer, k_layer) in enumerate(zip(spec.layers, k_layers)):
+        cell = CELLS[layer.cell]
+        dir_keys = jax.random.split(k_layer, len(layer.directions))
+        layers.append({d: cell.init(kd, spec.layer_input_size(k), layer.hidden_size, dtype)
+                       for d, kd in zip(layer.directions, dir_keys)})
+    head_w = jax.nn.initializers.lecun_normal()(k_head, (spec.head_features, spec.num_outputs), dtype)
+    params = {"layers": layers, "head": {"W": head_w, "b": jnp.zeros((spec.num_outputs,), dtype)}}
+    if spec.tokens:
+        params["embed"] = jax.random.normal(k_embed, (spec.vocab_size, spec.embed_size), dtype)
+    return params
+
+
+# --------------------------------------------------------------------------- forward
+
+
+class Forward(NamedTuple):
+    """One forward pass (time-major inside); the tapes are what the explicit backward reads."""
+
+    outputs: Array  # (B, O) many-to-one, (T, B, O) many-to-many
+    features: Array  # the head's input after dropout: (B, F) or (T, B, F)
+    mask_tm: Array | None  # (T, B) valid steps, None without lengths
+    layer_masks: tuple  # per layer: the dropout multiplier on its input (T, B, F_in), or None
+    head_mask: Array | None  # dropout multiplier on the head's input, or None
+    finals: tuple  # per layer: {direction: final carry tuple}
+    tapes: tuple  # per layer: {direction: tape} (None values unless save)
+
+
+def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries0=None, *,
+            save: bool = False, lean: int | None = None) -> Forward:
+    """The model's forward pass (unchecked, traceable).
+
+    ``xs: (B, T, I)`` floats or ``(B, T)`` token ids; ``lengths: (B,)`` or None; ``dropout_key``
+    None (no dropout) or a key: layer ``k >= 1``'s input uses ``split(key, L)[k]``, the head's
+    input ``split(key, L)[0]``. ``carries0``: None or per layer ``{direction: carry tuple}``
+    (zeros where missing). ``save``: keep the tapes for :func:`perceptron1_jax.bptt.explicit_model`;
+    ``lean=k``: keep a carry every ``k`` steps instead.
+
+    Many-to-one reads the last layer's final states: the forward direction's at each sequence's
+    last valid step and the backward direction's after it has read back to step 0, concatenated.
+    """
+    dtype = params["head"]["W"].dtype
+    inputs = embed_forward(params["embed"], xs) if spec.tokens else xs
+    x_tm = jnp.swapaxes(inputs, 0, 1)
+    mask_tm = time_mask(lengths, x_tm.shape[0])
+    drop = dropout_key is not None and spec.dropout > 0
+    keys = jax.random.split(dropout_key, len(spec.layers)) if drop else None
+    layer_masks, finals, tapes = [], [], []
+    for k, layer in enumerate(spec.layers):
+        mask = dropout_mask(keys[k], spec.dropout, x_tm.shape, dtype) if drop and k > 0 else None
+        if mask is not None:
+            x_tm = x_tm * mask
+        x_tm, layer_finals, layer_tapes = recurrent_forward(
+            layer, params["layers"][k], x_tm, mask_tm, lengths, None if carries0 is None else carries0[k],
+            save=save, lean=lean,
+        )
+        layer_masks.append(mask)
+        finals.append(layer_finals)
+        tapes.append(layer_tapes)
+    if spec.many_to_many:
+        features = x_tm
+    else:
+        last = finals[-1]
+        features = jnp.concatenate([last[d][0] for d in spec.layers[-1].directions], axis=-1)
+    head_mask = dropout_mask(keys[0], spec.dropout, features.shape, dtype) if drop else None
+    if head_mask is not None:
+        features = features * head_mask
+    outputs = head_forward(params["head"], features)
+    return Forward(outputs, features, mask_tm, tuple(layer_masks), head_mask, tuple(finals), tuple(tapes))
+
+
+def batch_major(spec: ModelSpec, outputs: Array) -> Array:
+    """Forward outputs -> what users see: ``(B, O)`` or ``(B, T, O)``."""
+    return jnp.swapaxes(outputs, 0, 1) if spec.many_to_many else outputs
+
+
+def score(spec: ModelSpec, outputs, targets, mask_tm, loss_mask=None, *, with_grad: bool = False):
+    """The head's loss of forward ``outputs`` against batch-major ``targets``; with ``with_grad``
+    also its gradient w.r.t. ``outputs``. ``loss_mask: (B, T)`` restricts the scored steps
+    (many-to-many; truncated BPTT scores only a window's last steps)."""
+    value, value_and_grad = losses.LOSSES[spec.loss]
+    scored = None
+    if spec.many_to_many:
+        targets = jnp.swapaxes(targets, 0, 1)
+        scored = mask_tm
+        if loss_mask is not None:
+            scored = loss_mask.T if scored is None else scored & loss_mask.T
+    return (value_and_grad if with_grad else value)(outputs, targets, scored)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _apply(params, xs, spec, lengths, dropout_key, carries0=None):
+    return batch_major(spec, forward(params, xs, spec, lengths, dropout_key, carries0).outputs)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _loss(params, xs, targets, spec, lengths, dropout_key, carries0=None):
+    fw = forward(params, xs, spec, lengths, dropout_key, carries0)
+    return score(spec, fw.outputs, targets, fw.mask_tm)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def evaluate(params, xs, targets, spec, lengths=None, carries0=None) -> dict:
+    """``{"loss", "accuracy"}`` (cross-entropy) or ``{"loss"}`` (MSE) without dropout (unchecked)."""
+    fw = forward(params, xs, spec, lengths, None, carries0)
+    scores = {"loss": score(spec, fw.outputs, targets, fw.mask_tm)}
+    if spec.loss == "cross_entropy":
+        labels = jnp.swapaxes(targets, 0, 1) if spec.many_to_many else targets
+        scores["accuracy"] = losses.accuracy(fw.outputs, labels, fw.mask_tm if spec.many_to_many else None)
+    return scores
+
+
+def model_apply(params, xs, spec: ModelSpec, lengths=None, dropout_key=None) -> Array:
+    """The model's outputs: logits (``loss="cross_entropy"``) or predictions (``"mse"``).
+
+    Args:
+      params: from :func:`init_model`.
+      xs: ``(batch, time, input_size)`` floats, or ``(batch, time)`` token ids.
+      lengths: optional ``(batch,)`` ints in ``[1, time]``.
+      dropout_key: a ``jax.random`` key to apply dropout (training), None for none.
+
+    Returns:
+      ``(batch, num_outputs)``, or ``(batch, time, num_outputs)`` with ``many_to_many`` (values at
+      padded steps are not read by any loss).
+    """
+    c = validate.check_model_inputs(params, xs, spec, lengths=lengths, dropout_key=dropout_key)
+    return _apply(params, c.xs, c.spec, c.lengths, c.dropout_key)
+
+
+def model_loss(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None) -> Array:
+    """The model's loss (plain autodiff reference; ``jax.grad`` of it runs autodiff of the scans).
+
+    ``targets``: ``loss="cross_entropy"``: ints ``(batch,)`` or ``(batch, time)`` (``many_to_many``),
+    averaged over the batch or over the valid (sequence, step) pairs; ``loss="mse"``: floats
+    ``(batch, num_outputs)`` or ``(batch, time, num_outputs)``, the mean over every valid element.
+    Other arguments as :func:`model_apply`.
+    """
+    c = validate.check_model_inputs(params, xs, spec, targets, lengths, dropout_key, need_targets=True)
+    return _loss(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key)
+
+
+# --------------------------------------------------------------------------- single layer
+
+
+def single_layer_spec(cell: str, sizes: validate.Sizes, many_to_many: bool = False) -> ModelSpec:
+    """The one-layer, one-direction, cross-entropy spec of single-layer ``params``."""
+    return ModelSpec((LayerSpec(cell, sizes.hidden_size),), num_outputs=sizes.num_classes or 1,
+                     input_size=sizes.input_size, many_to_many=many_to_many)
+
+
+def spec_of_params(cell: str, params, many_to_many: bool = False) -> ModelSpec:
+    """:func:`single_layer_spec` read off single-layer ``params`` (unchecked; works under jit)."""
+    w_x, readout_w = params["cell"]["W_x"], params["readout"]["W"]
+    sizes = validate.Sizes(w_x.shape[0], readout_w.shape[0], readout_w.shape[1], w_x.dtype)
+    return single_layer_spec(cell, sizes, many_to_many)
+
+
+def as_model_params(params) -> dict:
+    """``{"cell", "readout"}`` -> ``{"layers": [{"fwd": cell}], "head": readout}`` (same arrays)."""
+    return {"layers": [{"fwd": params["cell"]}], "head": params["readout"]}
+
+
+def from_model_params(params) -> dict:
+    """The inverse of :func:`as_model_params` (also for gradients)."""
+    return {"cell": params["layers"][0]["fwd"], "readout": params["head"]}
+
+
+def single_carries0(carry0):
+    """A single-layer initial carry tuple (or None) -> the model's per-layer ``carries0``."""
+    return None if carry0 is None else ({"fwd": carry0},)
 
 
 def init_params(key, cell: str, input_size: int, hidden_size: int, num_classes: int, dtype=jnp.float32):
@@ -43,27 +238,9 @@ def init_params(key, cell: str, input_size: int, hidden_size: int, num_classes: 
     }
 
 
-def readout(readout_params, hidden: Array) -> Array:
-    """Logits ``hidden W + b``: ``(..., hidden) -> (..., classes)``."""
-    return hidden @ readout_params["W"] + readout_params["b"]
-
-
-def _logits_and_mask(cell_name, params, xs, lengths, carry0, many_to_many):
-    hs, final = _unroll(cell_name, params["cell"], xs, lengths, carry0)
-    if not many_to_many:
-        return readout(params["readout"], final[0]), None
-    mask = None if lengths is None else time_mask(lengths, xs.shape[1]).T
-    return readout(params["readout"], hs), mask
-
-
-_predict = jax.jit(lambda cell_name, params, xs, lengths, carry0: _logits_and_mask(
-    cell_name, params, xs, lengths, carry0, False)[0], static_argnums=0)
-
-
-@partial(jax.jit, static_argnames=("cell_name", "many_to_many"))
-def _loss_and_accuracy(cell_name, params, xs, labels, lengths, carry0, many_to_many):
-    logits, mask = _logits_and_mask(cell_name, params, xs, lengths, carry0, many_to_many)
-    return losses.cross_entropy(logits, labels, mask), losses.accuracy(logits, labels, mask)
+def _single(params, xs, cell, labels=None, lengths=None, h0=None):
+    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=labels is not None)
+    return c, single_layer_spec(cell, c.sizes, c.many_to_many), single_carries0(c.carry0)
 
 
 def predict(params, xs, cell: str, lengths=None, h0=None) -> Array:
@@ -71,10 +248,10 @@ def predict(params, xs, cell: str, lengths=None, h0=None) -> Array:
 
     ``xs: (batch, time, input_size)``; ``lengths: (batch,)`` or None; ``h0`` as in :func:`unroll`.
     """
-    c = validate.check_inputs(params, xs, cell, lengths=lengths, h0=h0)
+    c, spec, carries0 = _single(params, xs, cell, lengths=lengths, h0=h0)
     if c.sizes.num_classes is None:
         raise ValueError("params: expected a 'readout' entry to compute logits, got none")
-    return _predict(cell, params, c.xs, c.lengths, c.carry0)
+    return _apply(as_model_params(params), c.xs, spec, c.lengths, None, carries0)
 
 
 def loss(params, xs, labels, cell: str, lengths=None, h0=None) -> Array:
@@ -92,11 +269,20 @@ def loss(params, xs, labels, cell: str, lengths=None, h0=None) -> Array:
     Returns:
       A scalar of the params' dtype.
     """
-    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
-    return _loss_and_accuracy(cell, params, c.xs, c.labels, c.lengths, c.carry0, c.many_to_many)[0]
+    if labels is None:
+        raise TypeError("labels: expected an integer array, got None")
+    c, spec, carries0 = _single(params, xs, cell, labels, lengths, h0)
+    return _loss(as_model_params(params), c.xs, c.labels, spec, c.lengths, None, carries0)
 
 
 def accuracy(params, xs, labels, cell: str, lengths=None, h0=None) -> Array:
     """Fraction of correct arg-max predictions, with the label and mask rules of :func:`loss`."""
-    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
-    return _loss_and_accuracy(cell, params, c.xs, c.labels, c.lengths, c.carry0, c.many_to_many)[1]
+    if labels is None:
+        raise TypeError("labels: expected an integer array, got None")
+    c, spec, carries0 = _single(params, xs, cell, labels, lengths, h0)
+    return evaluate(as_model_params(params), c.xs, c.labels, spec, c.lengths, carries0)["accuracy"]
+
+
+def readout(readout_params, hidden: Array) -> Array:
+    """Logits ``hidden W + b``: ``(..., hidden) -> (..., classes)`` (the one-layer head)."""
+    return head_forward(readout_params, hidden)

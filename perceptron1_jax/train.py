@@ -26,10 +26,19 @@ import optax
 from flax import serialization
 
 from perceptron1_jax import checkpoint, losses, validate
-from perceptron1_jax.bptt import explicit_value_and_grad
+from perceptron1_jax.bptt import explicit_model
 from perceptron1_jax.diagnostics import max_relative_error
-from perceptron1_jax.model import _logits_and_mask, init_params
+from perceptron1_jax.model import (
+    as_model_params,
+    batch_major,
+    evaluate,
+    forward,
+    from_model_params,
+    init_model,
+    score,
+)
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers, spec_from_dict, spec_to_dict
 from perceptron1_jax.tasks import TASKS, Dataset, TaskSpec
 from perceptron1_jax.truncated import run_windows, windows
 
@@ -69,10 +78,26 @@ class TrainConfig:
     tbptt_k2: int | None = None  # truncated BPTT: steps backpropagated per update (default k1)
     dtype: str = "float32"
     gradflow_every: int = 0  # log the ||dL/dh_t|| profile every N steps (0: never)
+    layers: str | None = None  # "cell:size,cell:size,..." per layer; None: one layer of cell/hidden
+    bidirectional: bool = False  # every layer reads the sequence both ways
+    dropout: float = 0.0  # inverted dropout on every layer's input after the first and on the head's
+    embed_size: int | None = None  # token tasks: embedding size (None: the task's)
 
     @property
     def task_spec(self) -> TaskSpec:
         return TASKS[self.task]
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model this run trains (the task fixes inputs, outputs and many-to-many)."""
+        task = self.task_spec
+        if self.layers is not None:
+            layers = parse_layers(self.layers, self.bidirectional)
+        else:
+            layers = (LayerSpec(self.cell, self.hidden, self.bidirectional),)
+        inputs = ({"vocab_size": task.vocab_size, "embed_size": self.embed_size or task.input_size}
+                  if task.vocab_size is not None else {"input_size": task.input_size})
+        return ModelSpec(layers, task.num_classes, **inputs, many_to_many=task.many_to_many, dropout=self.dropout)
 
     @property
     def time(self) -> int:
@@ -113,11 +138,21 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"warmup_steps/momentum: expected values >= 0, got {cfg.warmup_steps}/{cfg.momentum}")
     if cfg.tbptt_k2 is not None and cfg.tbptt_k1 is None:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
+    if not isinstance(cfg.bidirectional, bool):
+        raise ValueError(f"bidirectional: expected true or false, got {cfg.bidirectional!r}")
+    if cfg.embed_size is not None:
+        validate.check_positive_int("embed_size", cfg.embed_size)
+        if cfg.task_spec.vocab_size is None:
+            raise ValueError(f"embed_size: expected a token task (chars), got the float-input task {cfg.task!r}")
+    spec = cfg.model_spec  # checks layers and dropout
     if cfg.tbptt_k1 is not None:
         if cfg.task_spec.vocab_size is not None:
             raise ValueError(
                 f"tbptt_k1: truncated BPTT supports the float-input tasks, got the token task {cfg.task!r}"
             )
+        if len(spec.layers) > 1 or spec.layers[0].bidirectional or spec.dropout:
+            raise ValueError("tbptt_k1: truncated BPTT supports one unidirectional layer without dropout, got "
+                             f"layers={cfg.layers!r}, bidirectional={cfg.bidirectional}, dropout={cfg.dropout}")
         windows(cfg.time, cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not cfg.task_spec.many_to_many)
     if cfg.task == "three_step" and cfg.time != 3:
         raise ValueError(f"seq_len: expected 3 for the three_step task, got {cfg.time}")
@@ -136,52 +171,29 @@ def config_from_dict(values: dict) -> TrainConfig:
 # --------------------------------------------------------------------------- model pieces
 
 
-def init_model(key, cfg: TrainConfig):
-    """Params for the task: the RNN (``cell``, ``readout``) plus an ``embed`` table for token tasks."""
-    spec = cfg.task_spec
-    dtype = jnp.dtype(cfg.dtype)
-    k_rnn, k_embed = jax.random.split(key)
-    params = init_params(k_rnn, cfg.cell, spec.input_size, cfg.hidden, spec.num_classes, dtype=dtype)
-    if spec.vocab_size is not None:
-        params["embed"] = jax.random.normal(k_embed, (spec.vocab_size, spec.input_size), dtype)
-    return params
+def init_run_params(key, cfg: TrainConfig):
+    """Fresh params of the run's model (:func:`perceptron1_jax.init_model` of ``cfg.model_spec``)."""
+    return init_model(key, cfg.model_spec, jnp.dtype(cfg.dtype))
 
 
-def _rnn(params):
-    return {"cell": params["cell"], "readout": params["readout"]}
-
-
-def _inputs(params, xs):
-    """Token ids ``(B, T)`` -> embeddings ``(B, T, E)``; float inputs pass through."""
-    return params["embed"][xs] if "embed" in params else xs
-
-
-def make_value_and_grad(cell: str, many_to_many: bool, grad: str = "bptt") -> Callable:
-    """``fn(params, xs, labels) -> (loss, grads, logits)`` from the explicit BPTT or ``jax.grad``.
-
-    With an embedding table, the explicit path forms its gradient from ``dL/dxs``:
-    ``d embed[v] = sum of dL/dx_{b,t} over the positions where token v appears``.
-    """
+def make_value_and_grad(spec: ModelSpec, grad: str = "bptt") -> Callable:
+    """``fn(params, xs, labels, dropout_key=None) -> (loss, grads, outputs)`` from the explicit BPTT
+    (:func:`perceptron1_jax.bptt.explicit_model`) or ``jax.grad`` of the same forward pass."""
     if grad == "bptt":
 
-        def value_and_grad(params, xs, labels):
-            loss, grads, aux = explicit_value_and_grad(
-                cell, _rnn(params), _inputs(params, xs), labels, many_to_many=many_to_many
-            )
-            if "embed" in params:
-                dxs = jnp.swapaxes(aux.dxs_tm, 0, 1)
-                grads = {**grads, "embed": jnp.zeros_like(params["embed"]).at[xs].add(dxs)}
-            return loss, grads, aux.logits
+        def value_and_grad(params, xs, labels, dropout_key=None):
+            loss, grads, back = explicit_model(params, xs, labels, spec, None, dropout_key)
+            return loss, grads, batch_major(spec, back.forward.outputs)
 
         return value_and_grad
 
-    def loss_fn(params, xs, labels):
-        logits, _ = _logits_and_mask(cell, _rnn(params), _inputs(params, xs), None, None, many_to_many)
-        return losses.cross_entropy(logits, labels), logits
+    def loss_fn(params, xs, labels, dropout_key):
+        fw = forward(params, xs, spec, None, dropout_key)
+        return score(spec, fw.outputs, labels, fw.mask_tm), batch_major(spec, fw.outputs)
 
-    def autodiff_value_and_grad(params, xs, labels):
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, labels)
-        return loss, grads, logits
+    def autodiff_value_and_grad(params, xs, labels, dropout_key=None):
+        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, labels, dropout_key)
+        return loss, grads, outputs
 
     return autodiff_value_and_grad
 
@@ -204,17 +216,18 @@ def _apply(optimizer, clip, clip_value, params, opt_state, grads):
 
 
 def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation) -> Callable:
-    """The jitted ``train_step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+    """The jitted ``train_step(params, opt_state, batch, dropout_key=None) -> (params, opt_state, metrics)``.
 
-    ``batch = (xs, labels)``. ``metrics``: ``loss``, ``accuracy``, ``grad_norm`` (global norm
-    before clipping) and ``clipped`` (whether clipping fired).
+    ``batch = (xs, labels)``; ``dropout_key`` the step's dropout key (None: no dropout). ``metrics``:
+    ``loss``, ``accuracy``, ``grad_norm`` (global norm before clipping) and ``clipped`` (whether
+    clipping fired).
     """
-    value_and_grad = make_value_and_grad(cfg.cell, cfg.task_spec.many_to_many, cfg.grad)
+    value_and_grad = make_value_and_grad(cfg.model_spec, cfg.grad)
 
     @jax.jit
-    def train_step(params, opt_state, batch):
+    def train_step(params, opt_state, batch, dropout_key=None):
         xs, labels = batch
-        loss, grads, logits = value_and_grad(params, xs, labels)
+        loss, grads, logits = value_and_grad(params, xs, labels, dropout_key)
         params, opt_state, grad_norm, clipped = _apply(optimizer, cfg.clip, cfg.clip_value, params, opt_state, grads)
         metrics = {"loss": loss, "accuracy": losses.accuracy(logits, labels), "grad_norm": grad_norm,
                    "clipped": clipped}
@@ -224,25 +237,29 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation) -
 
 
 def make_truncated_step(cfg: TrainConfig, optimizer) -> Callable:
-    """Like :func:`make_train_step` but one optax update per TBPTT(k1, k2) window."""
+    """Like :func:`make_train_step` but one optax update per TBPTT(k1, k2) window (one-layer,
+    one-direction models: :func:`perceptron1_jax.run_windows` on the single-layer view of the params)."""
     apply = jax.jit(partial(_apply, optimizer, cfg.clip, cfg.clip_value))
-    many_to_many = cfg.task_spec.many_to_many
+    spec = cfg.model_spec
 
-    def train_step(params, opt_state, batch):
+    def train_step(params, opt_state, batch, dropout_key=None):
         xs, labels = batch
         holder = {"opt_state": opt_state, "norms": [], "clipped": []}
 
         def update(rnn_params, loss, grads):
-            new, holder["opt_state"], norm, fired = apply(rnn_params, holder["opt_state"], grads)
+            new, holder["opt_state"], norm, fired = apply(
+                as_model_params(rnn_params), holder["opt_state"], as_model_params(grads)
+            )
             holder["norms"].append(norm)
             holder["clipped"].append(fired)
-            return new
+            return from_model_params(new)
 
-        params, results, _ = run_windows(params, xs, labels, cfg.cell, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
-        logits, mask = _logits_and_mask(cfg.cell, params, xs, None, None, many_to_many)
+        single, results, _ = run_windows(from_model_params(params), xs, labels, spec.layers[0].cell, cfg.tbptt_k1,
+                                         cfg.tbptt_k2, update=update)
+        params = as_model_params(single)
         metrics = {
             "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
-            "accuracy": losses.accuracy(logits, labels, mask),
+            "accuracy": evaluate(params, xs, labels, spec)["accuracy"],
             "grad_norm": holder["norms"][-1],
             "clipped": jnp.any(jnp.stack(holder["clipped"])),
         }
@@ -264,30 +281,24 @@ def get_batch(data: Dataset, shuffle_key, step, batch_size: int):
 
 
 def make_evaluate(cfg: TrainConfig) -> Callable:
-    """Jitted ``evaluate(params, data) -> {"loss", "accuracy"}`` on a whole split."""
-    many_to_many = cfg.task_spec.many_to_many
-
-    @jax.jit
-    def evaluate(params, data):
-        logits, _ = _logits_and_mask(cfg.cell, _rnn(params), _inputs(params, data.xs), None, None, many_to_many)
-        return {"loss": losses.cross_entropy(logits, data.labels), "accuracy": losses.accuracy(logits, data.labels)}
-
-    return evaluate
+    """``evaluate(params, data) -> {"loss", "accuracy"}`` on a whole split (no dropout)."""
+    spec = cfg.model_spec
+    return lambda params, data: evaluate(params, data.xs, data.labels, spec)
 
 
 def gradient_flow_of(cfg: TrainConfig, params, xs, labels):
-    """:class:`~perceptron1_jax.diagnostics.GradientFlow` of the task's model on one batch."""
-    from perceptron1_jax.diagnostics import _gradient_flow
+    """:class:`~perceptron1_jax.diagnostics.GradientFlow` of the first layer's forward direction
+    (the gradient that has crossed every layer above) on one batch."""
+    from perceptron1_jax.diagnostics import model_gradient_flow
 
-    return _gradient_flow(cfg.cell, _rnn(params), _inputs(params, xs), labels, None, None,
-                          cfg.task_spec.many_to_many)
+    return model_gradient_flow(params, xs, labels, cfg.model_spec)[0]["fwd"]
 
 
 def gradient_agreement(cfg: TrainConfig, params, batch) -> float:
     """Max relative difference between the explicit BPTT and ``jax.grad`` gradients on a batch."""
-    many_to_many = cfg.task_spec.many_to_many
-    _, ours, _ = jax.jit(make_value_and_grad(cfg.cell, many_to_many, "bptt"))(params, *batch)
-    _, ref, _ = jax.jit(make_value_and_grad(cfg.cell, many_to_many, "autodiff"))(params, *batch)
+    spec = cfg.model_spec
+    _, ours, _ = jax.jit(make_value_and_grad(spec, "bptt"))(params, *batch)
+    _, ref, _ = jax.jit(make_value_and_grad(spec, "autodiff"))(params, *batch)
     return max_relative_error(ours, ref)
 
 
@@ -318,6 +329,13 @@ def _keys(cfg: TrainConfig):
     return (key, *jax.random.split(key, 4))
 
 
+def dropout_key_of(cfg: TrainConfig, step: int):
+    """The dropout key of step ``step`` (a pure function of ``(seed, step)``), None without dropout."""
+    if not cfg.dropout:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 0xD50), step)
+
+
 def _datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
     spec, dtype = cfg.task_spec, jnp.dtype(cfg.dtype)
     return (Dataset(*spec.make(k_train, cfg.num_train, cfg.time, dtype)),
@@ -326,7 +344,7 @@ def _datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
 
 def restore(cfg: TrainConfig, raw: dict):
     """Params and optax state of ``cfg``'s run rebuilt from a raw checkpoint payload."""
-    template = init_model(_keys(cfg)[1], cfg)
+    template = init_run_params(_keys(cfg)[1], cfg)
     params = serialization.from_state_dict(template, raw["params"])
     opt_state = serialization.from_state_dict(_optimizer(cfg).init(params), raw["opt_state"])
     return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, opt_state)
@@ -360,18 +378,18 @@ def train(
     ``out/ckpt_<step>.msgpack`` every ``checkpoint_every`` steps and at the end. With ``resume``,
     continues from the newest good checkpoint in ``out`` (bit for bit what an uninterrupted run
     would do). Stops early when the eval accuracy reaches ``cfg.target``. ``params`` replaces the
-    seed's initial parameters (same structure as :func:`init_model`'s), e.g. a rescaled ``W_h``.
+    seed's initial parameters (same structure as :func:`init_run_params`'s), e.g. a rescaled ``W_h``.
     """
     check_config(cfg)
     key, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
     train_data, eval_data = _datasets(cfg, k_train, k_eval)
-    template, optimizer = init_model(k_init, cfg), _optimizer(cfg)
+    template, optimizer = init_run_params(k_init, cfg), _optimizer(cfg)
     if params is None:
         params = template
     elif jax.tree.structure(params) != jax.tree.structure(template) or any(
         a.shape != b.shape or a.dtype != b.dtype for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))
     ):
-        raise ValueError(f"params: expected the structure, shapes and dtypes of init_model for {cfg.cell!r}, "
+        raise ValueError(f"params: expected the structure, shapes and dtypes of init_model for {cfg.model_spec}, "
                          f"got {jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)}")
     opt_state = optimizer.init(params)
     start = 0
@@ -413,13 +431,14 @@ def train(
     def save():
         if out is not None:
             checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
-                                       key=key, config=dataclasses.asdict(cfg))
+                                       key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(cfg.model_spec))
 
     tick, tick_step = _time.perf_counter(), start
     try:
         while state.step < cfg.steps:
             batch = get_batch(train_data, k_shuffle, state.step, cfg.batch_size)
-            state.params, state.opt_state, metrics = train_step(state.params, state.opt_state, batch)
+            state.params, state.opt_state, metrics = train_step(state.params, state.opt_state, batch,
+                                                                dropout_key_of(cfg, state.step))
             state.step += 1
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 now = _time.perf_counter()
@@ -476,7 +495,8 @@ def load_checkpoint(path) -> dict:
     """Load a checkpoint file, or the newest good one of a run folder (``--out``).
 
     Returns a dict with ``params``, ``opt_state`` (the optax state), ``step``, ``config`` (a
-    :class:`TrainConfig`), ``key`` (the run's PRNG key data) and ``path``. Raises
+    :class:`TrainConfig`), ``spec`` (the :class:`~perceptron1_jax.ModelSpec` the params fit),
+    ``key`` (the run's PRNG key data) and ``path``. Raises
     :class:`~perceptron1_jax.checkpoint.CheckpointError` for a missing, truncated or corrupted file.
     """
     path = Path(path)
@@ -488,6 +508,9 @@ def load_checkpoint(path) -> dict:
     else:
         raw = checkpoint.read_checkpoint(path)
     cfg = config_from_dict(raw["config"])
+    spec = spec_from_dict(raw["spec"])
+    if spec != cfg.model_spec:
+        raise checkpoint.CheckpointError(f"checkpoint {raw['path']}: its spec {spec} does not match its config")
     params, opt_state = restore(cfg, raw)
-    return {"params": params, "opt_state": opt_state, "step": int(raw["step"]), "config": cfg,
+    return {"params": params, "opt_state": opt_state, "step": int(raw["step"]), "config": cfg, "spec": spec,
             "key": raw["key"], "path": raw["path"]}

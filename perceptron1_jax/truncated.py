@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from perceptron1_jax import validate
 from perceptron1_jax.bptt import explicit_value_and_grad
-from perceptron1_jax.unroll import _unroll, carries_after, public_carry, zero_carry
+from perceptron1_jax.scan import carries_after, public_carry, zero_carry
+from perceptron1_jax.unroll import _unroll
 
 Array = jax.Array
 

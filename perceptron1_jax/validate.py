@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceptron1_jax.cells import CELLS, Cell
+from perceptron1_jax.spec import ModelSpec, param_shapes
 
 
 class Sizes(NamedTuple):
@@ -74,17 +75,30 @@ def check_float_dtype(name: str, dtype: Any) -> Any:
     return dt
 
 
-def check_key(key: Any) -> Any:
+def check_key(key: Any, name: str = "key") -> Any:
     """A ``jax.random`` key: new-style typed key or legacy ``uint32[2]``."""
     if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
-            raise ValueError(f"key: expected a single PRNG key, got key array of shape {key.shape}")
+            raise ValueError(f"{name}: expected a single PRNG key, got key array of shape {key.shape}")
         return key
     if hasattr(key, "dtype") and key.dtype == jnp.uint32 and tuple(key.shape) == (2,):
         return key
     raise TypeError(
-        f"key: expected a jax.random key (jax.random.key(seed) or PRNGKey(seed)), got {_describe(key)}"
+        f"{name}: expected a jax.random key (jax.random.key(seed) or PRNGKey(seed)), got {_describe(key)}"
     )
+
+
+def _check_leaf(where: str, leaf: Any, shape: tuple[int, ...], dtype) -> Any:
+    """One parameter array: its shape, a floating dtype, the dtype of the others; returns the dtype."""
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+        raise TypeError(f"{where}: expected an array of shape {shape}, got {_describe(leaf)}")
+    if tuple(leaf.shape) != shape:
+        raise ValueError(f"{where}: expected shape {shape}, got {tuple(leaf.shape)}")
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+        raise TypeError(f"{where}: expected a floating dtype, got {leaf.dtype}")
+    if dtype is not None and leaf.dtype != dtype:
+        raise TypeError(f"{where}: expected dtype {dtype} like the other parameters, got {leaf.dtype}")
+    return leaf.dtype
 
 
 def _check_block(where: str, block: Any, expected: dict[str, tuple[int, ...]], dtype) -> Any:
@@ -93,19 +107,7 @@ def _check_block(where: str, block: Any, expected: dict[str, tuple[int, ...]], d
     if set(block) != set(expected):
         raise ValueError(f"{where}: expected keys {sorted(expected)}, got {sorted(block)}")
     for k, shape in expected.items():
-        leaf = block[k]
-        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-            raise TypeError(f"{where}[{k!r}]: expected an array of shape {shape}, got {_describe(leaf)}")
-        if tuple(leaf.shape) != shape:
-            raise ValueError(f"{where}[{k!r}]: expected shape {shape}, got {tuple(leaf.shape)}")
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            raise TypeError(f"{where}[{k!r}]: expected a floating dtype, got {leaf.dtype}")
-        if dtype is None:
-            dtype = leaf.dtype
-        elif leaf.dtype != dtype:
-            raise TypeError(
-                f"{where}[{k!r}]: expected dtype {dtype} like the other parameters, got {leaf.dtype}"
-            )
+        dtype = _check_leaf(f"{where}[{k!r}]", block[k], shape, dtype)
     return dtype
 
 
@@ -149,8 +151,9 @@ def check_params(params: Any, cell: Cell, need_readout: bool = True) -> Sizes:
     return Sizes(int(input_size), int(hidden), num_classes, dtype)
 
 
-def check_xs(xs: Any, sizes: Sizes) -> tuple[Any, int, int]:
-    """``xs: (batch, time, input_size)``, floating, same dtype as params; returns (xs, B, T)."""
+def check_xs(xs: Any, sizes: Sizes, source: str = "params['cell']['W_x'] rows") -> tuple[Any, int, int]:
+    """``xs: (batch, time, input_size)``, floating, same dtype as params; returns (xs, B, T).
+    ``source`` says where the expected input size comes from (for the message)."""
     xs = as_array("xs", xs)
     expect = f"(batch, time, {sizes.input_size})"
     if xs.ndim != 3:
@@ -160,7 +163,7 @@ def check_xs(xs: Any, sizes: Sizes) -> tuple[Any, int, int]:
         raise ValueError(f"xs: expected non-empty batch and time {expect}, got shape {tuple(xs.shape)}")
     if features != sizes.input_size:
         raise ValueError(
-            f"xs: expected input size {sizes.input_size} (params['cell']['W_x'] rows), got shape "
+            f"xs: expected input size {sizes.input_size} ({source}), got shape "
             f"{tuple(xs.shape)}"
         )
     if not jnp.issubdtype(xs.dtype, jnp.floating):
@@ -269,3 +272,117 @@ def check_inputs(params, xs, cell, labels=None, lengths=None, h0=None, *, need_l
     lengths = check_lengths(lengths, batch, time)
     carry0 = check_h0(h0, spec, batch, sizes)
     return Checked(spec, sizes, xs, labels, lengths, carry0, many_to_many)
+
+
+# --------------------------------------------------------------------------- layered models
+
+
+def check_spec(spec: Any) -> ModelSpec:
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"spec: expected a ModelSpec, got {_describe(spec)}")
+    return spec
+
+
+def check_model_params(params: Any, spec: ModelSpec) -> Any:
+    """``params`` in the pinned layout of ``spec`` (:func:`perceptron1_jax.spec.param_shapes`), one
+    floating dtype throughout; returns that dtype."""
+    shapes = param_shapes(spec)
+    if not isinstance(params, dict):
+        raise TypeError(
+            f"params: expected a dict with keys {sorted(shapes)} (from init_model), got {_describe(params)}"
+        )
+    if set(params) != set(shapes):
+        raise ValueError(f"params: expected keys {sorted(shapes)} for this spec, got {sorted(params)}")
+    dtype = None
+    if "embed" in shapes:
+        dtype = _check_leaf("params['embed']", params["embed"], shapes["embed"], dtype)
+    layers = params["layers"]
+    if not isinstance(layers, (list, tuple)) or len(layers) != len(shapes["layers"]):
+        raise ValueError(
+            f"params['layers']: expected a list of {len(shapes['layers'])} layers, got {_describe(layers)}"
+        )
+    for k, (layer, expected) in enumerate(zip(layers, shapes["layers"])):
+        if not isinstance(layer, dict) or set(layer) != set(expected):
+            got = sorted(layer) if isinstance(layer, dict) else _describe(layer)
+            raise ValueError(f"params['layers'][{k}]: expected directions {sorted(expected)}, got {got}")
+        for d, cell_shapes in expected.items():
+            dtype = _check_block(f"params['layers'][{k}][{d!r}]", layer[d], cell_shapes, dtype)
+    return _check_block("params['head']", params["head"], shapes["head"], dtype)
+
+
+def check_model_xs(xs: Any, spec: ModelSpec, dtype) -> tuple[Any, int, int]:
+    """Float ``xs: (batch, time, input_size)`` of the params' dtype, or for token models integer
+    ids ``(batch, time)`` in ``[0, vocab_size)``; returns ``(xs, batch, time)``."""
+    if not spec.tokens:
+        return check_xs(xs, Sizes(spec.input_size, 0, None, dtype), "spec.input_size")
+    xs = as_array("xs", xs)
+    if not jnp.issubdtype(xs.dtype, jnp.integer):
+        raise TypeError(f"xs: expected integer token ids (spec.vocab_size is set), got dtype {xs.dtype}")
+    if xs.ndim != 2 or 0 in xs.shape:
+        raise ValueError(f"xs: expected token ids of shape (batch, time), non-empty, got shape {tuple(xs.shape)}")
+    if is_concrete(xs):
+        values = np.asarray(xs)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= spec.vocab_size:
+            raise ValueError(f"xs: expected token ids in [0, {spec.vocab_size}), got values in [{low}, {high}]")
+    return xs, int(xs.shape[0]), int(xs.shape[1])
+
+
+def check_targets(targets: Any, spec: ModelSpec, batch: int, time: int, dtype) -> Any:
+    """Cross-entropy: integer classes ``(batch,)`` or, with ``many_to_many``, ``(batch, time)``, in
+    ``[0, num_outputs)``. MSE: floats of the params' dtype, ``(batch, num_outputs)`` or
+    ``(batch, time, num_outputs)``, finite."""
+    if targets is None:
+        raise TypeError("targets: expected an array, got None")
+    targets = as_array("targets", targets)
+    mode = "many_to_many=True" if spec.many_to_many else "many_to_many=False"
+    if spec.loss == "cross_entropy":
+        shape = (batch, time) if spec.many_to_many else (batch,)
+        if not jnp.issubdtype(targets.dtype, jnp.integer):
+            raise TypeError(f"targets: expected integer class ids (loss='cross_entropy'), got dtype {targets.dtype}")
+        if tuple(targets.shape) != shape:
+            raise ValueError(f"targets: expected shape {shape} ({mode}), got {tuple(targets.shape)}")
+        if is_concrete(targets):
+            values = np.asarray(targets)
+            low, high = int(values.min()), int(values.max())
+            if low < 0 or high >= spec.num_outputs:
+                raise ValueError(
+                    f"targets: expected class ids in [0, {spec.num_outputs}), got values in [{low}, {high}]"
+                )
+        return targets
+    shape = (batch, time, spec.num_outputs) if spec.many_to_many else (batch, spec.num_outputs)
+    if not jnp.issubdtype(targets.dtype, jnp.floating):
+        raise TypeError(f"targets: expected floats (loss='mse'), got dtype {targets.dtype}")
+    if targets.dtype != dtype:
+        raise TypeError(f"targets: expected dtype {dtype} to match params, got {targets.dtype}")
+    if tuple(targets.shape) != shape:
+        raise ValueError(f"targets: expected shape {shape} ({mode}, loss='mse'), got {tuple(targets.shape)}")
+    if is_concrete(targets) and not np.all(np.isfinite(np.asarray(targets))):
+        bad = int(np.argmax(~np.isfinite(np.asarray(targets)).reshape(-1)))
+        raise ValueError(f"targets: expected finite values, got a non-finite value at flat index {bad}")
+    return targets
+
+
+class CheckedModel(NamedTuple):
+    """The validated arguments of a model entry point."""
+
+    spec: ModelSpec
+    dtype: Any
+    xs: Any
+    targets: Any  # or None
+    lengths: Any  # or None
+    dropout_key: Any  # or None
+
+
+def check_model_inputs(params, xs, spec, targets=None, lengths=None, dropout_key=None, *,
+                       need_targets=False) -> CheckedModel:
+    """All checks of a model entry point, in the order of its signature."""
+    spec = check_spec(spec)
+    dtype = check_model_params(params, spec)
+    xs, batch, time = check_model_xs(xs, spec, dtype)
+    if need_targets:
+        targets = check_targets(targets, spec, batch, time, dtype)
+    lengths = check_lengths(lengths, batch, time)
+    if dropout_key is not None:
+        dropout_key = check_key(dropout_key, "dropout_key")
+    return CheckedModel(spec, dtype, xs, targets, lengths, dropout_key)

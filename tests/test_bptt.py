@@ -17,7 +17,7 @@ from perceptron1_jax.bptt import explicit_value_and_grad
 from perceptron1_jax.cells import CELLS, cell_step
 from perceptron1_jax.losses import cross_entropy
 from perceptron1_jax.model import readout
-from perceptron1_jax.unroll import public_carry
+from perceptron1_jax.scan import public_carry
 
 CELL_NAMES = sorted(CELLS)
 # (batch, time, input, hidden, classes): edges T=1, batch=1, hidden=1, input=1.
@@ -225,7 +225,7 @@ def test_unroll_bptt_runs_the_explicit_backward(x64, monkeypatch):
     # jax.grad through unroll_bptt must call the hand-written backward, not autodiff of the scan.
     import importlib
 
-    bptt_module = importlib.import_module("perceptron1_jax.bptt")
+    bptt_module = importlib.import_module("perceptron1_jax.layers")
 
     calls = []
     original = bptt_module.backward_scan

@@ -82,7 +82,7 @@ def test_train_resume_eval_end_to_end(tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 20
     assert main(["eval", str(out)]) == 0
-    assert "step 20, task three_step, cell gru" in capsys.readouterr().out
+    assert "step 20, task three_step, model gru:8 -> cross_entropy head (4)" in capsys.readouterr().out
     assert main(["train", "--out", str(out), "--resume", "--hidden", "9"]) == 2
     assert "hidden: expected 8 as in the checkpoint being resumed, got 9" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ from helpers import assert_trees_close, random_problem, reference_value_and_grad
 
 import perceptron1_jax as p1
 from perceptron1_jax.cells import CELLS
-from perceptron1_jax.lean import default_segment, lean_value_and_grad
+from perceptron1_jax.lean import default_segment
 
 # time 7: segment 3 leaves a padded last segment, 7 is exact; 1 (per step) and 20 (one segment) are edges.
 CASES = list(itertools.product(sorted(CELLS), [False, True], [False, True], [3, 7]))
@@ -36,7 +36,7 @@ def test_lean_equals_full_and_jax_grad(x64, cell, many_to_many, with_lengths, se
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_lean_segments_longer_than_a_backward_block(x64, cell):
     # Segments of 20 steps span a full WINDOW block plus a remainder inside the backward.
-    from perceptron1_jax.bptt import WINDOW
+    from perceptron1_jax.scan import WINDOW
 
     segment = WINDOW + 4
     params, xs, labels, lengths = random_problem(5, cell, 2, 2 * segment + 3, 2, 3, 3, many_to_many=True,
@@ -72,7 +72,7 @@ def test_lean_uses_far_less_compiled_memory():
         return p1.bptt(p, x, y, cell)
 
     def lean(p, x, y):
-        return lean_value_and_grad(cell, p, x, y, None, None, many_to_many=False, segment=segment)[:2]
+        return p1.bptt(p, x, y, cell, lean=segment)
 
     def autodiff(p, x, y):
         return jax.value_and_grad(p1.loss)(p, x, y, cell)

@@ -16,7 +16,7 @@ from perceptron1_jax.train import (
     _keys,
     _optimizer,
     get_batch,
-    init_model,
+    init_run_params,
     load_checkpoint,
     make_train_step,
     make_value_and_grad,
@@ -42,7 +42,7 @@ def test_train_step_from_bptt_equals_jax_grad(x64, task, cell):
     cfg = dataclasses.replace(TINY, task=task, cell=cell, dtype="float64", seq_len=None, clip=0.5)
     _, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
     data, _ = _datasets(cfg, k_train, k_eval)
-    params, optimizer = init_model(k_init, cfg), _optimizer(cfg)
+    params, optimizer = init_run_params(k_init, cfg), _optimizer(cfg)
     states = {}
     for grad in ("bptt", "autodiff"):
         step = make_train_step(dataclasses.replace(cfg, grad=grad), optimizer)
@@ -59,10 +59,10 @@ def test_embedding_gradient_comes_from_dxs(x64):
     cfg = dataclasses.replace(TINY, task="chars", cell="lstm", dtype="float64", seq_len=7)
     _, k_init, k_train, k_eval, _ = _keys(cfg)
     data, _ = _datasets(cfg, k_train, k_eval)
-    params = init_model(k_init, cfg)
+    params = init_run_params(k_init, cfg)
     xs, labels = data.xs[:4], data.labels[:4]
-    loss, grads, _ = make_value_and_grad("lstm", True, "bptt")(params, xs, labels)
-    ref_loss, ref_grads, _ = make_value_and_grad("lstm", True, "autodiff")(params, xs, labels)
+    loss, grads, _ = make_value_and_grad(cfg.model_spec, "bptt")(params, xs, labels)
+    ref_loss, ref_grads, _ = make_value_and_grad(cfg.model_spec, "autodiff")(params, xs, labels)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
     assert_trees_close(grads, ref_grads, rtol=1e-7, atol=1e-14)
     assert float(jnp.abs(grads["embed"]).sum()) > 0
@@ -72,7 +72,7 @@ def test_clipped_metric_fires_only_above_the_bound():
     base = dataclasses.replace(TINY, steps=1)
     _, k_init, k_train, k_eval, k_shuffle = _keys(base)
     data, _ = _datasets(base, k_train, k_eval)
-    params = init_model(k_init, base)
+    params = init_run_params(k_init, base)
     batch = get_batch(data, k_shuffle, 0, base.batch_size)
     for clip, fired in ((1e-6, True), (1e6, False)):
         cfg = dataclasses.replace(base, clip=clip)
@@ -88,7 +88,7 @@ def test_same_seed_same_params_bit_for_bit():
     a, b = _run(TINY), _run(TINY)
     assert_trees_close(a.params, b.params, rtol=0, atol=0)
     c = _run(dataclasses.replace(TINY, seed=1))
-    assert not np.array_equal(a.params["cell"]["W_h"], c.params["cell"]["W_h"])
+    assert not np.array_equal(a.params["layers"][0]["fwd"]["W_h"], c.params["layers"][0]["fwd"]["W_h"])
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -1,0 +1,175 @@
+"""The model's layers, each a forward function with its explicit backward beside it.
+
+* embedding: ``ids (B, T) -> table[ids] (B, T, E)``; backward: a scatter-add of ``dL/dx`` into
+  the rows of the ids that were read, ``d table[v] = sum_{(b, t): ids[b, t] = v} dL/dx_{b, t}``.
+* dropout: inverted dropout, ``x * m`` with ``m = bernoulli(1 - p) / (1 - p)`` drawn from a key;
+  backward: ``dL/dx = m * dL/dy`` with the same mask.
+* recurrent: one cell over time in one or two directions (:mod:`perceptron1_jax.scan`); the
+  output of a bidirectional layer is ``concatenate([h_fwd_t, h_bwd_t])``. Backward: each
+  direction's reverse scan from the gradient of its outputs (and of its final state), and
+  ``dL/dx = dL/dx_fwd + dL/dx_bwd``.
+* head: ``y = x W + b``; backward: ``dW = x^T dy``, ``db = sum dy``, ``dx = dy W^T``.
+
+Inside, arrays are time-major ``(T, B, ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from perceptron1_jax.cells import CELLS, Carry, Cell, Params
+from perceptron1_jax.lean import lean_backward, lean_forward
+from perceptron1_jax.scan import (
+    WINDOW,
+    Backward,
+    backward_scan,
+    carries_after,
+    reverse_in_time,
+    scan_forward,
+    zero_carry,
+)
+from perceptron1_jax.spec import LayerSpec
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def embed_forward(table: Array, ids: Array) -> Array:
+    """``table: (V, E)``, ``ids: (B, T)`` ints -> ``(B, T, E)``."""
+    return table[ids]
+
+
+def embed_backward(table: Array, ids: Array, dxs: Array) -> Array:
+    """``dL/dtable``: the rows of ``dxs: (B, T, E)`` added at their token ids (a scatter-add)."""
+    return jnp.zeros_like(table).at[ids].add(dxs)
+
+
+# --------------------------------------------------------------------------- dropout
+
+
+def dropout_mask(key, rate: float, shape: tuple[int, ...], dtype) -> Array:
+    """Inverted-dropout multiplier: ``0`` with probability ``rate``, else ``1 / (1 - rate)``."""
+    keep = 1.0 - rate
+    return jax.random.bernoulli(key, keep, shape).astype(dtype) / jnp.asarray(keep, dtype)
+
+
+# --------------------------------------------------------------------------- one direction
+
+
+class DirectionTape(NamedTuple):
+    """What the full-mode forward of one direction keeps for its backward (in the direction's
+    own time order: flipped for the reverse direction)."""
+
+    xs_tm: Array  # (T, B, I) the inputs
+    carries_in: Carry  # (T, B, H) per leaf: the carry entering each step
+    final: Carry  # the carry after the last step
+    residuals: object  # the cell's per-step residuals
+
+
+def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm, lengths, *,
+                      reverse: bool, save: bool, lean: int | None = None):
+    """Run one direction over ``xs_tm: (T, B, I)``.
+
+    Returns ``(hs_tm, final, tape)``: ``hs_tm: (T, B, H)`` the state after every step in the
+    original time order, ``final`` the carry after the direction's last step (for the reverse
+    direction: after reading back to step 0), ``tape`` what the backward needs (None unless
+    ``save``). ``lean=k`` keeps a carry every ``k`` steps instead of every step.
+    """
+    x = reverse_in_time(xs_tm, lengths) if reverse else xs_tm
+    if lean is not None:
+        hs, final, tape = lean_forward(cell, cell_params, x, carry0, mask_tm, lean)
+    else:
+        final, carries, residuals = scan_forward(cell, cell_params, x, carry0, mask_tm, stack_entering=save)
+        hs = carries_after(carries[:1], final[:1])[0] if save else carries[0]
+        tape = DirectionTape(x, carries, final, residuals) if save else None
+    return (reverse_in_time(hs, lengths) if reverse else hs), final, tape
+
+
+def direction_backward(cell: Cell, cell_params: Params, tape, dhs_out_tm, final_dcarry: Carry, mask_tm, lengths,
+                       *, reverse: bool, keep_dhs: bool = False, keep_dz: bool = False,
+                       window: int = WINDOW) -> Backward:
+    """The explicit backward of :func:`direction_forward` (full or lean tape).
+
+    ``dhs_out_tm: (T, B, H)`` (original time order) the gradient reaching each output from above,
+    or None; ``final_dcarry`` the gradient of the final carry. Returns a
+    :class:`~perceptron1_jax.scan.Backward` whose per-step arrays are in the original time order.
+    """
+    def flip(a):
+        return a if a is None or not reverse else reverse_in_time(a, lengths)
+
+    dhs = flip(dhs_out_tm)
+    if isinstance(tape, DirectionTape):
+        back = backward_scan(cell, cell_params, tape.xs_tm, tape.carries_in, tape.final, tape.residuals,
+                             final_dcarry, dhs, mask_tm, keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
+    else:
+        back = lean_backward(cell, cell_params, tape, dhs, final_dcarry, keep_dhs=keep_dhs, window=window)
+    return Backward(back.grads, flip(back.dxs_tm), back.dcarry0, flip(back.dhs_tm), flip(back.dzx_tm),
+                    flip(back.dzh_part_tm))
+
+
+# --------------------------------------------------------------------------- recurrent layer
+
+
+def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, lengths, carries0=None, *,
+                      save: bool, lean: int | None = None):
+    """A recurrent layer over ``xs_tm: (T, B, I)``: ``params = {"fwd": ..., "bwd": ...}``,
+    ``carries0`` None or ``{direction: carry tuple or None}`` (zeros where None).
+
+    Returns ``(out_tm, finals, tapes)``: ``out_tm: (T, B, H)`` or ``(T, B, 2H)``
+    (``[h_fwd_t, h_bwd_t]``), and per direction its final carry and tape.
+    """
+    cell = CELLS[layer.cell]
+    batch = xs_tm.shape[1]
+    outs, finals, tapes = [], {}, {}
+    for d in layer.directions:
+        carry0 = None if carries0 is None else carries0.get(d)
+        if carry0 is None:
+            carry0 = zero_carry(cell, batch, layer.hidden_size, xs_tm.dtype)
+        hs, finals[d], tapes[d] = direction_forward(cell, params[d], xs_tm, carry0, mask_tm, lengths,
+                                                   reverse=d == "bwd", save=save, lean=lean)
+        outs.append(hs)
+    return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)), finals, tapes
+
+
+def recurrent_backward(layer: LayerSpec, params: dict, tapes: dict, finals: dict, dout_tm, dfinal_h, mask_tm,
+                       lengths, *, keep_dhs: bool = False, keep_dz: bool = False, window: int = WINDOW):
+    """The explicit backward of :func:`recurrent_forward`.
+
+    ``dout_tm``: ``(T, B, features)`` gradient of the layer's outputs, or None; ``dfinal_h``:
+    ``{direction: (B, H)}`` gradient of each direction's final ``h``, or None. Returns
+    ``(grads, dxs_tm, backs)``: ``{direction: cell grads}``, ``dL/dx: (T, B, I)`` summed over
+    the directions, and each direction's :class:`~perceptron1_jax.scan.Backward`.
+    """
+    cell, hidden = CELLS[layer.cell], layer.hidden_size
+    grads, backs, dxs = {}, {}, None
+    for k, d in enumerate(layer.directions):
+        dhs = None if dout_tm is None else dout_tm[..., k * hidden:(k + 1) * hidden]
+        dfinal = tuple(jnp.zeros_like(c) for c in finals[d])
+        if dfinal_h is not None:
+            dfinal = (dfinal_h[d],) + dfinal[1:]
+        back = direction_backward(cell, params[d], tapes[d], dhs, dfinal, mask_tm, lengths, reverse=d == "bwd",
+                                  keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
+        grads[d], backs[d] = back.grads, back
+        dxs = back.dxs_tm if dxs is None else dxs + back.dxs_tm
+    return grads, dxs, backs
+
+
+# --------------------------------------------------------------------------- head
+
+
+def head_forward(params: dict, features: Array) -> Array:
+    """``(..., F) -> (..., O)``: ``features W + b``."""
+    return features @ params["W"] + params["b"]
+
+
+def head_backward(params: dict, features: Array, doutputs: Array) -> tuple[dict, Array]:
+    """``dW = x^T dy``, ``db = sum dy`` over every leading position, ``dx = dy W^T``."""
+    flat_x = features.reshape(-1, features.shape[-1])
+    flat_dy = doutputs.reshape(-1, doutputs.shape[-1])
+    grads = {"W": flat_x.T @ flat_dy, "b": jnp.sum(flat_dy, axis=0)}
+    return grads, doutputs @ params["W"].T

@@ -1,0 +1,237 @@
+"""One direction over time: the forward ``lax.scan`` and its explicit reverse scan.
+
+This is the only place that walks time. Every recurrent layer, every direction and every training
+mode (full, lean, truncated) runs :func:`scan_forward` forwards and :func:`backward_scan` backwards.
+
+Layout: public arrays are batch-major, ``xs: (batch, time, input)``; inside, arrays are time-major
+``(time, batch, ...)`` because ``lax.scan`` walks the leading axis. The scan body has the signature
+``(carry, x) -> (carry, y)`` everywhere in this package.
+
+Variable lengths: with ``lengths: (batch,)`` a sequence's state is frozen after its last valid
+step (``carry_t = carry_{t-1}`` for ``t >= length``). The reverse direction of a bidirectional
+layer reads each sequence backwards *from its own last valid step* (PyTorch's packed sequences):
+:func:`reverse_in_time` flips the valid part of every sequence, the same forward scan runs over
+the flipped inputs, and its outputs are flipped back (the flip is its own inverse, so the
+backward pass flips gradients the same way).
+
+Explicit backward (never ``jax.grad``/``jax.vjp``), :func:`backward_scan`: a reverse ``lax.scan``
+carrying only ``dL/dh`` (and ``dL/dc``) and the state after the step; at step ``t`` the carried
+gradient plus the step's own output gradient is the total ``dL/dh_t``; the cell's
+``backward_step`` turns it into the pre-activation gradients ``dZx_t``, ``dZh_t`` and the gradient
+for the previous carry; a padded step passes its gradient straight to the previous carry (the
+state was held) and contributes nothing to the weights. Weight gradients are matmuls over blocks
+of :data:`WINDOW` steps: ``dW_x += X^T dZx``, ``dW_h += H_prev^T dZh``, ``db += sum dZ``;
+``dL/dX = dZx W_x^T``.
+
+What is kept for all ``T`` steps (per batch row, floats): the entering carries and the cell's
+residuals, i.e. Elman ``H``, LSTM ``2H + 4H`` (``h``, ``c``, gates), GRU ``H + 3H + H`` (``h``,
+``[r, z, n]``, ``zh_n``); ``dZ`` lives for one block (``WINDOW x G*H``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from perceptron1_jax.cells import Carry, Cell, Params, project_inputs
+
+Array = jax.Array
+
+WINDOW = 8
+"""Steps per block of the weight-gradient matmuls in :func:`backward_scan`.
+
+Measured on the 2-core CPU (batch 64, hidden 128, T 32/128/512; ``python benchmarks/benchmark.py
+--hidden 128 --time 32 128 512 --windows 8 32 64 --no-flax``): blocks of 8 were as fast as or up to
+10% faster than 16 and 32 for every cell, and 64-step blocks or one matmul after the loop were
+slower (up to 15%) and kept more memory.
+"""
+
+
+def time_mask(lengths: Array | None, time: int) -> Array | None:
+    """``(time, batch)`` bool, True where step ``t`` is valid (``t < lengths[b]``); None if no lengths."""
+    if lengths is None:
+        return None
+    return jnp.arange(time, dtype=lengths.dtype)[:, None] < lengths[None, :]
+
+
+def zero_carry(cell: Cell, batch: int, hidden: int, dtype) -> Carry:
+    """The default initial carry: zeros, ``(h,)`` or ``(h, c)``, each ``(batch, hidden)``."""
+    return tuple(jnp.zeros((batch, hidden), dtype) for _ in range(cell.carry_size))
+
+
+def public_carry(cell: Cell, carry: Carry):
+    """Carry tuple -> what users see: ``h`` for Elman/GRU, ``(h, c)`` for the LSTM."""
+    return carry if cell.carry_size > 1 else carry[0]
+
+
+def reverse_in_time(a_tm: Array, lengths: Array | None) -> Array:
+    """Flip each sequence's valid steps: ``out[t, b] = a[L_b - 1 - t, b]`` for ``t < L_b``, and
+    ``out[t, b] = a[t, b]`` on padding. ``a_tm: (time, batch, ...)``. Its own inverse."""
+    if lengths is None:
+        return a_tm[::-1]
+    time = a_tm.shape[0]
+    steps = jnp.arange(time, dtype=lengths.dtype)[:, None]
+    index = jnp.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)  # (T, B)
+    index = index.reshape(index.shape + (1,) * (a_tm.ndim - 2))
+    return jnp.take_along_axis(a_tm, index, axis=0)
+
+
+def hoist_input_projection() -> bool:
+    """Whether the forward computes ``x W_x + b`` for all steps before the loop.
+
+    On accelerators, yes (one big matmul). On XLA:CPU, no: measured on 2 cores (float32, batch 64,
+    input 32, hidden 128, time 128), projecting inside the loop made the LSTM training step 1.55x
+    faster (90 -> 58 ms) and the GRU 1.24x (62 -> 50 ms), for both the explicit and the autodiff
+    backward. In the hoisted form XLA:CPU fuses the slice of the precomputed projection into every
+    gate nonlinearity of the step, and those fusions ran ~8x slower than when the step's gates read
+    two matmul outputs (measured per XLA thunk with ``jax.profiler``: 79 against 9 us per step for
+    the LSTM gates; see the README's Performance section).
+    """
+    return jax.default_backend() != "cpu"
+
+
+def scan_forward(
+    cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
+    *, stack_entering: bool = False,
+) -> tuple[Carry, Carry, object]:
+    """Run the cell over time.
+
+    Args:
+      xs_tm: ``(time, batch, input)`` inputs, time-major.
+      carry0: initial carry tuple, each ``(batch, hidden)``.
+      mask_tm: ``(time, batch)`` bool validity mask or None.
+      stack_entering: stack the carry *entering* each step (``carry0, ..., carry_{T-2}``) instead
+        of the carry after it. The explicit backward wants this one: it is the ``H_prev`` operand
+        of ``dW_h`` as is, and the reverse scan carries the "after" state itself.
+
+    Returns:
+      ``(final_carry, carries, residuals)``: ``carries`` stacks every carry leaf over time
+      (``(time, batch, hidden)`` each, the state *after* step t, or entering it with
+      ``stack_entering``); ``residuals`` stacks the cell's per-step residuals (used only by the
+      explicit backward; dead code otherwise).
+    """
+    hoist = hoist_input_projection()
+    # Hoisted: one (T*B, I) x (I, G*H) matmul before the loop, the loop slices its rows.
+    inputs_tm = project_inputs(cell, cell_params, xs_tm) if hoist else xs_tm
+
+    def body(carry, inputs):
+        input_t, valid_t = inputs
+        zx_t = input_t if hoist else project_inputs(cell, cell_params, input_t)
+        new_carry, residuals = cell.step(cell_params, carry, zx_t)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            new_carry = tuple(jnp.where(keep, new, old) for new, old in zip(new_carry, carry))
+        return new_carry, (carry if stack_entering else new_carry, residuals)
+
+    final_carry, (carries, residuals) = lax.scan(body, carry0, (inputs_tm, mask_tm))
+    return final_carry, carries, residuals
+
+
+def carries_after(carries_in: Carry, final: Carry) -> Carry:
+    """Entering-carry stacks (``stack_entering=True``) -> the stacks of the carry after each step."""
+    return tuple(jnp.concatenate([c[1:], f[None]], axis=0) for c, f in zip(carries_in, final))
+
+
+class Backward(NamedTuple):
+    """What :func:`backward_scan` returns (time-major)."""
+
+    grads: Params  # gradients of the cell params
+    dxs_tm: Array  # (T, B, I) dL/dxs
+    dcarry0: Carry  # gradient w.r.t. the initial carry
+    dhs_tm: Array | None  # (T, B, H) total dL/dh_t, when keep_dhs
+    dzx_tm: Array | None  # (T, B, G*H) input pre-activation gradients, when keep_dz
+    dzh_part_tm: Array | None  # the cell's recurrent part of dZh (cell.full_dzh), when keep_dz
+
+
+def check_window(window) -> int:
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+        raise ValueError(f"window: expected a positive int (steps per weight-gradient block), got {window!r}")
+    return int(window)
+
+
+def backward_scan(
+    cell: Cell,
+    cell_params: Params,
+    xs_tm: Array,
+    carries_in: Carry,
+    final_carry: Carry,
+    residuals,
+    final_dcarry: Carry,
+    dhs_out_tm: Array | None,
+    mask_tm: Array | None,
+    *,
+    keep_dhs: bool = False,
+    keep_dz: bool = False,
+    window: int = WINDOW,
+) -> Backward:
+    """The reverse-time pass of one direction of one layer (full, lean and custom-VJP modes).
+
+    Time runs in blocks of ``window`` steps (the last block takes the remainder). Within a block
+    a reverse ``lax.scan`` carries ``dL/dh`` (and ``dL/dc``) and the carry *after* the current
+    step, and stacks the block's ``dZx``/``dZh``; after each block its weight gradients are one
+    matmul over ``window * B`` rows (``dW_x += X_blk^T dZx_blk``, ``dW_h += H_prev_blk^T dZh_blk``)
+    and ``dL/dX_blk = dZx_blk W_x^T``. So the per-step pre-activation gradients live for one block
+    only: what the backward keeps for all ``T`` steps is what the forward saved.
+
+    Args:
+      xs_tm: ``(T, B, I)`` inputs.
+      carries_in: the carry entering each step, ``(T, B, H)`` per leaf
+        (``scan_forward(..., stack_entering=True)``); ``final_carry``: the carry after the last
+        step; ``residuals``: the cell's saved per-step arrays.
+      final_dcarry: gradient w.r.t. the final carry (tuple like ``final_carry``).
+      dhs_out_tm: ``(T, B, H)`` gradient flowing into each ``h_t`` from outside the recurrence
+        (the layer above or a per-step head), or None.
+      mask_tm: ``(T, B)`` bool validity, or None.
+      keep_dhs: also return the total ``dL/dh_t`` of every step; ``keep_dz``: also return the
+        stacked ``dZx`` and the cell's recurrent part of ``dZh`` (diagnostics).
+    """
+    window = check_window(window)
+    time = xs_tm.shape[0]
+    block = min(window, time)
+    n_full, tail = divmod(time, block)
+    w_x_t = cell_params["W_x"].T
+
+    def run_block(state, start, length):
+        dcarry, after, acc = state
+
+        def take(a):
+            return None if a is None else lax.dynamic_slice_in_dim(a, start, length)
+
+        block_in = tuple(take(c) for c in carries_in)
+
+        def step(carry, inputs):
+            dcarry, after = carry
+            prev_t, residuals_t, dh_out_t, valid_t = inputs
+            if dh_out_t is not None:
+                dcarry = (dcarry[0] + dh_out_t,) + dcarry[1:]
+            dh_total = dcarry[0]
+            if valid_t is None:
+                dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, after, residuals_t, dcarry)
+            else:
+                keep = valid_t[:, None]
+                into_cell = tuple(jnp.where(keep, d, 0.0) for d in dcarry)
+                dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, after, residuals_t, into_cell)
+                dprev = tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
+            return (dprev, prev_t), (dzx, dzh, dh_total if keep_dhs else None)
+
+        inputs = (block_in, jax.tree.map(take, residuals), take(dhs_out_tm), take(mask_tm))
+        (dcarry, after), (dzx, dzh_part, dhs) = lax.scan(step, (dcarry, after), inputs, reverse=True)
+        grads = cell.param_grads(take(xs_tm), block_in[0], dzx, dzh_part)
+        acc = jax.tree.map(jnp.add, acc, grads)
+        kept = (dzx, dzh_part) if keep_dz else (None, None)
+        return (dcarry, after, acc), (dzx @ w_x_t, dhs) + kept
+
+    state = (final_dcarry, final_carry, jax.tree.map(jnp.zeros_like, cell_params))
+    if tail:  # the remainder block at the end of time comes first in reverse
+        state, tail_outs = run_block(state, n_full * block, tail)
+    state, outs = lax.scan(lambda s, w: run_block(s, w * block, block), state, jnp.arange(n_full), reverse=True)
+    outs = jax.tree.map(lambda a: a.reshape((n_full * block,) + a.shape[2:]), outs)
+    if tail:
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, tail_outs)
+    dcarry0, _, grads = state
+    dxs_tm, dhs_tm, dzx_tm, dzh_part_tm = outs
+    return Backward(grads, dxs_tm, dcarry0, dhs_tm, dzx_tm, dzh_part_tm)

@@ -1,0 +1,167 @@
+"""A model as data: :class:`LayerSpec` and :class:`ModelSpec`, frozen (hashable) dataclasses that are
+static arguments under ``jax.jit``. Every field is checked when the spec is made.
+
+A model is ``[embedding] -> layer_1 -> ... -> layer_L -> head``:
+
+* inputs: floats ``xs: (batch, time, input_size)``, or integer token ids ``xs: (batch, time)`` with
+  ``vocab_size`` and ``embed_size`` (an embedding table ``(vocab_size, embed_size)`` comes first);
+* each layer a recurrent cell over time, one direction or two (``bidirectional``: outputs
+  ``concatenate([h_fwd_t, h_bwd_t])``, ``2H`` features, the next layer's input);
+* the head: a linear map of the last layer's features to ``num_outputs``, scored by softmax
+  cross-entropy (integer targets) or mean squared error (float targets), once per sequence
+  (``many_to_many=False``: the final states) or at every valid step.
+
+Parameter layout (pinned; :func:`param_shapes`)::
+
+    {"embed": (vocab_size, embed_size),            # token inputs only
+     "layers": [{"fwd": cell params, "bwd": cell params (bidirectional only)}, ...],
+     "head": {"W": (features, num_outputs), "b": (num_outputs,)}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+from perceptron1_jax.cells import CELLS
+
+LOSSES = ("cross_entropy", "mse")
+DIRECTIONS = ("fwd", "bwd")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One recurrent layer: ``cell`` (``"elman"``, ``"lstm"`` or ``"gru"``), ``hidden_size`` per
+    direction, and whether it also reads the sequence backwards."""
+
+    cell: str
+    hidden_size: int
+    bidirectional: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.cell, str) or self.cell not in CELLS:
+            raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
+        object.__setattr__(self, "hidden_size", _positive_int("hidden_size", self.hidden_size))
+        _flag("bidirectional", self.bidirectional)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return DIRECTIONS if self.bidirectional else DIRECTIONS[:1]
+
+    @property
+    def features(self) -> int:
+        """Output features per step: ``hidden_size``, twice that when bidirectional."""
+        return self.hidden_size * len(self.directions)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A layered recurrent model (see the module docstring). ``layers`` may be given as a list."""
+
+    layers: tuple[LayerSpec, ...]
+    num_outputs: int
+    input_size: int | None = None
+    vocab_size: int | None = None
+    embed_size: int | None = None
+    loss: str = "cross_entropy"
+    many_to_many: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        layers = self.layers
+        if not isinstance(layers, (tuple, list)) or not layers:
+            raise ValueError(f"layers: expected a non-empty sequence of LayerSpec, got {layers!r}")
+        for k, layer in enumerate(layers):
+            if not isinstance(layer, LayerSpec):
+                raise TypeError(f"layers[{k}]: expected a LayerSpec, got {type(layer).__name__} {layer!r}")
+        object.__setattr__(self, "layers", tuple(layers))
+        object.__setattr__(self, "num_outputs", _positive_int("num_outputs", self.num_outputs))
+        if (self.input_size is None) == (self.vocab_size is None):
+            raise ValueError(
+                "input_size/vocab_size: expected exactly one (input_size for float inputs, vocab_size for "
+                f"token ids), got input_size={self.input_size!r}, vocab_size={self.vocab_size!r}"
+            )
+        if self.input_size is not None:
+            object.__setattr__(self, "input_size", _positive_int("input_size", self.input_size))
+            if self.embed_size is not None:
+                raise ValueError(f"embed_size: expected None for float inputs (input_size), got {self.embed_size!r}")
+        else:
+            object.__setattr__(self, "vocab_size", _positive_int("vocab_size", self.vocab_size))
+            if self.embed_size is None:
+                raise ValueError("embed_size: expected a positive int with vocab_size (token inputs), got None")
+            object.__setattr__(self, "embed_size", _positive_int("embed_size", self.embed_size))
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {list(LOSSES)}, got {self.loss!r}")
+        _flag("many_to_many", self.many_to_many)
+        rate = self.dropout
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout: expected a rate in [0, 1), got {rate!r}")
+        object.__setattr__(self, "dropout", float(rate))
+
+    @property
+    def tokens(self) -> bool:
+        """Whether inputs are integer token ids (an embedding table comes first)."""
+        return self.vocab_size is not None
+
+    def layer_input_size(self, k: int) -> int:
+        """Features entering layer ``k``: the input or embedding size, then the layer below's output."""
+        if k == 0:
+            return self.embed_size if self.tokens else self.input_size
+        return self.layers[k - 1].features
+
+    @property
+    def head_features(self) -> int:
+        return self.layers[-1].features
+
+
+def param_shapes(spec: ModelSpec) -> dict:
+    """The pinned parameter layout with shapes in place of arrays."""
+    shapes = {}
+    if spec.tokens:
+        shapes["embed"] = (spec.vocab_size, spec.embed_size)
+    shapes["layers"] = [
+        {d: CELLS[layer.cell].param_shapes(spec.layer_input_size(k), layer.hidden_size) for d in layer.directions}
+        for k, layer in enumerate(spec.layers)
+    ]
+    shapes["head"] = {"W": (spec.head_features, spec.num_outputs), "b": (spec.num_outputs,)}
+    return shapes
+
+
+def parse_layers(text: str, bidirectional: bool = False) -> tuple[LayerSpec, ...]:
+    """``"lstm:128,lstm:64"`` -> two :class:`LayerSpec` (``cell:size`` per layer)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"layers: expected cell:size per layer, e.g. 'lstm:128,lstm:64', got {text!r}")
+    layers = []
+    for part in text.split(","):
+        cell, sep, size = part.strip().partition(":")
+        if not sep or not size.strip().isdigit():
+            raise ValueError(f"layers: expected cell:size per layer, e.g. 'lstm:128,lstm:64', got {part.strip()!r}")
+        layers.append(LayerSpec(cell.strip(), int(size), bidirectional))
+    return tuple(layers)
+
+
+def spec_to_dict(spec: ModelSpec) -> dict:
+    """A plain dict (JSON, msgpack) that :func:`spec_from_dict` turns back into the same spec."""
+    values = dataclasses.asdict(spec)
+    values["layers"] = [dataclasses.asdict(layer) for layer in spec.layers]
+    return values
+
+
+def spec_from_dict(values: dict) -> ModelSpec:
+    values = dict(values)
+    values["layers"] = tuple(LayerSpec(**layer) for layer in values["layers"])
+    return ModelSpec(**values)
