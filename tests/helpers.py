@@ -49,3 +49,27 @@ def assert_trees_close(actual, expected, rtol, atol=0.0):
 def max_scale(tree):
     """Largest absolute entry over a pytree (for absolute tolerances relative to the scale)."""
     return max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(tree))
+
+
+def random_model(seed, spec, batch, time, *, dtype=jnp.float64, with_lengths=False):
+    """Random params of ``spec`` (every leaf, biases included, drawn non-zero), inputs of the
+    spec's kind, targets of its loss, and optional lengths, from one numpy seed."""
+    rng = np.random.default_rng(seed)
+    params = p1.init_model(jax.random.key(seed), spec, dtype)
+
+    def draw(a):
+        scale = 0.8 / np.sqrt(a.shape[0]) if a.ndim == 2 else 0.3
+        return jnp.asarray(scale * rng.standard_normal(a.shape), dtype)
+
+    params = jax.tree.map(draw, params)
+    if spec.tokens:
+        xs = jnp.asarray(rng.integers(0, spec.vocab_size, (batch, time)), jnp.int32)
+    else:
+        xs = jnp.asarray(rng.standard_normal((batch, time, spec.input_size)), dtype)
+    steps = (batch, time) if spec.many_to_many else (batch,)
+    if spec.loss == "mse":
+        targets = jnp.asarray(rng.standard_normal(steps + (spec.num_outputs,)), dtype)
+    else:
+        targets = jnp.asarray(rng.integers(0, spec.num_outputs, steps), jnp.int32)
+    lengths = jnp.asarray(rng.integers(1, time + 1, (batch,)), jnp.int32) if with_lengths else None
+    return params, xs, targets, lengths
