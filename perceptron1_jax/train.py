@@ -29,11 +29,9 @@ from perceptron1_jax import checkpoint, losses, validate
 from perceptron1_jax.bptt import explicit_model
 from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import (
-    as_model_params,
     batch_major,
     evaluate,
     forward,
-    from_model_params,
     init_model,
     score,
 )
@@ -150,9 +148,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(
                 f"tbptt_k1: truncated BPTT supports the float-input tasks, got the token task {cfg.task!r}"
             )
-        if len(spec.layers) > 1 or spec.layers[0].bidirectional or spec.dropout:
-            raise ValueError("tbptt_k1: truncated BPTT supports one unidirectional layer without dropout, got "
-                             f"layers={cfg.layers!r}, bidirectional={cfg.bidirectional}, dropout={cfg.dropout}")
+        if cfg.bidirectional or spec.dropout:
+            raise ValueError("tbptt_k1: truncated BPTT supports unidirectional layers without dropout, got "
+                             f"bidirectional={cfg.bidirectional}, dropout={cfg.dropout}")
         windows(cfg.time, cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not cfg.task_spec.many_to_many)
     if cfg.task == "three_step" and cfg.time != 3:
         raise ValueError(f"seq_len: expected 3 for the three_step task, got {cfg.time}")
@@ -237,8 +235,8 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation) -
 
 
 def make_truncated_step(cfg: TrainConfig, optimizer) -> Callable:
-    """Like :func:`make_train_step` but one optax update per TBPTT(k1, k2) window (one-layer,
-    one-direction models: :func:`perceptron1_jax.run_windows` on the single-layer view of the params)."""
+    """Like :func:`make_train_step` but one optax update per TBPTT(k1, k2) window
+    (:func:`perceptron1_jax.run_windows` on the run's model; unidirectional layers, no dropout)."""
     apply = jax.jit(partial(_apply, optimizer, cfg.clip, cfg.clip_value))
     spec = cfg.model_spec
 
@@ -246,17 +244,13 @@ def make_truncated_step(cfg: TrainConfig, optimizer) -> Callable:
         xs, labels = batch
         holder = {"opt_state": opt_state, "norms": [], "clipped": []}
 
-        def update(rnn_params, loss, grads):
-            new, holder["opt_state"], norm, fired = apply(
-                as_model_params(rnn_params), holder["opt_state"], as_model_params(grads)
-            )
+        def update(params, loss, grads):
+            new, holder["opt_state"], norm, fired = apply(params, holder["opt_state"], grads)
             holder["norms"].append(norm)
             holder["clipped"].append(fired)
-            return from_model_params(new)
+            return new
 
-        single, results, _ = run_windows(from_model_params(params), xs, labels, spec.layers[0].cell, cfg.tbptt_k1,
-                                         cfg.tbptt_k2, update=update)
-        params = as_model_params(single)
+        params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
         metrics = {
             "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
             "accuracy": evaluate(params, xs, labels, spec)["accuracy"],

@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from perceptron1_jax import validate
-from perceptron1_jax.bptt import explicit_value_and_grad
+from perceptron1_jax.bptt import explicit_model
+from perceptron1_jax.cells import CELLS
+from perceptron1_jax.model import as_model_params, forward, from_model_params, single_layer_spec
 from perceptron1_jax.scan import carries_after, public_carry, zero_carry
-from perceptron1_jax.unroll import _unroll
+from perceptron1_jax.spec import ModelSpec
 
 Array = jax.Array
 
@@ -53,23 +55,33 @@ def windows(time: int, k1: int, k2: int | None = None, many_to_one: bool = False
     return [Window(max(0, end - k2), end - k1, end) for end in range(k1, time + 1, k1)]
 
 
-@partial(jax.jit, static_argnames=("cell_name", "many_to_many", "score_from"))
-def _window_value_and_grad(cell_name, params, xs, labels, carry0, many_to_many, score_from):
+@partial(jax.jit, static_argnames=("spec", "score_from"))
+def _window_value_and_grad(params, xs, labels, spec, carries0, score_from):
     loss_mask = None
-    if many_to_many:
+    if spec.many_to_many:
         steps = jnp.arange(xs.shape[1])
         loss_mask = jnp.broadcast_to(steps[None, :] >= score_from, labels.shape)
-    loss, grads, aux = explicit_value_and_grad(
-        cell_name, params, xs, labels, None, carry0, many_to_many=many_to_many, loss_mask=loss_mask
-    )
-    return loss, grads, carries_after(aux.carries_in, aux.final)
+    loss, grads, back = explicit_model(params, xs, labels, spec, None, None, carries0, loss_mask=loss_mask)
+    # The carry after every step of every layer: where later windows start.
+    after = tuple(carries_after(tapes["fwd"].carries_in, tapes["fwd"].final) for tapes in back.forward.tapes)
+    return loss, grads, after
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _advance(params, xs, spec, carries0):
+    """Every layer's carry after a plain forward over ``xs`` from ``carries0``."""
+    return tuple(finals["fwd"] for finals in forward(params, xs, spec, None, None, carries0).finals)
+
+
+def _as_carries0(state):
+    return tuple({"fwd": carry} for carry in state)
 
 
 def run_windows(
     params,
     xs,
     labels,
-    cell: str,
+    cell,
     k1: int,
     k2: int | None = None,
     h0=None,
@@ -78,7 +90,9 @@ def run_windows(
     """Run TBPTT(k1, k2) over one batch of sequences.
 
     Args:
-      params, xs, labels, cell, h0: as for :func:`perceptron1_jax.bptt` (no ``lengths``).
+      params, xs, labels, cell, h0: as for :func:`perceptron1_jax.bptt` (no ``lengths``); or
+        ``cell`` a :class:`~perceptron1_jax.ModelSpec` of unidirectional layers, with a model's
+        params, inputs and targets (``h0`` None: every layer starts from zeros).
       k1: steps forward per update (a divisor of ``time``); ``k2``: steps backpropagated per update
         (``>= k1``, default ``k1``).
       update: ``update(params, loss, grads) -> params`` applied after each window (e.g. an optax
@@ -87,36 +101,45 @@ def run_windows(
     Returns:
       ``(params, results, final_carry)``: the params after the last update, a list of
       ``(window, loss, grads)`` per window that scores at least one label, and the carry after
-      the last step (``(batch, hidden)``, or ``(h, c)`` for the LSTM).
+      the last step (``(batch, hidden)``, or ``(h, c)`` for the LSTM; for a spec a list per layer).
     """
-    c = validate.check_inputs(params, xs, cell, labels, None, h0, need_labels=True)
-    time = c.xs.shape[1]
-    plan = windows(time, k1, k2, many_to_one=not c.many_to_many)
-    carry0 = c.carry0
-    if carry0 is None:
-        carry0 = zero_carry(c.cell, c.xs.shape[0], c.sizes.hidden_size, c.sizes.dtype)
-    states = {0: carry0}  # carry at each step boundary that a later window starts from
+    if isinstance(cell, ModelSpec):
+        c = validate.check_model_inputs(params, xs, cell, labels, need_targets=True)
+        if any(layer.bidirectional for layer in c.spec.layers):
+            raise ValueError("cell: truncated BPTT needs unidirectional layers (a backward direction reads the "
+                             "whole future), got a bidirectional layer")
+        if h0 is not None:
+            raise ValueError("h0: expected None with a ModelSpec (every layer starts from zeros), got an array")
+        spec, xs, labels, carry0 = c.spec, c.xs, c.targets, None
+        to_model, from_model = (lambda p: p), (lambda p: p)
+    else:
+        c = validate.check_inputs(params, xs, cell, labels, None, h0, need_labels=True)
+        spec, xs, labels, carry0 = single_layer_spec(cell, c.sizes, c.many_to_many), c.xs, c.labels, c.carry0
+        to_model, from_model = as_model_params, from_model_params
+    batch, time = xs.shape[:2]
+    plan = windows(time, k1, k2, many_to_one=not spec.many_to_many)
+    dtype = to_model(params)["head"]["W"].dtype
+    start_state = tuple(
+        carry0 if k == 0 and carry0 is not None else zero_carry(CELLS[layer.cell], batch, layer.hidden_size, dtype)
+        for k, layer in enumerate(spec.layers)
+    )
+    states = {0: start_state}  # every layer's carry at each step boundary that a later window starts from
     results = []
     for window in plan:
         if window.start not in states:  # first window of a many-to-one plan: forward only
-            states[window.start] = _advance(cell, params, c.xs, states, window.start)
-        ys = c.labels[:, window.start : window.end] if c.many_to_many else c.labels
-        loss, grads, carries = _window_value_and_grad(
-            cell, params, c.xs[:, window.start : window.end], ys, states[window.start],
-            c.many_to_many, window.score_from - window.start,
+            start = max(s for s in states if s <= window.start)
+            states[window.start] = _advance(to_model(params), xs[:, start : window.start], spec,
+                                            _as_carries0(states[start]))
+        ys = labels[:, window.start : window.end] if spec.many_to_many else labels
+        loss, grads, after = _window_value_and_grad(
+            to_model(params), xs[:, window.start : window.end], ys, spec, _as_carries0(states[window.start]),
+            window.score_from - window.start,
         )
         for step in range(window.start + 1, window.end + 1):
-            states[step] = tuple(leaf[step - window.start - 1] for leaf in carries)
+            states[step] = tuple(tuple(leaf[step - window.start - 1] for leaf in layer) for layer in after)
+        grads = from_model(grads)
         results.append((window, loss, grads))
         if update is not None:
             params = update(params, loss, grads)
-    return params, results, public_carry(c.cell, states[time])
-
-
-def _advance(cell, params, xs, states, target):
-    """Carry at step ``target`` by a plain forward from the latest known earlier state."""
-    start = max(s for s in states if s <= target)
-    if start == target:
-        return states[start]
-    _, final = _unroll(cell, params["cell"], xs[:, start:target], None, states[start])
-    return final
+    finals = [public_carry(CELLS[layer.cell], carry) for layer, carry in zip(spec.layers, states[time])]
+    return params, results, finals if isinstance(cell, ModelSpec) else finals[0]

@@ -2,9 +2,10 @@
 of the loss with the state stopped at the window border."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_trees_close, random_problem
+from helpers import assert_trees_close, random_model, random_problem
 
 import perceptron1_jax as p1
 from perceptron1_jax.cells import CELLS
@@ -90,3 +91,27 @@ def test_online_updates_apply_between_windows(x64):
     assert len(seen) == 3
     assert not np.allclose(seen[1]["cell"]["W_h"], seen[0]["cell"]["W_h"])
     assert not np.allclose(final_params["cell"]["W_h"], params["cell"]["W_h"])
+
+
+def test_model_windows_covering_the_sequence_are_full_bptt(x64):
+    # A 2-layer (mixed cells) token model: k1 = T with k2 >= T is the full explicit BPTT, and the
+    # chunked scheme carries every layer's state across windows.
+    spec = p1.ModelSpec([p1.LayerSpec("lstm", 3), p1.LayerSpec("gru", 2)], 3, vocab_size=5, embed_size=2,
+                        many_to_many=True)
+    params, ids, labels, _ = random_model(0, spec, 2, 6)
+    _, results, finals = run_windows(params, ids, labels, spec, k1=6, k2=10)
+    (_, loss, grads), = results
+    full_loss, full_grads = p1.model_bptt(params, ids, labels, spec)
+    np.testing.assert_allclose(loss, full_loss, rtol=1e-12)
+    assert_trees_close(grads, full_grads, rtol=1e-10, atol=1e-14)
+    _, chunks, chunk_finals = run_windows(params, ids, labels, spec, k1=2)
+    assert len(chunks) == 3
+    for got, want in zip(jax.tree.leaves(chunk_finals), jax.tree.leaves(finals)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)  # the same forward, window by window
+
+
+def test_model_windows_refuse_bidirectional_layers():
+    spec = p1.ModelSpec([p1.LayerSpec("gru", 2, True)], 2, input_size=1, many_to_many=True)
+    params = p1.init_model(jax.random.key(0), spec)
+    with pytest.raises(ValueError, match="cell: truncated BPTT needs unidirectional layers"):
+        run_windows(params, jnp.zeros((1, 4, 1)), jnp.zeros((1, 4), jnp.int32), spec, k1=2)
