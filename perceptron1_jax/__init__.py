@@ -20,7 +20,7 @@ Layered models (stacked, bidirectional, embeddings, dropout, cross-entropy or MS
     value, grads = model_bptt(params, ids, labels, spec, lengths, dropout_key=key)  # explicit BPTT
 """
 
-from perceptron1_jax.bptt import BPTTExtras, ModelExtras, bptt, model_bptt, unroll_bptt
+from perceptron1_jax.bptt import BPTTExtras, ModelExtras, bptt, model_bptt, model_loss_explicit, unroll_bptt
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.diagnostics import GradientFlow
 from perceptron1_jax.diagnostics import decay_rate
@@ -59,6 +59,7 @@ __all__ = (
     "model_bptt",
     "model_gradient_flow",
     "model_loss",
+    "model_loss_explicit",
     "predict",
     "run_windows",
     "set_spectral_radius",

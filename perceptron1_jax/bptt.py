@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from perceptron1_jax import validate
 from perceptron1_jax.cells import CELLS
@@ -56,6 +57,7 @@ class ModelBackward(NamedTuple):
     """Side outputs of :func:`explicit_model` (time-major)."""
 
     forward: Forward  # the forward pass (outputs, tapes, finals, masks)
+    doutputs: Array  # dL/d(head outputs), like forward.outputs
     backs: tuple  # per layer {direction: scan.Backward} (dL/dh_t, dL/dx, dL/dcarry0, dZ when kept)
     dxs_tm: Array  # (T, B, I) dL/d(first layer's input): the embeddings for token models
 
@@ -96,7 +98,7 @@ def explicit_model(params, xs, targets, spec: ModelSpec, lengths=None, dropout_k
     grads = {"layers": layer_grads, "head": head_grads}
     if spec.tokens:
         grads["embed"] = embed_backward(params["embed"], xs, jnp.swapaxes(dxs_tm, 0, 1))
-    return loss, grads, ModelBackward(fw, tuple(backs), dxs_tm)
+    return loss, grads, ModelBackward(fw, doutputs, tuple(backs), dxs_tm)
 
 
 class ModelExtras(NamedTuple):
@@ -155,6 +157,49 @@ def model_bptt(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=N
     loss, grads, extras = _model_bptt(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key, None,
                                       bool(return_extras), _lean_segment(lean))
     return (loss, grads, extras) if return_extras else (loss, grads)
+
+
+def model_loss_explicit(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None):
+    """:func:`perceptron1_jax.model_loss` whose VJP is the explicit backward (a ``jax.custom_vjp``).
+
+    ``jax.grad``/``nnx.grad`` of any function of this loss runs :func:`explicit_model`, never
+    autodiff of the scans; the forward pass forms the loss and the gradients together, so
+    ``jax.value_and_grad`` costs one explicit BPTT. Gradients flow to ``params``, to float ``xs``
+    (``dL/dxs`` from the same backward pass) and to MSE ``targets``; integer inputs, class targets,
+    ``lengths`` and the key get zero (``float0``) cotangents. Composes with ``jit`` and ``vmap``.
+    """
+    c = validate.check_model_inputs(params, xs, spec, targets, lengths, dropout_key, need_targets=True)
+    return _explicit_loss(c.spec, params, c.xs, c.targets, c.lengths, c.dropout_key)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _explicit_loss(spec, params, xs, targets, lengths, dropout_key):
+    return explicit_model(params, xs, targets, spec, lengths, dropout_key)[0]
+
+
+def _explicit_loss_fwd(spec, params, xs, targets, lengths, dropout_key):
+    loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key)
+    dxs = None if spec.tokens else jnp.swapaxes(back.dxs_tm, 0, 1)
+    dtargets = -batch_major(spec, back.doutputs) if spec.loss == "mse" else None  # L depends on y - target
+    no_gradient = (xs if spec.tokens else None, None if spec.loss == "mse" else targets, lengths, dropout_key)
+    return loss, (grads, dxs, dtargets, no_gradient)
+
+
+def _explicit_loss_bwd(spec, saved, cotangent):
+    grads, dxs, dtargets, no_gradient = saved
+
+    def scaled(tree):
+        return jax.tree.map(lambda g: cotangent * g, tree)
+
+    def zeros(a):  # the cotangent of an integer or key argument
+        return None if a is None else np.zeros(a.shape, jax.dtypes.float0)
+
+    ids, labels, lengths, key = no_gradient
+    return (scaled(grads), zeros(ids) if dxs is None else scaled(dxs), zeros(labels) if dtargets is None
+            else scaled(dtargets), zeros(lengths), zeros(key))
+
+
+_explicit_loss.defvjp(_explicit_loss_fwd, _explicit_loss_bwd)
 
 
 # --------------------------------------------------------------------------- single layer

@@ -14,7 +14,7 @@ import jax
 import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
-NAMES = ["vanishing_gradients", "clipping", "long_range", "truncation", "optimizers", "bptt_vs_autodiff"]
+NAMES = ["vanishing_gradients", "clipping", "long_range", "truncation", "optimizers", "flax_nnx", "bptt_vs_autodiff"]
 
 pytestmark = pytest.mark.standard_promotion  # the experiments train with optax
 
