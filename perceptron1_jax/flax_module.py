@@ -34,7 +34,8 @@ def _is_variable(x) -> bool:
 def params_of(state) -> dict:
     """An ``nnx.State`` of a :class:`RecurrentModel` (its ``nnx.state``, or the gradients of
     ``nnx.grad``) -> the plain pinned layout (``{"layers": [...], "head": ..., "embed": ...}``)."""
-    pure = dict(state.to_pure_dict()["weights"])
+    to_pure = getattr(nnx, "to_pure_dict", None)
+    pure = dict((to_pure(state) if to_pure is not None else state.to_pure_dict())["weights"])
     pure["layers"] = [pure["layers"][k] for k in range(len(pure["layers"]))]
     return pure
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from perceptron1_jax import checkpoint
 from perceptron1_jax.cli import main
 from perceptron1_jax.train import TrainConfig
 
@@ -127,3 +128,32 @@ def test_default_train_reaches_its_target(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "reached the target 0.99" in result.stdout, result.stdout
+
+
+def test_layered_bidirectional_token_model_with_dropout_trains_and_evaluates(tmp_path, capsys):
+    out = tmp_path / "chars"
+    args = ["train", "--task", "chars", "--layers", "lstm:8,gru:6", "--bidirectional", "--dropout", "0.2",
+            "--embed-size", "5", "--seq-len", "6", "--steps", "6", "--eval-every", "3", "--batch-size", "8",
+            "--num-train", "32", "--num-eval", "16", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "model embed 28x5 -> bi-lstm:8 -> bi-gru:6 -> cross_entropy head (28), dropout 0.2" in printed
+    assert "explicit BPTT vs jax.grad on the first batch: max relative difference" in printed
+    loaded = checkpoint.read_checkpoint(checkpoint.list_checkpoints(out)[0])
+    assert loaded["spec"]["layers"] == [{"cell": "lstm", "hidden_size": 8, "bidirectional": True},
+                                        {"cell": "gru", "hidden_size": 6, "bidirectional": True}]
+    assert loaded["spec"]["vocab_size"] == 28 and loaded["spec"]["dropout"] == 0.2
+    assert main(["eval", str(out)]) == 0
+    assert "step 6, task chars, model embed 28x5 -> bi-lstm:8 -> bi-gru:6" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--layers", "lstm:8,gru"], "layers: expected cell:size per layer"),
+    (["--layers", "cnn:8"], "cell: expected one of"),
+    (["--dropout", "1"], "dropout: expected a rate in [0, 1), got 1.0"),
+    (["--embed-size", "4"], "embed_size: expected a token task (chars), got the float-input task 'three_step'"),
+])
+def test_bad_model_options_exit_2_with_one_line(option, message, capsys):
+    assert main(["train", *option, "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
