@@ -34,8 +34,17 @@ import optax
 from perceptron1_jax import losses
 from perceptron1_jax.bptt import explicit_model, explicit_value_and_grad
 from perceptron1_jax.lean import default_segment
-from perceptron1_jax.model import as_model_params, forward, from_model_params, init_params, score, spec_of_params
+from perceptron1_jax.model import (
+    as_model_params,
+    forward,
+    from_model_params,
+    init_model,
+    init_params,
+    score,
+    spec_of_params,
+)
 from perceptron1_jax.scan import WINDOW
+from perceptron1_jax.spec import LayerSpec, ModelSpec
 
 ALLOCATOR_ENV = {
     "MALLOC_MMAP_MAX_": "0",  # never mmap a block: freed memory goes back to the heap, reused next step
@@ -69,9 +78,24 @@ class Size:
         return f"B{self.batch} I{self.input} H{self.hidden} T{self.time}"
 
 
+MODEL_CELL = "2x bi-lstm"
+"""The ``cell`` column of the layered-model rows: 2 bidirectional LSTM layers (``--model``)."""
+
+
+def bench_spec(size: Size, depth: int = 2) -> ModelSpec:
+    """The layered model of the ``--model`` rows: ``depth`` bidirectional LSTM layers, many-to-one."""
+    return ModelSpec([LayerSpec("lstm", size.hidden, True)] * depth, size.classes, input_size=size.input)
+
+
 def step_flops(cell: str, size: Size) -> float:
     """Matrix-product FLOPs of one training step: the forward products (input and recurrent
-    projections, readout) and twice as many in the backward (activation and weight gradients)."""
+    projections, readout) and twice as many in the backward (activation and weight gradients).
+    ``cell`` :data:`MODEL_CELL` counts every direction of every layer of :func:`bench_spec`."""
+    if cell == MODEL_CELL:
+        spec = bench_spec(size)
+        recurrent = sum(2 * size.batch * size.time * (spec.layer_input_size(k) + size.hidden) * 4 * size.hidden
+                        * len(layer.directions) for k, layer in enumerate(spec.layers))
+        return 3.0 * (recurrent + 2 * size.batch * spec.head_features * size.classes)
     gates = GATES[cell] * size.hidden
     recurrent = 2 * size.batch * size.time * (size.input + size.hidden) * gates
     forward = recurrent + 2 * size.batch * size.hidden * size.classes
@@ -166,6 +190,49 @@ def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, w
     return out
 
 
+def model_contenders(size: Size, xs, labels, flax_cells: bool = True) -> list[Contender]:
+    """The 2-layer bidirectional LSTM (many-to-one, ``h_n`` of the last layer): ``model_bptt``'s
+    explicit backward, ``jax.grad`` of ``model_loss``'s forward, and Flax (``nn.Bidirectional`` over
+    ``nn.RNN``, stacked)."""
+    xs, labels = jnp.asarray(xs), jnp.asarray(labels)
+    spec = bench_spec(size)
+    params = init_model(jax.random.key(0), spec)
+
+    def explicit(params, xs, labels):
+        return explicit_model(params, xs, labels, spec)[:2]
+
+    def plain_loss(params, xs, labels):
+        return score(spec, forward(params, xs, spec).outputs, labels, None)
+
+    out = [_jax_contender("explicit BPTT (model_bptt)", explicit, params, xs, labels),
+           _jax_contender("jax.grad(model_loss)", jax.value_and_grad(plain_loss), params, xs, labels)]
+    if flax_cells:
+        import flax.linen as nn
+
+        for kind in (nn.LSTMCell, nn.OptimizedLSTMCell):
+
+            class Model(nn.Module):
+                cell_type: type
+
+                @nn.compact
+                def __call__(self, xs):
+                    h = size.hidden
+                    for _ in range(2):
+                        directions = [nn.RNN(self.cell_type(features=h)) for _ in range(2)]
+                        xs = nn.Bidirectional(*directions)(xs)
+                    return nn.Dense(size.classes)(jnp.concatenate([xs[:, -1, :h], xs[:, 0, h:]], axis=-1))
+
+            model = Model(kind)
+            flax_params = model.init(jax.random.key(0), xs)
+
+            def flax_loss(params, xs, labels, model=model):
+                return losses.cross_entropy(model.apply(params, xs), labels)
+
+            out.append(_jax_contender(f"flax nn.Bidirectional({kind.__name__}) x2", jax.value_and_grad(flax_loss),
+                                      flax_params, xs, labels))
+    return out
+
+
 def _flax_contenders(cell, size, xs, labels) -> list[Contender]:
     import flax.linen as nn
 
@@ -197,21 +264,29 @@ def torch_contenders(cell: str, size: Size, xs, labels, threads: int = 2) -> lis
     except ImportError:
         return []
     torch.set_num_threads(threads)
-    module = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-    rnn = module(size.input, size.hidden, batch_first=True)
-    head = torch.nn.Linear(size.hidden, size.classes)
+    layered = cell == MODEL_CELL
+    module = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU, MODEL_CELL: torch.nn.LSTM}[cell]
+    options = {"num_layers": 2, "bidirectional": True} if layered else {}
+    rnn = module(size.input, size.hidden, batch_first=True, **options)
+    head = torch.nn.Linear(size.hidden * (2 if layered else 1), size.classes)
     optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
     x, y = torch.from_numpy(np.asarray(xs)), torch.from_numpy(np.asarray(labels)).long()
     criterion = torch.nn.CrossEntropyLoss()
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        hs, _ = rnn(x)
-        loss = criterion(head(hs[:, -1]), y)
+        hs, state = rnn(x)
+        if layered:  # h_n of the last layer: forward and backward direction
+            h_n = state[0]
+            features = torch.cat([h_n[-2], h_n[-1]], dim=-1)
+        else:
+            features = hs[:, -1]
+        loss = criterion(head(features), y)
         loss.backward()
         optimizer.step()
 
-    return [Contender(f"torch nn.{module.__name__} ({threads} threads)", run)]
+    name = "nn.LSTM(num_layers=2, bidirectional=True)" if layered else f"nn.{module.__name__}"
+    return [Contender(f"torch {name} ({threads} threads)", run)]
 
 
 # --------------------------------------------------------------------------- measurement
@@ -245,11 +320,13 @@ def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torc
     for size in sizes:
         for cell in cells:
             xs, labels = _problem(size)
-            contenders = jax_contenders(cell, size, xs, labels, flax_cells, windows) + torch_contenders(
-                cell, size, xs, labels, torch_threads
-            )
+            if cell == MODEL_CELL:
+                ours_name, jax_side = "explicit BPTT (model_bptt)", model_contenders(size, xs, labels, flax_cells)
+            else:
+                ours_name, jax_side = "explicit BPTT", jax_contenders(cell, size, xs, labels, flax_cells, windows)
+            contenders = jax_side + torch_contenders(cell, size, xs, labels, torch_threads)
             times = time_contenders(contenders, rounds, min_seconds)
-            ours = times["explicit BPTT"]
+            ours = times[ours_name]
             flops = step_flops(cell, size)
             for c in contenders:
                 rows.append({
@@ -260,7 +337,7 @@ def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torc
                     "fraction_of_peak": flops / times[c.name] / 1e9 / peak,
                     "temp_mib": c.temp_bytes / 2**20,
                 })
-                log(f"{size.label():22} {cell:5} {c.name:34} {1e3 * times[c.name]:9.2f} ms  "
+                log(f"{size.label():22} {cell:9} {c.name:42} {1e3 * times[c.name]:9.2f} ms  "
                     f"x{times[c.name] / ours:5.2f}  temp {c.temp_bytes / 2**20:8.1f} MiB")
     return {
         "machine": machine_description(),
@@ -309,7 +386,10 @@ def write_results(result: dict, out: Path) -> tuple[Path, Path]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--cells", nargs="+", choices=sorted(GATES), default=["elman", "lstm", "gru"])
+    parser.add_argument("--cells", nargs="+", choices=[*sorted(GATES), MODEL_CELL],
+                        default=["elman", "lstm", "gru"],
+                        help=f"cells to time; '{MODEL_CELL}' times a 2-layer bidirectional LSTM model")
+    parser.add_argument("--model", action="store_true", help=f"add the '{MODEL_CELL}' rows to --cells")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--input", type=int, default=32)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 512])
@@ -342,7 +422,8 @@ def run_from_args(args) -> dict:
         import torch  # noqa: F401
     except ImportError:
         print("torch is not installed: PyTorch contenders skipped (pip install torch)")
-    result = run_benchmark(args.cells, sizes, rounds, min_seconds, not args.no_flax, args.torch_threads,
+    cells = [*args.cells, MODEL_CELL] if args.model and MODEL_CELL not in args.cells else args.cells
+    result = run_benchmark(cells, sizes, rounds, min_seconds, not args.no_flax, args.torch_threads,
                            windows=args.windows)
     json_path, md_path = write_results(result, args.out)
     print(markdown(result))
