@@ -13,8 +13,8 @@ import sys
 
 import jax
 import jax.numpy as jnp
-
 import perceptron1_jax_old.bench as old
+
 from perceptron1_jax import bench as new
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class TaskSpec(NamedTuple):
     default_seq_len: int
     chance: float  # accuracy of the best constant guess
     vocab_size: int | None = None  # token tasks: inputs are ids embedded by a learned table
+    next_token: bool = False  # the label at step t is the input at step t+1 (a backward direction sees it)
 
 
 # --------------------------------------------------------------------------- three-step
@@ -176,6 +177,6 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("parity", "running parity of a bit string at every step", parity,
                  1, 2, True, 20, 0.5),
         TaskSpec("chars", "next character of a small built-in text", chars,
-                 CHAR_EMBED, len(VOCAB), True, 32, CHARS_CHANCE, vocab_size=len(VOCAB)),
+                 CHAR_EMBED, len(VOCAB), True, 32, CHARS_CHANCE, vocab_size=len(VOCAB), next_token=True),
     )
 }

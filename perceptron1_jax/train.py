@@ -375,6 +375,9 @@ def train(
     seed's initial parameters (same structure as :func:`init_run_params`'s), e.g. a rescaled ``W_h``.
     """
     check_config(cfg)
+    if cfg.bidirectional and cfg.task_spec.next_token:
+        log(f"warning: bidirectional layers on the next-token task {cfg.task!r} read the token they predict "
+            "(the backward direction sees step t+1): accuracy will not mean prediction")
     key, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
     train_data, eval_data = _datasets(cfg, k_train, k_eval)
     template, optimizer = init_run_params(k_init, cfg), _optimizer(cfg)
