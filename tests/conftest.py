@@ -37,3 +37,12 @@ def strict_promotion(request):
     mode = "standard" if request.node.get_closest_marker("standard_promotion") else "strict"
     with jax.numpy_dtype_promotion(mode):
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. A worker compiles thousands of programs
+    over the suite; keeping them all loaded, a late XLA:CPU compile crashed the worker (segfault in
+    ``backend_compile_and_load``, seen twice in long runs, never in a fresh process)."""
+    yield
+    jax.clear_caches()
