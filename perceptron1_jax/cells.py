@@ -12,7 +12,7 @@ Shapes (``B`` batch, ``I`` input size, ``H`` hidden size, ``G`` gate blocks: 1 E
 * ``carry``: a tuple, ``(h,)`` for Elman and GRU, ``(h, c)`` for the LSTM, each ``(B, H)``.
 * ``zx``: the input projection ``x W_x + b_x`` of one step, ``(B, G*H)`` (:func:`project_inputs`;
   inside the time loop on CPU, for all steps before it on accelerators, see
-  :func:`perceptron1_jax.unroll.hoist_input_projection`), so the step only adds the recurrent term.
+  :func:`perceptron1_jax.scan.hoist_input_projection`), so the step only adds the recurrent term.
 
 The step signature is ``step(params, carry, zx) -> (new_carry, residuals)``; ``residuals`` are the
 extra per-step arrays (beyond the carries, which the unroll keeps anyway) that ``backward_step``
