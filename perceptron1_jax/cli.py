@@ -168,6 +168,10 @@ def _train_config(args) -> TrainConfig:
     from perceptron1_jax.train import check_resumable, config_from_dict
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    shorthand = sorted({"cell", "hidden"} & set(given))
+    if "layers" in given and shorthand:
+        raise UsageError(f"--{shorthand[0]}: expected no --cell/--hidden with --layers (it names every layer's "
+                         f"cell and size), got --{shorthand[0]} {given[shorthand[0]]}")
     values, saved = {}, None
     if args.resume and args.out is not None:
         raw = checkpoint.latest_good_checkpoint(args.out)

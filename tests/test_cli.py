@@ -152,6 +152,7 @@ def test_layered_bidirectional_token_model_with_dropout_trains_and_evaluates(tmp
     (["--layers", "cnn:8"], "cell: expected one of"),
     (["--dropout", "1"], "dropout: expected a rate in [0, 1), got 1.0"),
     (["--embed-size", "4"], "embed_size: expected a token task (chars), got the float-input task 'three_step'"),
+    (["--layers", "gru:4", "--hidden", "8"], "--hidden: expected no --cell/--hidden with --layers"),
 ])
 def test_bad_model_options_exit_2_with_one_line(option, message, capsys):
     assert main(["train", *option, "--steps", "1"]) == 2
