@@ -36,11 +36,10 @@ from perceptron1_jax.bptt import explicit_model, explicit_value_and_grad
 from perceptron1_jax.lean import default_segment
 from perceptron1_jax.model import (
     as_model_params,
-    forward,
     from_model_params,
     init_model,
     init_params,
-    score,
+    loss_and_forward,
     spec_of_params,
 )
 from perceptron1_jax.scan import WINDOW
@@ -168,7 +167,7 @@ def gradient_fns(cell: str, time: int, window: int = WINDOW) -> dict[str, Callab
 
     def plain_loss(params, xs, labels):
         spec = spec_of_params(cell, params)
-        return score(spec, forward(as_model_params(params), xs, spec).outputs, labels, None)
+        return loss_and_forward(as_model_params(params), xs, labels, spec)[0]
 
     return {"explicit": explicit, "lean": lean, "autodiff": jax.value_and_grad(plain_loss)}
 
@@ -202,7 +201,7 @@ def model_contenders(size: Size, xs, labels, flax_cells: bool = True) -> list[Co
         return explicit_model(params, xs, labels, spec)[:2]
 
     def plain_loss(params, xs, labels):
-        return score(spec, forward(params, xs, spec).outputs, labels, None)
+        return loss_and_forward(params, xs, labels, spec)[0]
 
     out = [_jax_contender("explicit BPTT (model_bptt)", explicit, params, xs, labels),
            _jax_contender("jax.grad(model_loss)", jax.value_and_grad(plain_loss), params, xs, labels)]

@@ -132,6 +132,13 @@ def score(spec: ModelSpec, outputs, targets, mask_tm, loss_mask=None, *, with_gr
     return (value_and_grad if with_grad else value)(outputs, targets, scored)
 
 
+def loss_and_forward(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, carries0=None):
+    """``(loss, Forward)``: the loss that :func:`model_loss` computes and ``jax.grad`` differentiates
+    (unchecked, traceable), with its forward pass."""
+    fw = forward(params, xs, spec, lengths, dropout_key, carries0)
+    return score(spec, fw.outputs, targets, fw.mask_tm), fw
+
+
 @partial(jax.jit, static_argnames=("spec",))
 def _apply(params, xs, spec, lengths, dropout_key, carries0=None):
     return batch_major(spec, forward(params, xs, spec, lengths, dropout_key, carries0).outputs)
@@ -139,8 +146,7 @@ def _apply(params, xs, spec, lengths, dropout_key, carries0=None):
 
 @partial(jax.jit, static_argnames=("spec",))
 def _loss(params, xs, targets, spec, lengths, dropout_key, carries0=None):
-    fw = forward(params, xs, spec, lengths, dropout_key, carries0)
-    return score(spec, fw.outputs, targets, fw.mask_tm)
+    return loss_and_forward(params, xs, targets, spec, lengths, dropout_key, carries0)[0]
 
 
 @partial(jax.jit, static_argnames=("spec",))

@@ -31,9 +31,8 @@ from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import (
     batch_major,
     evaluate,
-    forward,
     init_model,
-    score,
+    loss_and_forward,
 )
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers, spec_from_dict, spec_to_dict
@@ -186,8 +185,8 @@ def make_value_and_grad(spec: ModelSpec, grad: str = "bptt") -> Callable:
         return value_and_grad
 
     def loss_fn(params, xs, labels, dropout_key):
-        fw = forward(params, xs, spec, None, dropout_key)
-        return score(spec, fw.outputs, labels, fw.mask_tm), batch_major(spec, fw.outputs)
+        loss, fw = loss_and_forward(params, xs, labels, spec, None, dropout_key)
+        return loss, batch_major(spec, fw.outputs)
 
     def autodiff_value_and_grad(params, xs, labels, dropout_key=None):
         (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, labels, dropout_key)
