@@ -3,7 +3,8 @@ atomically.
 
 File layout: 8-byte magic ``P1JXCKPT``, the SHA-256 of the payload (32 bytes), then the msgpack
 payload ``{"format", "step", "config" (JSON text), "spec" (the model's
-:class:`~perceptron1_jax.spec.ModelSpec` as JSON text), "key" (uint32 key data), "params",
+:class:`~perceptron1_jax.spec.ModelSpec` as JSON text), "data" (the
+:class:`~perceptron1_jax.data.DataInfo`, vocabulary included, as JSON text), "key" (uint32 key data), "params",
 "opt_state"}``. Format 2 holds params in the model layout (``layers``/``head``/``embed``).
 A write goes to a temporary file in the same folder, is fsynced and then renamed over the target,
 so a crash mid-write never leaves a half checkpoint under a checkpoint's name and the previous
@@ -50,7 +51,7 @@ def _to_bytes(tree) -> dict:
 
 
 def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, spec: dict | None = None,
-                    keep: int = 3) -> Path:
+                    data: dict | None = None, keep: int = 3) -> Path:
     """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,7 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
             "step": int(step),
             "config": json.dumps(config, sort_keys=True),
             "spec": json.dumps(spec, sort_keys=True),
+            "data": json.dumps(data, sort_keys=True),
             "key": np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key),
             "params": _to_bytes(params),
             "opt_state": _to_bytes(opt_state),
@@ -123,6 +125,7 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint {path}: expected format {FORMAT!r}, got {raw.get('format')!r}")
     raw["config"] = json.loads(raw["config"])
     raw["spec"] = json.loads(raw["spec"]) if "spec" in raw else None
+    raw["data"] = json.loads(raw["data"]) if "data" in raw else None
     raw["path"] = str(path)
     return raw
 

@@ -1,11 +1,13 @@
-"""The ``perceptron1`` command: ``train``, ``eval``, ``gradcheck``, ``gradflow`` and ``bench``.
+"""The ``perceptron1`` command: ``train``, ``eval``, ``generate``, ``predict``, ``gradcheck``,
+``gradflow`` and ``bench``.
 
 Run as a command (``perceptron1`` or ``python -m perceptron1_jax``) it re-executes itself once under
 :data:`perceptron1_jax.bench.ALLOCATOR_ENV` (set ``PERCEPTRON1_NO_REEXEC=1`` to skip that).
 
 Option precedence for ``train``: the defaults of :class:`TrainConfig`, then (with ``--resume``) the
 config saved in the run's checkpoint, then ``--config file.toml``, then the options on the command
-line. Bad options print one line ``perceptron1: error: ...`` and exit with status 2.
+line. Bad options and bad data print one line ``perceptron1: error: ...`` and exit with status 2.
+``generate`` writes only the prompt and the generated text to standard output.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from perceptron1_jax.train import TrainConfig
 
 EXIT_USAGE = 2
+EXIT_STATUSES = "Exit status: 0 done, 1 an internal error, 2 bad usage, options or data, 130 interrupted."
 
 
 class UsageError(Exception):
@@ -61,7 +64,13 @@ _HELP = {
     "layers": "stacked layers as cell:size per layer, e.g. lstm:128,lstm:64 (default: one layer of --cell/--hidden)",
     "bidirectional": "every layer also reads the sequence backwards (outputs [h_fwd, h_bwd])",
     "dropout": "inverted dropout rate on each layer's input after the first and on the head's input",
-    "embed_size": "embedding size of token tasks (chars; default: the task's)",
+    "embed_size": "embedding size of token inputs (default: the task's, or 32 for data)",
+    "data": "train on your data: one .npz (xs, labels or targets, ...), one .csv series, or text files "
+            "(language modelling)",
+    "classes": "text classification: one file of lines per class (one example per line)",
+    "tokens": "text tokens: chars or words (default: chars for --data text, words for --classes)",
+    "val_fraction": "evaluation split of data without one (language modelling: the end of the text)",
+    "max_vocab": "text: keep the most frequent tokens (ids, <unk> included; default: all)",
 }
 
 
@@ -73,12 +82,14 @@ def _base_type(annotation):
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from perceptron1_jax.data import TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
     from perceptron1_jax.train import DTYPES, GRAD_SOURCES
 
     choices = {"task": list(TASKS), "cell": ["elman", "lstm", "gru"], "optimizer": list(OPTIMIZERS),
-               "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES)}
+               "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),
+               "tokens": list(TOKENIZERS)}
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -88,8 +99,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
                                 default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})")
             continue
+        many = typing.get_origin(kind) is tuple
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
+            "--" + f.name.replace("_", "-"), dest=f.name, type=str if many else kind, choices=choices.get(f.name),
+            nargs="+" if many else None, metavar="PATH" if many else None,
             default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})",
         )
 
@@ -102,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     task_list = "; ".join(f"{t.name}: {t.description}" for t in TASKS.values())
     train = commands.add_parser(
-        "train", help="train a network on a synthetic task",
-        description=f"Train a recurrent classifier. Tasks: {task_list}.",
+        "train", help="train a network on a synthetic task or your data",
+        description=f"Train a recurrent network on a built-in task ({task_list}) or on your data (--data, "
+                    f"--classes). {EXIT_STATUSES}",
     )
     _add_config_options(train)
     train.add_argument("--config", type=Path, help="TOML file of options (keys as the long options, '_' or '-')")
@@ -112,8 +126,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     train.add_argument("--no-gradcheck", action="store_true", help="skip the explicit-vs-jax.grad check at step 0")
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its task's held-out split")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its evaluation split")
     evaluate.add_argument("path", type=Path, help="a checkpoint file or a run folder (its newest checkpoint)")
+
+    gen = commands.add_parser(
+        "generate", help="write text with a language model run (prompt and text to standard output)",
+        description="Read the prompt once, then sample one token per step carrying the model's state; prints "
+                    "the prompt followed by the generated text, and nothing else, to standard output.",
+    )
+    gen.add_argument("run", type=Path, help="a run folder (its newest checkpoint) or a checkpoint file")
+    gen.add_argument("--prompt", required=True, help="text to start from (tokenized as the training text)")
+    gen.add_argument("--length", type=int, default=200, help="tokens to generate (default: 200)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default: 1)")
+    gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: all)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same text")
+
+    pred = commands.add_parser(
+        "predict", help="predictions of a run for new inputs (.npz, .csv, text lines or one string)",
+        description="Predict with a trained run: classifiers print the class and its probability, regression "
+                    "models their outputs; --json prints one JSON object per example in input order.",
+    )
+    pred.add_argument("run", type=Path, help="a run folder (its newest checkpoint) or a checkpoint file")
+    source = pred.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="an .npz (xs, optional lengths), a .csv series, or a text "
+                                                  "file of one example per line")
+    source.add_argument("--text", help="one example as a string")
+    pred.add_argument("--json", action="store_true", help='one JSON object per line: "prediction" and, for '
+                                                           'classifiers, "probabilities"')
 
     flow = commands.add_parser(
         "gradflow", help="||dL/dh_t|| through time from one explicit backward pass (table + PNG)",
@@ -168,6 +207,10 @@ def _train_config(args) -> TrainConfig:
     from perceptron1_jax.train import check_resumable, config_from_dict
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    source = sorted({"data", "classes"} & set(given))
+    if "task" in given and source:
+        raise UsageError(f"--task: expected no --task with --{source[0]} (your data replaces the task), "
+                         f"got --task {given['task']}")
     shorthand = sorted({"cell", "hidden"} & set(given))
     if "layers" in given and shorthand:
         raise UsageError(f"--{shorthand[0]}: expected no --cell/--hidden with --layers (it names every layer's "
@@ -199,21 +242,37 @@ def describe_spec(spec) -> str:
 
 
 def cmd_train(args) -> int:
-    from perceptron1_jax.train import train
+    from perceptron1_jax.train import check_run, run_data, train
 
     cfg = _train_config(args)
-    out = args.out if args.out is not None else Path("runs") / f"{cfg.task}-{cfg.cell}"
+    try:
+        data = run_data(cfg)
+        spec = check_run(cfg, data)
+    except ValueError as err:  # DataError included: names the file, array or line
+        raise UsageError(str(err)) from err
+    name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
+    out = args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}"
     args.out = out
-    print(f"perceptron1 train: task {cfg.task}, model {describe_spec(cfg.model_spec)}, seq_len {cfg.time}, "
-          f"{cfg.optimizer} lr {cfg.lr}, {cfg.steps} steps, gradients from {cfg.grad}; run folder {out}")
+    what = f"task {cfg.task}" if cfg.task is not None else f"data {data.info.source} ({data.info.kind})"
+    print(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {data.eval.xs.shape[0]} evaluation "
+          f"examples of {data.train.xs.shape[1]} steps, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
+          f"{cfg.steps} steps, gradients from {cfg.grad}; run folder {out}")
     state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-                  check_grads=not args.no_gradcheck)
-    evals = [h for h in state.history if "eval_accuracy" in h]
+                  check_grads=not args.no_gradcheck, data=data)
+    evals = [h for h in state.history if "eval_loss" in h]
     if evals:
+        from perceptron1_jax.train import describe_eval
+
         last = evals[-1]
-        verdict = "reached" if last["eval_accuracy"] >= cfg.target > 0 else "did not reach"
-        print(f"final: step {last['step']}, eval loss {last['eval_loss']:.4f}, eval accuracy "
-              f"{last['eval_accuracy']:.3f} ({verdict} the target {cfg.target}; chance {cfg.task_spec.chance:.3f})")
+        verdict = ""
+        if state.info.classifier:
+            chance = f"chance {state.chance:.3f}"
+            if cfg.target > 0:
+                reached = "reached" if last["eval_accuracy"] >= cfg.target else "did not reach"
+                verdict = f" ({reached} the target {cfg.target}; {chance})"
+            else:
+                verdict = f" ({chance})"
+        print(f"final: step {last['step']}, {describe_eval(last, state.info)}{verdict}")
     _plot_or_hint("loss curve", lambda plotting: plotting.plot_metrics(out / "metrics.jsonl", out / "metrics.png"))
     return 0
 
@@ -228,21 +287,70 @@ def _plot_or_hint(label: str, draw) -> None:
         print(f"{label}: not drawn (matplotlib missing): pip install 'perceptron1_jax[plot]'")
 
 
-def cmd_eval(args) -> int:
+def _load_run(path):
     from perceptron1_jax.checkpoint import CheckpointError
-    from perceptron1_jax.train import _datasets, _keys, load_checkpoint, make_evaluate
+    from perceptron1_jax.runs import load_run
 
     try:
-        loaded = load_checkpoint(args.path)
-    except CheckpointError as err:
+        return load_run(path)
+    except (CheckpointError, ValueError) as err:
         raise UsageError(str(err)) from err
-    cfg = loaded["config"]
-    _, _, k_train, k_eval, _ = _keys(cfg)
-    _, eval_data = _datasets(cfg, k_train, k_eval)
-    scores = make_evaluate(cfg)(loaded["params"], eval_data)
-    print(f"{loaded['path']}: step {loaded['step']}, task {cfg.task}, model {describe_spec(loaded['spec'])}: "
-          f"eval loss {float(scores['loss']):.4f}, eval accuracy {float(scores['accuracy']):.4f} "
-          f"(chance {cfg.task_spec.chance:.3f})")
+
+
+def cmd_eval(args) -> int:
+    from perceptron1_jax.data import chance
+    from perceptron1_jax.train import check_same_data, describe_eval, evaluate_split, run_data
+
+    run = _load_run(args.path)
+    try:
+        data = run_data(run.config)
+        check_same_data(run.info, data.info)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    scores = evaluate_split(run.params, data.eval, run.spec)
+    entry = {"eval_loss": scores["loss"], "eval_accuracy": scores.get("accuracy")}
+    baseline = f" (chance {chance(data):.3f})" if data.info.classifier else ""
+    what = f"task {run.config.task}" if run.config.task is not None else f"data {data.info.source}"
+    print(f"{run.path}: step {run.step}, {what}, model {describe_spec(run.spec)}: "
+          f"{describe_eval(entry, data.info)}{baseline}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from perceptron1_jax.generate import generate
+
+    run = _load_run(args.run)
+    try:
+        text = generate(run, args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
+                        seed=args.seed, warn=lambda message: print(f"perceptron1: warning: {message}", file=sys.stderr))
+    except ValueError as err:
+        raise UsageError(str(err).replace("length:", "--length:").replace("top_k:", "--top-k:")
+                         .replace("temperature:", "--temperature:").replace("prompt:", "--prompt:")) from err
+    print(text)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from perceptron1_jax.predict import file_inputs, predict_examples, prediction_records, text_inputs
+
+    run = _load_run(args.run)
+    try:
+        inputs = file_inputs(run, args.data) if args.data is not None else text_inputs(run, [args.text])
+        records = prediction_records(run, predict_examples(run, *inputs))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    names = run.info.class_names
+    for i, record in enumerate(records):
+        if args.json:
+            print(json.dumps(record))
+        elif run.info.classifier and not run.spec.many_to_many:
+            label = record["prediction"]
+            name = f" {names[label]}" if names else ""
+            print(f"{i}: class {label}{name} (probability {record['probabilities'][label]:.3f})")
+        else:
+            print(f"{i}: {record['prediction']}")
     return 0
 
 
@@ -373,13 +481,18 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        commands = {"train": cmd_train, "eval": cmd_eval, "gradcheck": cmd_gradcheck, "gradflow": cmd_gradflow,
-                    "bench": cmd_bench}
+        commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "predict": cmd_predict,
+                    "gradcheck": cmd_gradcheck, "gradflow": cmd_gradflow, "bench": cmd_bench}
         command = commands[args.command]
         return command(args)
     except UsageError as err:
         print(f"perceptron1: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `perceptron1 predict ... | head`: the reader left; stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("perceptron1: interrupted (the last checkpoint in --out is intact; use --resume)", file=sys.stderr)
         return 130

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def plot_metrics(metrics_path, png_path) -> Path:
-    """Draw training/eval loss (log scale) and accuracy against the step from ``metrics.jsonl``.
+    """Draw training/eval loss (log scale) and, for classifiers, accuracy against the step from
+    ``metrics.jsonl``.
 
     Raises ImportError when matplotlib is missing.
     """
@@ -19,14 +20,19 @@ def plot_metrics(metrics_path, png_path) -> Path:
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    classifier = any("accuracy" in r for r in train)
+    fig, axes = plt.subplots(1, 2 if classifier else 1, figsize=(10 if classifier else 5.5, 4), squeeze=False)
+    ax_loss = axes[0, 0]
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train (minibatch)")
     ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats)", yscale="log", title="loss")
-    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (minibatch)")
-    ax_acc.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="eval")
-    ax_acc.set(xlabel="step", ylabel="accuracy (fraction)", ylim=(0, 1.02), title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    ylabel = "cross-entropy (nats)" if classifier else "mean squared error"
+    ax_loss.set(xlabel="step", ylabel=ylabel, yscale="log", title="loss")
+    if classifier:
+        ax_acc = axes[0, 1]
+        ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (minibatch)")
+        ax_acc.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="eval")
+        ax_acc.set(xlabel="step", ylabel="accuracy (fraction)", ylim=(0, 1.02), title="accuracy")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -19,7 +19,8 @@ Array = jax.Array
 
 class Dataset(NamedTuple):
     xs: Array  # (n, time, input_size) floats, or (n, time) int tokens when vocab_size is set
-    labels: Array  # (n,) or (n, time) int32
+    labels: Array  # (n,) or (n, time) int32 class ids, or float regression targets (n, k) / (n, time, k)
+    lengths: Array | None = None  # (n,) valid steps of each example, None: all
 
 
 class TaskSpec(NamedTuple):
@@ -35,6 +36,7 @@ class TaskSpec(NamedTuple):
     chance: float  # accuracy of the best constant guess
     vocab_size: int | None = None  # token tasks: inputs are ids embedded by a learned table
     next_token: bool = False  # the label at step t is the input at step t+1 (a backward direction sees it)
+    make_eval: Callable[..., Dataset] | None = None  # the held-out split's maker (None: make, another key)
 
 
 # --------------------------------------------------------------------------- three-step
@@ -151,18 +153,31 @@ def decode(ids) -> str:
     return "".join(VOCAB[int(i)] for i in ids)
 
 
-def chars(key, num_examples: int, seq_len: int = 32, dtype=jnp.float32) -> Dataset:
+# The last 15% of the text is held out: the chars task evaluates on text it never trained on.
+CHARS_SPLIT = int(len(TEXT) * 0.85)
+
+
+def chars(key, num_examples: int, seq_len: int = 32, dtype=jnp.float32, part: str = "train") -> Dataset:
     """Next-character prediction on a small text this module ships (many-to-many).
 
     ``xs`` are token ids ``(n, seq_len)`` (embedded by a learned table in the model); the label at
-    step t is the character at t+1. Windows start at random offsets into the repeated text.
+    step t is the character at t+1. ``part="train"`` draws windows from the first 85% of the text,
+    ``part="eval"`` from the last 15% (never trained on); windows start at random offsets into the
+    part repeated end to end.
     """
     del dtype  # token ids; the embedding table carries the dtype
-    ids = encode(TEXT)
+    if part not in ("train", "eval"):
+        raise ValueError(f"part: expected 'train' or 'eval', got {part!r}")
+    ids = encode(TEXT[:CHARS_SPLIT] if part == "train" else TEXT[CHARS_SPLIT:])
     stream = jnp.tile(ids, (seq_len + 1) // ids.size + 2)
     starts = jax.random.randint(key, (num_examples,), 0, ids.size)
     windows = jax.vmap(lambda s: jax.lax.dynamic_slice(stream, (s,), (seq_len + 1,)))(starts)
     return Dataset(windows[:, :-1], windows[:, 1:])
+
+
+def chars_eval(key, num_examples: int, seq_len: int = 32, dtype=jnp.float32) -> Dataset:
+    """:func:`chars` windows of the held-out last 15% of the text."""
+    return chars(key, num_examples, seq_len, dtype, part="eval")
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -177,6 +192,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("parity", "running parity of a bit string at every step", parity,
                  1, 2, True, 20, 0.5),
         TaskSpec("chars", "next character of a small built-in text", chars,
-                 CHAR_EMBED, len(VOCAB), True, 32, CHARS_CHANCE, vocab_size=len(VOCAB), next_token=True),
+                 CHAR_EMBED, len(VOCAB), True, 32, CHARS_CHANCE, vocab_size=len(VOCAB), next_token=True,
+                 make_eval=chars_eval),
     )
 }

@@ -27,6 +27,8 @@ from flax import serialization
 
 from perceptron1_jax import checkpoint, losses, validate
 from perceptron1_jax.bptt import explicit_model
+from perceptron1_jax.data import Data, DataInfo, chance, check_tokenizer, load_data
+from perceptron1_jax.data.source import check_val_fraction
 from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import (
     batch_major,
@@ -36,7 +38,7 @@ from perceptron1_jax.model import (
 )
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers, spec_from_dict, spec_to_dict
-from perceptron1_jax.tasks import TASKS, Dataset, TaskSpec
+from perceptron1_jax.tasks import TASKS, VOCAB, Dataset, TaskSpec
 from perceptron1_jax.truncated import run_windows, windows
 
 GRAD_SOURCES = ("bptt", "autodiff")
@@ -44,13 +46,14 @@ DTYPES = ("float32", "float64")
 # Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
 RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every")
 DEFAULT_TARGETS = {"three_step": 0.99, "adding": 0.9, "copy": 0.99, "parity": 0.99, "chars": 0.55}
+DEFAULT_EMBED = 32  # embedding size of a token-id data source without --embed-size
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (saved in every checkpoint)."""
 
-    task: str = "three_step"
+    task: str | None = "three_step"  # None for your data (data, classes, or a Data given to train)
     cell: str = "lstm"
     hidden: int = 32
     seq_len: int | None = None  # None: the task's default
@@ -78,31 +81,76 @@ class TrainConfig:
     layers: str | None = None  # "cell:size,cell:size,..." per layer; None: one layer of cell/hidden
     bidirectional: bool = False  # every layer reads the sequence both ways
     dropout: float = 0.0  # inverted dropout on every layer's input after the first and on the head's
-    embed_size: int | None = None  # token tasks: embedding size (None: the task's)
+    embed_size: int | None = None  # token inputs: embedding size (None: the task's, or DEFAULT_EMBED)
+    data: tuple[str, ...] | None = None  # your data: one .npz, one .csv, or text files (language modelling)
+    classes: tuple[str, ...] | None = None  # text classification: one file of lines per class
+    tokens: str | None = None  # text: "chars" or "words" (None: chars for data, words for classes)
+    val_fraction: float = 0.1  # evaluation split of data without one (the last part of a text)
+    max_vocab: int | None = None  # text: keep the most frequent tokens (ids, <unk> included)
+
+    def __post_init__(self):
+        for name in ("data", "classes"):  # one path or a list (TOML, JSON) -> a tuple of str
+            value = getattr(self, name)
+            if isinstance(value, (str, Path)):
+                value = (value,)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(str(v) for v in value))
+        if self.data is not None or self.classes is not None:
+            object.__setattr__(self, "task", None)
 
     @property
     def task_spec(self) -> TaskSpec:
+        if self.task is None:
+            raise ValueError("task: this run trains on data, not a built-in task (see its DataInfo)")
         return TASKS[self.task]
 
     @property
     def model_spec(self) -> ModelSpec:
-        """The model this run trains (the task fixes inputs, outputs and many-to-many)."""
-        task = self.task_spec
-        if self.layers is not None:
-            layers = parse_layers(self.layers, self.bidirectional)
-        else:
-            layers = (LayerSpec(self.cell, self.hidden, self.bidirectional),)
-        inputs = ({"vocab_size": task.vocab_size, "embed_size": self.embed_size or task.input_size}
-                  if task.vocab_size is not None else {"input_size": task.input_size})
-        return ModelSpec(layers, task.num_classes, **inputs, many_to_many=task.many_to_many, dropout=self.dropout)
+        """The model of a task run (the task fixes inputs, outputs and many-to-many); a data run's
+        model is :func:`run_spec` of its :class:`~perceptron1_jax.data.DataInfo`."""
+        return run_spec(self, task_info(self.task_spec))
 
     @property
-    def time(self) -> int:
+    def time(self) -> int | None:
+        """The task's sequence length (``seq_len`` or the task's default); a data run's ``seq_len``."""
+        if self.task is None:
+            return self.seq_len
         return self.seq_len if self.seq_len is not None else self.task_spec.default_seq_len
 
     @property
     def target(self) -> float:
-        return DEFAULT_TARGETS[self.task] if self.target_accuracy is None else self.target_accuracy
+        """Early-stop accuracy: ``target_accuracy``, else the task's default (0, never, for data)."""
+        if self.target_accuracy is not None:
+            return self.target_accuracy
+        return DEFAULT_TARGETS[self.task] if self.task is not None else 0.0
+
+
+def task_info(task: TaskSpec) -> DataInfo:
+    """The :class:`~perceptron1_jax.data.DataInfo` of a built-in task."""
+    kind = "language_model" if task.next_token else "classification"
+    tokens = task.vocab_size is not None
+    return DataInfo(kind, task.num_classes, task.many_to_many, input_size=None if tokens else task.input_size,
+                    vocab_size=task.vocab_size, tokens="chars" if tokens else None,
+                    vocab=tuple(VOCAB) if tokens else None, source=f"task {task.name}")
+
+
+def run_spec(cfg: TrainConfig, info: DataInfo) -> ModelSpec:
+    """The model ``cfg`` trains on data described by ``info``: the data fixes inputs, outputs, loss
+    and many-to-many; ``cfg`` the layers, dropout and the embedding size."""
+    if cfg.layers is not None:
+        layers = parse_layers(cfg.layers, cfg.bidirectional)
+    else:
+        layers = (LayerSpec(cfg.cell, cfg.hidden, cfg.bidirectional),)
+    if info.vocab_size is not None:
+        embed = cfg.embed_size or (TASKS[cfg.task].input_size if cfg.task is not None else DEFAULT_EMBED)
+        inputs = {"vocab_size": info.vocab_size, "embed_size": embed}
+    else:
+        if cfg.embed_size is not None:
+            raise ValueError(f"embed_size: expected token inputs (chars, text, integer xs), got float inputs of "
+                             f"{info.source or 'the data'}")
+        inputs = {"input_size": info.input_size}
+    return ModelSpec(layers, info.num_outputs, **inputs, loss=info.loss, many_to_many=info.many_to_many,
+                     dropout=cfg.dropout)
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -112,7 +160,21 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         if value not in allowed:
             raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
 
-    choice("task", cfg.task, TASKS)
+    if cfg.task is not None:
+        choice("task", cfg.task, TASKS)
+    for name in ("data", "classes"):
+        paths = getattr(cfg, name)
+        if paths is not None and (not paths or not all(isinstance(p, str) and p for p in paths)):
+            raise ValueError(f"{name}: expected one or more file paths, got {paths!r}")
+    if cfg.data is not None and cfg.classes is not None:
+        raise ValueError(f"classes: expected either data or classes, got both (data={list(cfg.data)})")
+    if cfg.tokens is not None:
+        check_tokenizer(cfg.tokens)
+    check_val_fraction(cfg.val_fraction)
+    if cfg.max_vocab is not None and not (isinstance(cfg.max_vocab, int) and cfg.max_vocab >= 2):
+        raise ValueError(f"max_vocab: expected an int >= 2 (ids, <unk> included), got {cfg.max_vocab!r}")
+    if cfg.task is None:
+        return _check_model_options(cfg)
     validate.get_cell(cfg.cell)
     choice("optimizer", cfg.optimizer, OPTIMIZERS)
     choice("schedule", cfg.schedule, SCHEDULES)
@@ -137,11 +199,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
     if not isinstance(cfg.bidirectional, bool):
         raise ValueError(f"bidirectional: expected true or false, got {cfg.bidirectional!r}")
-    if cfg.embed_size is not None:
-        validate.check_positive_int("embed_size", cfg.embed_size)
-        if cfg.task_spec.vocab_size is None:
-            raise ValueError(f"embed_size: expected a token task (chars), got the float-input task {cfg.task!r}")
-    spec = cfg.model_spec  # checks layers and dropout
+    if cfg.embed_size is not None and cfg.task_spec.vocab_size is None:
+        raise ValueError(f"embed_size: expected a token task (chars), got the float-input task {cfg.task!r}")
+    _check_model_options(cfg)
+    spec = cfg.model_spec
     if cfg.tbptt_k1 is not None:
         if cfg.task_spec.vocab_size is not None:
             raise ValueError(
@@ -156,6 +217,38 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def _check_model_options(cfg: TrainConfig) -> TrainConfig:
+    """The model options that do not depend on the data: embedding size, layers, dropout."""
+    if cfg.embed_size is not None:
+        validate.check_positive_int("embed_size", cfg.embed_size)
+    run_spec(cfg, DataInfo("classification", 2, False, input_size=1) if cfg.embed_size is None
+             else DataInfo("classification", 2, False, vocab_size=2))  # checks layers and dropout
+    return cfg
+
+
+def check_run(cfg: TrainConfig, data: Data) -> ModelSpec:
+    """What a config asks of its loaded data (a classifier for a target accuracy, enough examples
+    for a batch, float inputs for truncated BPTT), as ``ValueError`` naming the option; returns the
+    run's model."""
+    info = data.info
+    spec = run_spec(cfg, info)
+    if cfg.batch_size > data.train.xs.shape[0]:
+        raise ValueError(f"batch_size: expected at most the {data.train.xs.shape[0]} training examples of "
+                         f"{info.source}, got {cfg.batch_size}")
+    if not info.classifier and cfg.target_accuracy:
+        raise ValueError(f"target_accuracy: applies to classifiers only, got {cfg.target_accuracy} for the "
+                         f"regression data {info.source}")
+    if cfg.tbptt_k1 is not None:
+        if info.vocab_size is not None or data.train.lengths is not None:
+            raise ValueError("tbptt_k1: truncated BPTT supports float inputs without lengths, got "
+                             f"{'token ids' if info.vocab_size is not None else 'lengths'} in {info.source}")
+        if cfg.bidirectional or cfg.dropout:
+            raise ValueError("tbptt_k1: truncated BPTT supports unidirectional layers without dropout, got "
+                             f"bidirectional={cfg.bidirectional}, dropout={cfg.dropout}")
+        windows(data.train.xs.shape[1], cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not info.many_to_many)
+    return spec
+
+
 def config_from_dict(values: dict) -> TrainConfig:
     """A config from a plain dict (a TOML file, a checkpoint); unknown keys are an error."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -168,31 +261,43 @@ def config_from_dict(values: dict) -> TrainConfig:
 # --------------------------------------------------------------------------- model pieces
 
 
-def init_run_params(key, cfg: TrainConfig):
-    """Fresh params of the run's model (:func:`perceptron1_jax.init_model` of ``cfg.model_spec``)."""
-    return init_model(key, cfg.model_spec, jnp.dtype(cfg.dtype))
+def init_run_params(key, cfg: TrainConfig, spec: ModelSpec | None = None):
+    """Fresh params of the run's model (:func:`perceptron1_jax.init_model` of ``spec``, by default
+    ``cfg.model_spec``)."""
+    return init_model(key, spec or cfg.model_spec, jnp.dtype(cfg.dtype))
 
 
 def make_value_and_grad(spec: ModelSpec, grad: str = "bptt") -> Callable:
-    """``fn(params, xs, labels, dropout_key=None) -> (loss, grads, outputs)`` from the explicit BPTT
-    (:func:`perceptron1_jax.bptt.explicit_model`) or ``jax.grad`` of the same forward pass."""
+    """``fn(params, xs, labels, dropout_key=None, lengths=None) -> (loss, grads, outputs)`` from the
+    explicit BPTT (:func:`perceptron1_jax.bptt.explicit_model`) or ``jax.grad`` of the same forward
+    pass. ``labels`` are the targets (float ones for an MSE head)."""
     if grad == "bptt":
 
-        def value_and_grad(params, xs, labels, dropout_key=None):
-            loss, grads, back = explicit_model(params, xs, labels, spec, None, dropout_key)
+        def value_and_grad(params, xs, labels, dropout_key=None, lengths=None):
+            loss, grads, back = explicit_model(params, xs, labels, spec, lengths, dropout_key)
             return loss, grads, batch_major(spec, back.forward.outputs)
 
         return value_and_grad
 
-    def loss_fn(params, xs, labels, dropout_key):
-        loss, fw = loss_and_forward(params, xs, labels, spec, None, dropout_key)
+    def loss_fn(params, xs, labels, dropout_key, lengths):
+        loss, fw = loss_and_forward(params, xs, labels, spec, lengths, dropout_key)
         return loss, batch_major(spec, fw.outputs)
 
-    def autodiff_value_and_grad(params, xs, labels, dropout_key=None):
-        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, labels, dropout_key)
+    def autodiff_value_and_grad(params, xs, labels, dropout_key=None, lengths=None):
+        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, labels, dropout_key, lengths)
         return loss, grads, outputs
 
     return autodiff_value_and_grad
+
+
+def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
+    """Arg-max accuracy of batch-major ``outputs`` (valid steps only), or None for an MSE head."""
+    if spec.loss != "cross_entropy":
+        return None
+    mask = None
+    if spec.many_to_many and lengths is not None:
+        mask = jnp.arange(labels.shape[1])[None, :] < lengths[:, None]
+    return losses.accuracy(outputs, labels, mask)
 
 
 def clip_fired(grads, grad_norm, clip: float | None, clip_value: float | None):
@@ -212,35 +317,40 @@ def _apply(optimizer, clip, clip_value, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state, grad_norm, clip_fired(grads, grad_norm, clip, clip_value)
 
 
-def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, spec: ModelSpec | None = None
+                    ) -> Callable:
     """The jitted ``train_step(params, opt_state, batch, dropout_key=None) -> (params, opt_state, metrics)``.
 
-    ``batch = (xs, labels)``; ``dropout_key`` the step's dropout key (None: no dropout). ``metrics``:
-    ``loss``, ``accuracy``, ``grad_norm`` (global norm before clipping) and ``clipped`` (whether
-    clipping fired).
+    ``batch = (xs, labels)`` or ``(xs, labels, lengths)``; ``dropout_key`` the step's dropout key
+    (None: no dropout); ``spec`` the model (default ``cfg.model_spec``). ``metrics``: ``loss``,
+    ``accuracy`` (classifiers), ``grad_norm`` (global norm before clipping) and ``clipped``
+    (whether clipping fired).
     """
-    value_and_grad = make_value_and_grad(cfg.model_spec, cfg.grad)
+    spec = spec or cfg.model_spec
+    value_and_grad = make_value_and_grad(spec, cfg.grad)
 
     @jax.jit
     def train_step(params, opt_state, batch, dropout_key=None):
-        xs, labels = batch
-        loss, grads, logits = value_and_grad(params, xs, labels, dropout_key)
+        xs, labels, lengths = (*batch, None)[:3]
+        loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths)
         params, opt_state, grad_norm, clipped = _apply(optimizer, cfg.clip, cfg.clip_value, params, opt_state, grads)
-        metrics = {"loss": loss, "accuracy": losses.accuracy(logits, labels), "grad_norm": grad_norm,
-                   "clipped": clipped}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped}
+        if spec.loss == "cross_entropy":
+            metrics["accuracy"] = batch_accuracy(spec, outputs, labels, lengths)
         return params, opt_state, metrics
 
     return train_step
 
 
-def make_truncated_step(cfg: TrainConfig, optimizer) -> Callable:
+def make_truncated_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = None) -> Callable:
     """Like :func:`make_train_step` but one optax update per TBPTT(k1, k2) window
-    (:func:`perceptron1_jax.run_windows` on the run's model; unidirectional layers, no dropout)."""
+    (:func:`perceptron1_jax.run_windows` on the run's model; unidirectional layers, no dropout, no
+    lengths)."""
     apply = jax.jit(partial(_apply, optimizer, cfg.clip, cfg.clip_value))
-    spec = cfg.model_spec
+    spec = spec or cfg.model_spec
 
     def train_step(params, opt_state, batch, dropout_key=None):
-        xs, labels = batch
+        xs, labels = batch[:2]
         holder = {"opt_state": opt_state, "norms": [], "clipped": []}
 
         def update(params, loss, grads):
@@ -252,10 +362,11 @@ def make_truncated_step(cfg: TrainConfig, optimizer) -> Callable:
         params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
         metrics = {
             "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
-            "accuracy": evaluate(params, xs, labels, spec)["accuracy"],
             "grad_norm": holder["norms"][-1],
             "clipped": jnp.any(jnp.stack(holder["clipped"])),
         }
+        if spec.loss == "cross_entropy":
+            metrics["accuracy"] = evaluate(params, xs, labels, spec)["accuracy"]
         return params, holder["opt_state"], metrics
 
     return train_step
@@ -270,28 +381,51 @@ def get_batch(data: Dataset, shuffle_key, step, batch_size: int):
     epoch, position = step // per_epoch, step % per_epoch
     order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
     index = jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
-    return data.xs[index], data.labels[index]
+    return data.xs[index], data.labels[index], None if data.lengths is None else data.lengths[index]
 
 
-def make_evaluate(cfg: TrainConfig) -> Callable:
-    """``evaluate(params, data) -> {"loss", "accuracy"}`` on a whole split (no dropout)."""
-    spec = cfg.model_spec
-    return lambda params, data: evaluate(params, data.xs, data.labels, spec)
+EVAL_CHUNK = 1024  # examples per evaluation call (bounds the memory of a big split)
 
 
-def gradient_flow_of(cfg: TrainConfig, params, xs, labels):
+def evaluate_split(params, data: Dataset, spec: ModelSpec, chunk: int = EVAL_CHUNK) -> dict:
+    """``{"loss", "accuracy"}`` (classifiers) or ``{"loss"}`` (MSE) on a whole split, no dropout:
+    the mean over every scored example (many-to-one) or valid step (many-to-many), computed in
+    chunks of ``chunk`` examples."""
+    n = data.xs.shape[0]
+    totals, count = {}, 0.0
+    for start in range(0, n, chunk):
+        part = Dataset(*(None if a is None else a[start:start + chunk] for a in data))
+        scores = evaluate(params, part.xs, part.labels, spec, part.lengths)
+        size = part.xs.shape[0]
+        if spec.many_to_many:
+            size = float(jnp.sum(part.lengths)) if part.lengths is not None else size * part.xs.shape[1]
+        for k, v in scores.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * size
+        count += size
+    return {k: v / count for k, v in totals.items()}
+
+
+def make_evaluate(cfg: TrainConfig, spec: ModelSpec | None = None) -> Callable:
+    """``evaluate(params, data) -> {"loss", "accuracy"}`` on a whole split (:func:`evaluate_split`)."""
+    spec = spec or cfg.model_spec
+    return lambda params, data: evaluate_split(params, data, spec)
+
+
+def gradient_flow_of(cfg: TrainConfig, params, xs, labels, lengths=None, spec: ModelSpec | None = None):
     """:class:`~perceptron1_jax.diagnostics.GradientFlow` of the first layer's forward direction
     (the gradient that has crossed every layer above) on one batch."""
     from perceptron1_jax.diagnostics import model_gradient_flow
 
-    return model_gradient_flow(params, xs, labels, cfg.model_spec)[0]["fwd"]
+    return model_gradient_flow(params, xs, labels, spec or cfg.model_spec, lengths)[0]["fwd"]
 
 
-def gradient_agreement(cfg: TrainConfig, params, batch) -> float:
-    """Max relative difference between the explicit BPTT and ``jax.grad`` gradients on a batch."""
-    spec = cfg.model_spec
-    _, ours, _ = jax.jit(make_value_and_grad(spec, "bptt"))(params, *batch)
-    _, ref, _ = jax.jit(make_value_and_grad(spec, "autodiff"))(params, *batch)
+def gradient_agreement(cfg: TrainConfig, params, batch, spec: ModelSpec | None = None) -> float:
+    """Max relative difference between the explicit BPTT and ``jax.grad`` gradients on a batch
+    ``(xs, labels[, lengths])``."""
+    spec = spec or cfg.model_spec
+    xs, labels, lengths = (*batch, None)[:3]
+    _, ours, _ = jax.jit(make_value_and_grad(spec, "bptt"))(params, xs, labels, None, lengths)
+    _, ref, _ = jax.jit(make_value_and_grad(spec, "autodiff"))(params, xs, labels, None, lengths)
     return max_relative_error(ours, ref)
 
 
@@ -307,6 +441,9 @@ class RunState:
     step: int
     history: list = field(default_factory=list)  # the metrics records written this session
     stopped_early: bool = False
+    info: DataInfo | None = None  # what the run trained on
+    spec: ModelSpec | None = None  # the model it trained
+    chance: float | None = None  # eval accuracy of always guessing the most frequent class
 
 
 def _optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -332,12 +469,38 @@ def dropout_key_of(cfg: TrainConfig, step: int):
 def _datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
     spec, dtype = cfg.task_spec, jnp.dtype(cfg.dtype)
     return (Dataset(*spec.make(k_train, cfg.num_train, cfg.time, dtype)),
-            Dataset(*spec.make(k_eval, cfg.num_eval, cfg.time, dtype)))
+            Dataset(*(spec.make_eval or spec.make)(k_eval, cfg.num_eval, cfg.time, dtype)))
 
 
-def restore(cfg: TrainConfig, raw: dict):
-    """Params and optax state of ``cfg``'s run rebuilt from a raw checkpoint payload."""
-    template = init_run_params(_keys(cfg)[1], cfg)
+def on_device(data: Data, dtype) -> Data:
+    """``data`` as device arrays: float inputs and targets in ``dtype``, ids, labels and lengths int32."""
+
+    def put(array):
+        if array is None:
+            return None
+        array = np.asarray(array)
+        return jnp.asarray(array, dtype if np.issubdtype(array.dtype, np.floating) else jnp.int32)
+
+    return Data(Dataset(*map(put, data.train)), Dataset(*map(put, data.eval)), data.info)
+
+
+def run_data(cfg: TrainConfig) -> Data:
+    """The data of ``cfg``'s run: the task's splits drawn from the seed, or its files loaded
+    (:func:`perceptron1_jax.data.load_data`), on the device in ``cfg.dtype``."""
+    if cfg.task is not None:
+        _, _, k_train, k_eval, _ = _keys(cfg)
+        return Data(*_datasets(cfg, k_train, k_eval), task_info(cfg.task_spec))
+    if cfg.data is None and cfg.classes is None:
+        raise ValueError("data: this run trained on data given in Python (train(..., data=...)); give it again")
+    loaded = load_data(cfg.data, cfg.classes, tokens=cfg.tokens, seq_len=cfg.seq_len, val_fraction=cfg.val_fraction,
+                       seed=cfg.seed, max_vocab=cfg.max_vocab)
+    return on_device(loaded, jnp.dtype(cfg.dtype))
+
+
+def restore(cfg: TrainConfig, raw: dict, spec: ModelSpec | None = None):
+    """Params and optax state of ``cfg``'s run (model ``spec``, default ``cfg.model_spec``) rebuilt
+    from a raw checkpoint payload."""
+    template = init_run_params(_keys(cfg)[1], cfg, spec)
     params = serialization.from_state_dict(template, raw["params"])
     opt_state = serialization.from_state_dict(_optimizer(cfg).init(params), raw["opt_state"])
     return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, opt_state)
@@ -355,6 +518,24 @@ def check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
         raise ValueError(f"steps: expected {saved.steps} (the {cfg.schedule} schedule spans the run), got {cfg.steps}")
 
 
+def check_same_data(saved: DataInfo, info: DataInfo) -> None:
+    """The data of a resumed run must be described as the checkpoint's was; a difference names the field."""
+    for f in dataclasses.fields(DataInfo):
+        old, new = getattr(saved, f.name), getattr(info, f.name)
+        if old != new:
+            if isinstance(old, tuple) and isinstance(new, tuple):
+                changed = sorted(set(old) ^ set(new))[:5]
+                old, new = f"{len(old)} entries", f"{len(new)} entries (differing: {changed})"
+            raise ValueError(f"data: its {f.name} differs from the checkpoint's: expected {old}, got {new}")
+
+
+def _saved_info(raw: dict, cfg: TrainConfig) -> DataInfo:
+    """The DataInfo of a raw checkpoint (a task run's from its task when the file has none)."""
+    if raw.get("data") is not None:
+        return DataInfo.from_dict(raw["data"])
+    return task_info(cfg.task_spec)
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path | None = None,
@@ -364,28 +545,39 @@ def train(
     log: Callable[[str], None] = print,
     check_grads: bool = True,
     params=None,
+    data: Data | None = None,
 ) -> RunState:
     """Train ``cfg`` for ``cfg.steps`` total steps; write metrics/checkpoints under ``out``.
 
-    Writes ``out/metrics.jsonl`` (one JSON object per logged step and per evaluation) and
-    ``out/ckpt_<step>.msgpack`` every ``checkpoint_every`` steps and at the end. With ``resume``,
-    continues from the newest good checkpoint in ``out`` (bit for bit what an uninterrupted run
-    would do). Stops early when the eval accuracy reaches ``cfg.target``. ``params`` replaces the
-    seed's initial parameters (same structure as :func:`init_run_params`'s), e.g. a rescaled ``W_h``.
+    The data is ``cfg``'s task, its files (``cfg.data``/``cfg.classes``), or ``data``: a
+    :class:`~perceptron1_jax.data.Data` made in Python (e.g. :func:`perceptron1_jax.data.from_arrays`;
+    give it again to resume) or already loaded by :func:`run_data`.
+
+    Writes ``out/metrics.jsonl`` (one JSON object per logged step and per evaluation:
+    ``eval_loss``, the mean cross-entropy in nats per scored token or the MSE, and
+    ``eval_accuracy`` for classifiers) and ``out/ckpt_<step>.msgpack`` every
+    ``checkpoint_every`` steps and at the end. With ``resume``, continues from the newest good
+    checkpoint in ``out`` (bit for bit what an uninterrupted run would do). Stops early when the
+    eval accuracy reaches ``cfg.target`` (classifiers). ``params`` replaces the seed's initial
+    parameters (same structure as :func:`init_run_params`'s), e.g. a rescaled ``W_h``.
     """
+    if data is not None and cfg.task is not None and data.info != task_info(cfg.task_spec):
+        cfg = dataclasses.replace(cfg, task=None)  # your data replaces the config's task
     check_config(cfg)
-    if cfg.bidirectional and cfg.task_spec.next_token:
-        log(f"warning: bidirectional layers on the next-token task {cfg.task!r} read the token they predict "
+    data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
+    spec = check_run(cfg, data)
+    info, (train_data, eval_data) = data.info, data[:2]
+    if cfg.bidirectional and info.next_token:
+        log(f"warning: bidirectional layers on the next-token data {info.source!r} read the token they predict "
             "(the backward direction sees step t+1): accuracy will not mean prediction")
-    key, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
-    train_data, eval_data = _datasets(cfg, k_train, k_eval)
-    template, optimizer = init_run_params(k_init, cfg), _optimizer(cfg)
+    key, k_init, _, _, k_shuffle = _keys(cfg)
+    template, optimizer = init_run_params(k_init, cfg, spec), _optimizer(cfg)
     if params is None:
         params = template
     elif jax.tree.structure(params) != jax.tree.structure(template) or any(
         a.shape != b.shape or a.dtype != b.dtype for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))
     ):
-        raise ValueError(f"params: expected the structure, shapes and dtypes of init_model for {cfg.model_spec}, "
+        raise ValueError(f"params: expected the structure, shapes and dtypes of init_model for {spec}, "
                          f"got {jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)}")
     opt_state = optimizer.init(params)
     start = 0
@@ -397,22 +589,25 @@ def train(
         if raw is None:
             log(f"no checkpoint in {out}: starting from step 0")
         else:
-            check_resumable(config_from_dict(raw["config"]), cfg)
-            params, opt_state = restore(cfg, raw)
+            saved = config_from_dict(raw["config"])
+            check_resumable(saved, cfg)
+            check_same_data(_saved_info(raw, saved), info)
+            params, opt_state = restore(cfg, raw, spec)
             start = int(raw["step"])
             log(f"resumed from {raw['path']} at step {start}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
+        (out / "data.json").write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True))
 
     truncated = cfg.tbptt_k1 is not None
-    train_step = make_truncated_step(cfg, optimizer) if truncated else make_train_step(cfg, optimizer)
-    evaluate = make_evaluate(cfg)
-    state = RunState(params, opt_state, start)
+    make_step = make_truncated_step if truncated else make_train_step
+    train_step = make_step(cfg, optimizer, spec)
+    state = RunState(params, opt_state, start, info=info, spec=spec, chance=chance(data))
     if check_grads and start == 0:
         batch = get_batch(train_data, k_shuffle, 0, cfg.batch_size)
         log(f"explicit BPTT vs jax.grad on the first batch: max relative difference "
-            f"{gradient_agreement(cfg, params, batch):.1e} ({cfg.dtype})")
+            f"{gradient_agreement(cfg, params, batch, spec):.1e} ({cfg.dtype})")
 
     metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
     bar = _progress_bar(cfg.steps, start, progress)
@@ -427,7 +622,8 @@ def train(
     def save():
         if out is not None:
             checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
-                                       key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(cfg.model_spec))
+                                       key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(spec),
+                                       data=info.to_dict())
 
     tick, tick_step = _time.perf_counter(), start
     try:
@@ -442,22 +638,26 @@ def train(
                 tick, tick_step = now, state.step
                 entry = {"step": state.step, **{k: _scalar(v) for k, v in metrics.items()}, "steps_per_sec": rate}
                 record(entry)
+                accuracy = f", accuracy {entry['accuracy']:.3f}" if "accuracy" in entry else ""
                 if bar is not None:
-                    bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.3f}", it_s=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{entry['loss']:.4f}", it_s=f"{rate:.0f}",
+                                    **({"acc": f"{entry['accuracy']:.3f}"} if accuracy else {}))
                 else:
-                    say(f"step {state.step}: loss {entry['loss']:.4f}, accuracy {entry['accuracy']:.3f}, "
-                        f"grad norm {entry['grad_norm']:.3g}")
+                    say(f"step {state.step}: loss {entry['loss']:.4f}{accuracy}, grad norm {entry['grad_norm']:.3g}")
             if cfg.gradflow_every and state.step % cfg.gradflow_every == 0:
-                flow = gradient_flow_of(cfg, state.params, *batch)
+                flow = gradient_flow_of(cfg, state.params, *batch, spec=spec)
                 record({"step": state.step, "gradflow_dh_norm": [float(v) for v in jax.device_get(flow.dh_norm)],
                         "gradflow_recurrent": [float(v) for v in jax.device_get(flow.recurrent_contribution)]})
             if bar is not None:
                 bar.update(1)
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                scores = {k: _scalar(v) for k, v in evaluate(state.params, eval_data).items()}
-                record({"step": state.step, "eval_loss": scores["loss"], "eval_accuracy": scores["accuracy"]})
-                say(f"step {state.step}: eval loss {scores['loss']:.4f}, eval accuracy {scores['accuracy']:.3f}")
-                if cfg.target > 0 and scores["accuracy"] >= cfg.target:
+                scores = evaluate_split(state.params, eval_data, spec)
+                entry = {"step": state.step, "eval_loss": scores["loss"]}
+                if "accuracy" in scores:
+                    entry["eval_accuracy"] = scores["accuracy"]
+                record(entry)
+                say(f"step {state.step}: {describe_eval(entry, info)}")
+                if info.classifier and cfg.target > 0 and scores["accuracy"] >= cfg.target:
                     say(f"reached the target accuracy {cfg.target} at step {state.step}: stopping")
                     state.stopped_early = True
                     break
@@ -470,6 +670,15 @@ def train(
         if metrics_file is not None:
             metrics_file.close()
     return state
+
+
+def describe_eval(entry: dict, info: DataInfo) -> str:
+    """``eval loss 1.2345 (1.781 bits/token), eval accuracy 0.612`` / ``eval MSE 0.0123 (RMSE 0.111)``."""
+    loss = entry["eval_loss"]
+    if not info.classifier:
+        return f"eval loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
+    bits = f" ({loss / math.log(2):.3f} bits/{info.tokens[:-1] if info.tokens else 'token'})" if info.next_token else ""
+    return f"eval loss {loss:.4f}{bits}, eval accuracy {entry['eval_accuracy']:.3f}"
 
 
 def _scalar(value):
@@ -492,6 +701,7 @@ def load_checkpoint(path) -> dict:
 
     Returns a dict with ``params``, ``opt_state`` (the optax state), ``step``, ``config`` (a
     :class:`TrainConfig`), ``spec`` (the :class:`~perceptron1_jax.ModelSpec` the params fit),
+    ``data`` (the :class:`~perceptron1_jax.data.DataInfo` of what it trained on, vocabulary included),
     ``key`` (the run's PRNG key data) and ``path``. Raises
     :class:`~perceptron1_jax.checkpoint.CheckpointError` for a missing, truncated or corrupted file.
     """
@@ -504,9 +714,9 @@ def load_checkpoint(path) -> dict:
     else:
         raw = checkpoint.read_checkpoint(path)
     cfg = config_from_dict(raw["config"])
-    spec = spec_from_dict(raw["spec"])
-    if spec != cfg.model_spec:
+    spec, info = spec_from_dict(raw["spec"]), _saved_info(raw, cfg)
+    if spec != run_spec(cfg, info):
         raise checkpoint.CheckpointError(f"checkpoint {raw['path']}: its spec {spec} does not match its config")
-    params, opt_state = restore(cfg, raw)
+    params, opt_state = restore(cfg, raw, spec)
     return {"params": params, "opt_state": opt_state, "step": int(raw["step"]), "config": cfg, "spec": spec,
-            "key": raw["key"], "path": raw["path"]}
+            "data": info, "key": raw["key"], "path": raw["path"]}

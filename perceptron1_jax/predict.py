@@ -1,0 +1,136 @@
+"""Predictions of a trained run on new inputs: an ``.npz`` (its ``xs``, optional ``lengths``), a CSV
+series (every window of the run's ``seq_len`` rows predicts the row after it, the last window the
+row after the file), a text file (one example per line) or one string.
+
+:func:`predict_examples` returns arrays; :func:`prediction_records` one JSON-ready dict per
+example: ``"prediction"`` (the class id, per step for a many-to-many model; or the list of outputs
+for regression) and, for classifiers, ``"probabilities"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from perceptron1_jax.data import (
+    DEFAULT_SERIES_SEQ_LEN,
+    DataError,
+    encode_lines,
+    read_csv,
+    read_lines,
+    series_windows,
+    tokenize,
+)
+from perceptron1_jax.data.arrays import _check_lengths, _check_xs
+from perceptron1_jax.model import model_apply
+from perceptron1_jax.runs import Run
+
+CHUNK = 1024  # examples per model call
+
+
+class Inputs(NamedTuple):
+    xs: np.ndarray  # (n, time, features) floats or (n, time) token ids
+    lengths: np.ndarray | None  # (n,) or None
+
+
+class Predictions(NamedTuple):
+    predictions: np.ndarray  # class ids (n,) / (n, time), or outputs (n, k) / (n, time, k)
+    probabilities: np.ndarray | None  # classifiers: (n, classes) / (n, time, classes)
+    lengths: np.ndarray | None  # the inputs' lengths (many-to-many records keep the valid steps)
+
+
+def predict_examples(run: Run, xs, lengths=None) -> Predictions:
+    """Run the model of ``run`` on ``xs`` (``(n, time, features)`` floats or ``(n, time)`` token
+    ids, with optional ``lengths (n,)``), in chunks; classifiers give class ids and softmax
+    probabilities, regression models their outputs."""
+    xs = np.asarray(xs)
+    dtype = run.params["head"]["W"].dtype
+    preds, probs = [], []
+    for start in range(0, xs.shape[0], CHUNK):
+        part = xs[start:start + CHUNK]
+        part = part.astype(dtype) if np.issubdtype(part.dtype, np.floating) else part
+        lens = None if lengths is None else np.asarray(lengths)[start:start + CHUNK]
+        outputs = model_apply(run.params, part, run.spec, lens)
+        if run.info.classifier:
+            p = jax.nn.softmax(outputs, axis=-1)
+            probs.append(np.asarray(p))
+            preds.append(np.asarray(outputs.argmax(-1)))
+        else:
+            preds.append(np.asarray(outputs))
+    return Predictions(np.concatenate(preds), np.concatenate(probs) if probs else None,
+                       None if lengths is None else np.asarray(lengths))
+
+
+def prediction_records(run: Run, result: Predictions) -> list[dict]:
+    """One dict per example, in input order (see the module doc); many-to-many predictions are cut
+    to each example's length."""
+    records = []
+    for i, pred in enumerate(result.predictions):
+        keep = slice(int(result.lengths[i])) if result.lengths is not None and run.spec.many_to_many else ...
+        record = {"prediction": np.asarray(pred)[keep].tolist()}
+        if result.probabilities is not None:
+            record["probabilities"] = result.probabilities[i][keep].tolist()
+        records.append(record)
+    return records
+
+
+def text_inputs(run: Run, lines: list[str]) -> Inputs:
+    """Strings (one example each) -> token ids and lengths, tokenized and encoded as the run's
+    training text."""
+    tokenized = [tokenize(line, run.info.tokens) for line in lines]
+    for i, tokens in enumerate(tokenized):
+        if not tokens:
+            raise DataError(f"text: example {i + 1}: expected at least one token ({run.info.tokens}), got {lines[i]!r}")
+    return _encode(run, tokenized)
+
+
+def _encode(run: Run, tokenized: list[list[str]]) -> Inputs:
+    ids, lengths = encode_lines(tokenized, run.vocabulary, max(len(t) for t in tokenized))
+    return Inputs(ids, lengths)
+
+
+def file_inputs(run: Run, path) -> Inputs:
+    """The examples of a file for ``run``: ``.npz`` (``xs``, optional ``lengths``), ``.csv`` (windows
+    of the run's ``seq_len`` rows) or text (one example per non-blank line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot be read as .npz ({err})") from err
+        if "xs" not in arrays:
+            raise DataError(f"{path}: expected an array 'xs', got {sorted(arrays) or 'no arrays'}")
+        xs = _check_xs(str(path), "xs", arrays["xs"], run.spec.vocab_size)
+        lengths = None if "lengths" not in arrays else _check_lengths(str(path), "lengths", arrays["lengths"], xs)
+        _check_input_size(run, xs, str(path))
+        return Inputs(xs, lengths)
+    if suffix == ".csv":
+        if run.spec.tokens or run.spec.many_to_many:
+            raise DataError(f"{path}: expected text or .npz inputs for this model (a CSV feeds series models), "
+                            "got .csv")
+        rows, _ = read_csv(path)
+        seq_len = run.config.seq_len or DEFAULT_SERIES_SEQ_LEN
+        if rows.shape[1] != run.spec.input_size:
+            raise DataError(f"{path}: expected {run.spec.input_size} columns (as the training series), "
+                            f"got {rows.shape[1]}")
+        if rows.shape[0] < seq_len:
+            raise DataError(f"{path}: expected at least seq_len = {seq_len} rows, got {rows.shape[0]}")
+        return Inputs(series_windows(rows, seq_len), None)
+    if not run.spec.tokens:
+        raise DataError(f"{path}: expected an .npz or .csv file for a model of float inputs, got a text file")
+    return _encode(run, read_lines(path, run.info.tokens))
+
+
+def _check_input_size(run: Run, xs: np.ndarray, where: str) -> None:
+    if run.spec.tokens != np.issubdtype(xs.dtype, np.integer):
+        want = "token ids (n, time)" if run.spec.tokens else f"floats (n, time, {run.spec.input_size})"
+        raise DataError(f"{where}: array 'xs': expected {want}, got {xs.dtype} {xs.shape}")
+    if not run.spec.tokens and xs.shape[2] != run.spec.input_size:
+        raise DataError(f"{where}: array 'xs': expected {run.spec.input_size} features per step, got shape {xs.shape}")
