@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import perceptron1_jax as p1  # noqa: E402
+from perceptron1_jax.plotting import gradient_flow_axes  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -51,7 +52,7 @@ def publish(fig, out: pathlib.Path, name: str, rows: list[dict], title: str) -> 
 def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> None:
     """``NAME.json`` (the rows) and ``NAME.md`` (a markdown table) under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(strict_json(rows), indent=2, allow_nan=False) + "\n")
     columns = list(rows[0])
     lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -59,6 +60,17 @@ def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> N
         lines.append("| " + " | ".join(cells) + " |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def strict_json(value):
+    """``value`` with every NaN or infinite float as None (``null``: strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def save_figure(fig, out: pathlib.Path, name: str) -> pathlib.Path:
@@ -76,11 +88,8 @@ def save_figure(fig, out: pathlib.Path, name: str) -> pathlib.Path:
 
 
 def flow_axes(ax, profiles: dict, title: str) -> None:
-    """``||dL/dh_t||`` against the lag ``T - t`` on a log scale."""
-    for label, norms in profiles.items():
-        norms = np.asarray(norms, np.float64)
-        ax.semilogy(np.arange(norms.size)[::-1], np.maximum(norms, 1e-300), label=label)
-    ax.set(xlabel="lag T - t (steps before the read-out)", ylabel="||dL/dh_t|| (log scale)", title=title)
+    """``||dL/dh_t||`` against the lag ``T - t`` on a log scale (zeros marked apart)."""
+    gradient_flow_axes(ax, profiles, title)
 
 
 def curves(records: list[dict], key: str) -> tuple[list, list]:

@@ -42,8 +42,28 @@ def plot_metrics(metrics_path, png_path) -> Path:
     return png_path
 
 
+def gradient_flow_axes(ax, profiles: dict, title: str) -> None:
+    """``||dL/dh_t||`` against the lag ``T - t`` on a log scale, on ``ax``.
+
+    An exactly-zero norm (the gradient underflowed) has no place on a log axis: it is drawn as a
+    triangle on the bottom edge, in its curve's colour, and the axis keeps to the non-zero values.
+    """
+    import numpy as np
+
+    for label, norms in profiles.items():
+        norms = np.asarray(norms, np.float64)
+        lags = np.arange(norms.size)[::-1]
+        zero = norms == 0
+        (line,) = ax.semilogy(lags, np.where(zero, np.nan, norms), label=label)
+        if zero.any():
+            ax.plot(lags[zero], np.full(int(zero.sum()), 0.01), "v", color=line.get_color(), markersize=4,
+                    transform=ax.get_xaxis_transform(), clip_on=False, label=f"{label}: exactly 0 (underflow)")
+    ax.set(xlabel="lag T - t (steps before the read-out)", ylabel="||dL/dh_t|| (log scale)", title=title)
+
+
 def plot_gradient_flow(profiles: dict, png_path, title: str) -> Path:
-    """``||dL/dh_t||`` against the lag ``T - t`` (steps back from the read-out), log scale.
+    """``||dL/dh_t||`` against the lag ``T - t`` (steps back from the read-out), log scale
+    (:func:`gradient_flow_axes`).
 
     ``profiles`` maps a legend label to a ``(time,)`` array of norms. Raises ImportError when
     matplotlib is missing.
@@ -52,14 +72,9 @@ def plot_gradient_flow(profiles: dict, png_path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, norms in profiles.items():
-        norms = np.asarray(norms, np.float64)
-        lags = np.arange(norms.size)[::-1]
-        ax.semilogy(lags, np.maximum(norms, 1e-300), label=label)
-    ax.set(xlabel="lag T - t (steps before the read-out)", ylabel="||dL/dh_t|| (log scale)", title=title)
+    gradient_flow_axes(ax, profiles, title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

@@ -76,3 +76,15 @@ def test_chance_levels_match_the_label_distribution():
         labels = np.asarray(spec.make(KEY, 40000, spec.default_seq_len).labels).ravel()
         best_constant = np.bincount(labels, minlength=spec.num_classes).max() / labels.size
         assert best_constant == pytest.approx(spec.chance, abs=0.01), name
+
+
+def test_chars_evaluates_on_text_it_never_trained_on():
+    held_out, trained = tasks.TEXT[tasks.CHARS_SPLIT:], tasks.TEXT[: tasks.CHARS_SPLIT]
+    spec = TASKS["chars"]
+    train = spec.make(KEY, 64, 20)
+    evals = spec.make_eval(KEY, 64, 20)
+    for xs, part in ((train.xs, trained), (evals.xs, held_out)):
+        for row in np.asarray(xs):
+            assert tasks.decode(row) in part * 3
+    eval_windows = {tasks.decode(row) for row in np.asarray(evals.xs)}
+    assert not any(window in trained for window in eval_windows)
