@@ -8,10 +8,13 @@ otherwise, and training runs (checkpoints, metrics) to ``<out>/runs/``.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import pathlib
+import re
 import shutil
 import sys
+import sysconfig
 
 import matplotlib
 
@@ -20,37 +23,44 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import perceptron1_jax as p1  # noqa: E402
+from perceptron1_jax.data import Data  # noqa: E402
 from perceptron1_jax.plotting import gradient_flow_axes  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, text: bool = False) -> argparse.Namespace:
+    """``--quick``, ``--out``, ``--seed`` (and with ``text``, ``--text FILE``: your own text)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and budgets (the CI smoke test)")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="folder for plots and tables")
     parser.add_argument("--seed", type=int, default=0)
+    if text:
+        parser.add_argument("--text", type=pathlib.Path, help="train on this text file instead")
     return parser.parse_args()
 
 
-def train_run(out: pathlib.Path, name: str, params=None, **config) -> p1.train.__class__:
-    """One quiet training run; returns the RunState. The run folder is ``out/runs/name``."""
+def train_run(out: pathlib.Path, name: str, params=None, data=None, **config) -> p1.train.__class__:
+    """One quiet training run; returns the RunState. The run folder is ``out/runs/name``.
+    ``data``: files (``TrainConfig.data``) or a :class:`perceptron1_jax.data.Data` made in Python."""
+    if data is not None and not isinstance(data, Data):  # file paths
+        config["data"], data = data, None
     cfg = p1.TrainConfig(**config)
     print(f"  training {name}: " + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)
     run_dir = out / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: no checkpoints or metrics of an older one
-    return p1.train(cfg, run_dir, progress=False, log=lambda _: None, check_grads=False, params=params)
+    return p1.train(cfg, run_dir, progress=False, log=lambda _: None, check_grads=False, params=params, data=data)
 
 
-def publish(fig, out: pathlib.Path, name: str, rows: list[dict], title: str) -> list[dict]:
+def publish(fig, out: pathlib.Path, name: str, rows: list[dict], title: str, notes: str = "") -> list[dict]:
     """Write the experiment's plot and tables; returns ``rows``."""
     save_figure(fig, out, name)
-    write_table(out, name, rows, title)
+    write_table(out, name, rows, title, notes)
     return rows
 
 
-def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> None:
-    """``NAME.json`` (the rows) and ``NAME.md`` (a markdown table) under ``out``."""
+def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str, notes: str = "") -> None:
+    """``NAME.json`` (the rows) and ``NAME.md`` (a markdown table, then ``notes``) under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(strict_json(rows), indent=2, allow_nan=False) + "\n")
     columns = list(rows[0])
@@ -58,6 +68,8 @@ def write_table(out: pathlib.Path, name: str, rows: list[dict], title: str) -> N
     for row in rows:
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", notes.rstrip()]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -71,6 +83,36 @@ def strict_json(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def stdlib_files() -> list[pathlib.Path]:
+    """The top-level ``*.py`` files of this Python's standard library, sorted by name."""
+    return sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+
+
+def stdlib_prose(out: pathlib.Path, chars: int) -> pathlib.Path:
+    """English prose on every machine: the docstrings of the standard library, lower-cased, with
+    letters and single spaces only (the lessons' alphabet), cut to ``chars`` characters and
+    written to ``out/prose.txt``."""
+    pieces, total = [], 0
+    for path in stdlib_files():
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    clean = " ".join(re.sub(r"[^a-z]+", " ", doc.lower()).split())
+                    pieces.append(clean)
+                    total += len(clean) + 1
+        if total >= chars:
+            break
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "prose.txt"
+    path.write_text(" ".join(pieces)[:chars])
+    return path
 
 
 def save_figure(fig, out: pathlib.Path, name: str) -> pathlib.Path:

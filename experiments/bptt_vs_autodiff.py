@@ -2,12 +2,16 @@
 
 Reads the newest checkpoint of every run under ``<out>/runs/`` (written by the other experiments;
 run them first), casts the parameters to float64, and compares the explicit BPTT gradient with
-``jax.grad`` of the plain ``lax.scan`` loss on a batch of the run's own task. When no run exists
+``jax.grad`` of the plain ``lax.scan`` loss on a batch of the run's own task or files (runs on
+data made in Python are skipped). When no run exists
 yet (a fresh clone), it first trains a short run per cell. Table: the largest relative error per
 run (max |explicit - autodiff| / max |autodiff| over every parameter).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,12 @@ from _common import main_guard, train_run, write_table
 import perceptron1_jax as p1
 from perceptron1_jax.checkpoint import list_checkpoints
 from perceptron1_jax.diagnostics import max_relative_error
+from perceptron1_jax.train import run_data
+
+
+def _has_data(cfg) -> bool:
+    """A built-in task or files to read again (a run on data made in Python has neither)."""
+    return cfg.task is not None or cfg.data is not None or cfg.classes is not None
 
 
 def main(quick: bool = False, out=None, seed: int = 0, batch: int = 32):
@@ -27,11 +37,12 @@ def main(quick: bool = False, out=None, seed: int = 0, batch: int = 32):
             train_run(out, f"bptt-vs-autodiff-{cell}", task="three_step", cell=cell, hidden=8 if quick else 32,
                       steps=5 if quick else 200, seed=seed)
         found = sorted(d for d in runs_dir.iterdir() if list_checkpoints(d))
-    if quick:  # one model per (task, cell): each new shape costs a float64 compile
+    found = [d for d in found if _has_data(p1.load_checkpoint(d)["config"])]
+    if quick:  # one model per task or data source: each new shape costs a float64 compile
         firsts = {}
         for run_dir in found:
             cfg = p1.load_checkpoint(run_dir)["config"]
-            firsts.setdefault((cfg.task, cfg.cell), run_dir)
+            firsts.setdefault(cfg.task or cfg.data or cfg.classes, run_dir)
         found = sorted(firsts.values())
     previous = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", True)
@@ -53,10 +64,14 @@ def _compare(found, seed, batch):
         loaded = p1.load_checkpoint(run_dir)
         cfg, spec = loaded["config"], loaded["spec"]
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), loaded["params"])
-        data = cfg.task_spec.make(jax.random.key(seed + 99), batch, cfg.time, jnp.float64)
-        loss, ours = p1.model_bptt(params, data.xs, data.labels, spec)
-        reference = jax.grad(p1.model_loss)(params, data.xs, data.labels, spec)
-        rows.append({"run": run_dir.name, "task": cfg.task, "cell": cfg.cell, "seq_len": cfg.time,
+        if cfg.task is not None:
+            data = cfg.task_spec.make(jax.random.key(seed + 99), batch, cfg.time, jnp.float64)
+        else:  # the first examples of the run's own files
+            data = jax.tree.map(lambda a: a[:batch], run_data(dataclasses.replace(cfg, dtype="float64")).train)
+        loss, ours = p1.model_bptt(params, data.xs, data.labels, spec, data.lengths)
+        reference = jax.grad(p1.model_loss)(params, data.xs, data.labels, spec, data.lengths)
+        source = cfg.task or pathlib.Path((cfg.data or cfg.classes)[0]).name
+        rows.append({"run": run_dir.name, "task": source, "cell": cfg.layers or cfg.cell, "seq_len": data.xs.shape[1],
                      "step": loaded["step"], "loss": float(loss),
                      "max_relative_error": max_relative_error(ours, reference)})
     return rows

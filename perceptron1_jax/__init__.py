@@ -18,17 +18,28 @@ Layered models (stacked, bidirectional, embeddings, dropout, cross-entropy or MS
     params = init_model(key, spec)
     outputs = model_apply(params, ids, spec, lengths)                  # (batch, 2) logits
     value, grads = model_bptt(params, ids, labels, spec, lengths, dropout_key=key)  # explicit BPTT
+
+Your own data (npz, text, text classes, CSV), then text and predictions from a trained run::
+
+    state = train(TrainConfig(layers="lstm:256", seq_len=64), "runs/book", data=load_data("book.txt"))
+    run = load_run("runs/book")
+    text = generate(run, "It was", 300, temperature=0.8, seed=1)
+    result = predict_examples(run, xs, lengths)       # .predictions, .probabilities
 """
 
 from perceptron1_jax.bptt import BPTTExtras, ModelExtras, bptt, model_bptt, model_loss_explicit, unroll_bptt
 from perceptron1_jax.cells import CELLS
+from perceptron1_jax.data import Data, DataError, DataInfo, from_arrays, load_data
 from perceptron1_jax.diagnostics import GradientFlow
 from perceptron1_jax.diagnostics import decay_rate
 from perceptron1_jax.diagnostics import gradient_flow
 from perceptron1_jax.diagnostics import model_gradient_flow
 from perceptron1_jax.diagnostics import set_spectral_radius
+from perceptron1_jax.generate import generate
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, predict
 from perceptron1_jax.optim import make_optimizer
+from perceptron1_jax.predict import predict_examples
+from perceptron1_jax.runs import Run, load_run
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 from perceptron1_jax.train import TrainConfig
 from perceptron1_jax.train import load_checkpoint
@@ -41,18 +52,26 @@ __version__ = "0.1.0"
 __all__ = (
     "BPTTExtras",
     "CELLS",
+    "Data",
+    "DataError",
+    "DataInfo",
     "GradientFlow",
     "LayerSpec",
     "ModelExtras",
     "ModelSpec",
+    "Run",
     "TrainConfig",
     "accuracy",
     "bptt",
     "decay_rate",
+    "from_arrays",
+    "generate",
     "gradient_flow",
     "init_model",
     "init_params",
     "load_checkpoint",
+    "load_data",
+    "load_run",
     "loss",
     "make_optimizer",
     "model_apply",
@@ -61,6 +80,7 @@ __all__ = (
     "model_loss",
     "model_loss_explicit",
     "predict",
+    "predict_examples",
     "run_windows",
     "set_spectral_radius",
     "train",

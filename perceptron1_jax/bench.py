@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -334,7 +335,7 @@ def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torc
                     "speedup_of_explicit": times[c.name] / ours,
                     "gflops": flops / times[c.name] / 1e9,
                     "fraction_of_peak": flops / times[c.name] / 1e9 / peak,
-                    "temp_mib": c.temp_bytes / 2**20,
+                    "temp_mib": c.temp_bytes / 2**20 if math.isfinite(c.temp_bytes) else None,  # JSON null
                 })
                 log(f"{size.label():22} {cell:9} {c.name:42} {1e3 * times[c.name]:9.2f} ms  "
                     f"x{times[c.name] / ours:5.2f}  temp {c.temp_bytes / 2**20:8.1f} MiB")
@@ -370,7 +371,7 @@ def markdown(result: dict) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
-        temp = "" if r["temp_mib"] != r["temp_mib"] else f"{r['temp_mib']:.1f}"
+        temp = "" if r["temp_mib"] is None else f"{r['temp_mib']:.1f}"
         lines.append(f"| {r['size']} | {r['cell']} | {r['contender']} | {r['ms_per_step']:.2f} | "
                      f"{r['speedup_of_explicit']:.2f} | {r['gflops']:.0f} | {100 * r['fraction_of_peak']:.0f} | "
                      f"{temp} |")
@@ -379,7 +380,7 @@ def markdown(result: dict) -> str:
 
 def write_results(result: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     (out / "benchmark.md").write_text(markdown(result))
     return out / "benchmark.json", out / "benchmark.md"
 
