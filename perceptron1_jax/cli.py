@@ -419,6 +419,7 @@ def cmd_gradflow(args) -> int:
         gradient_flow_of,
         init_run_params,
         load_checkpoint,
+        run_data,
     )
 
     _require_positive(args, "seq_len", "hidden", "batch")
@@ -432,7 +433,8 @@ def cmd_gradflow(args) -> int:
             loaded = load_checkpoint(args.checkpoint)
         except CheckpointError as err:
             raise UsageError(str(err)) from err
-        runs.append((loaded["config"], loaded["params"], f"{loaded['config'].cell} (step {loaded['step']})"))
+        cfg = loaded["config"]
+        runs.append((cfg, loaded["params"], f"{cfg.layers or cfg.cell} (step {loaded['step']})", loaded["spec"]))
     else:
         cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]
         for cell in cells:
@@ -447,22 +449,30 @@ def cmd_gradflow(args) -> int:
             if args.spectral_radius is not None:
                 params = set_spectral_radius(params, args.spectral_radius)
                 label += f", spectral radius {args.spectral_radius:g}"
-            runs.append((cfg, params, label))
+            runs.append((cfg, params, label, cfg.model_spec))
     profiles = {}
-    for cfg, params, label in runs:
-        _, _, k_train, k_eval, _ = _keys(cfg)
-        data, _ = _datasets(dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size)), k_train, k_eval)
-        flow = gradient_flow_of(cfg, params, data.xs[: args.batch], data.labels[: args.batch])
+    for cfg, params, label, spec in runs:
+        if cfg.task is not None:
+            _, _, k_train, k_eval, _ = _keys(cfg)
+            data, _ = _datasets(dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size)), k_train, k_eval)
+        else:
+            try:
+                data = run_data(cfg).train  # the run's own files
+            except ValueError as err:
+                raise UsageError(str(err)) from err
+        lengths = None if data.lengths is None else data.lengths[: args.batch]
+        flow = gradient_flow_of(cfg, params, data.xs[: args.batch], data.labels[: args.batch], lengths, spec)
         profiles[label] = np.asarray(jax.device_get(flow.dh_norm))
     time = next(iter(profiles.values())).size
     lags = sorted({lag for lag in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if lag < time} | {time - 1})
-    print(f"||dL/dh_t|| at lag T - t (task {runs[0][0].task}, T = {time})")
+    source = runs[0][0].task or "data"
+    print(f"||dL/dh_t|| at lag T - t (task {source}, T = {time})")
     print(f"{'lag':>6} " + " ".join(f"{label:>28}" for label in profiles))
     for lag in lags:
         print(f"{lag:>6} " + " ".join(f"{norms[time - 1 - lag]:>28.3e}" for norms in profiles.values()))
     print(f"{'rate':>6} " + " ".join(f"{decay_rate(norms):>28.4f}" for norms in profiles.values()))
     print("rate: geometric factor per step back fitted to the profile (< 1 vanishing, > 1 exploding)")
-    title = f"gradient flow through time, task {runs[0][0].task}"
+    title = f"gradient flow through time, task {source}"
     _plot_or_hint("plot", lambda plotting: plotting.plot_gradient_flow(profiles, args.png, title))
     return 0
 

@@ -24,7 +24,7 @@ from perceptron1_jax.data import (
     series_windows,
     tokenize,
 )
-from perceptron1_jax.data.arrays import _check_lengths, _check_xs
+from perceptron1_jax.data.arrays import NPZ_KEYS, check_lengths, check_xs, read_npz
 from perceptron1_jax.model import model_apply
 from perceptron1_jax.runs import Run
 
@@ -100,15 +100,9 @@ def file_inputs(run: Run, path) -> Inputs:
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot be read as .npz ({err})") from err
-        if "xs" not in arrays:
-            raise DataError(f"{path}: expected an array 'xs', got {sorted(arrays) or 'no arrays'}")
-        xs = _check_xs(str(path), "xs", arrays["xs"], run.spec.vocab_size)
-        lengths = None if "lengths" not in arrays else _check_lengths(str(path), "lengths", arrays["lengths"], xs)
+        arrays = read_npz(path, NPZ_KEYS)  # labels or targets may be there; they are not read
+        xs = check_xs(str(path), "xs", arrays["xs"], run.spec.vocab_size)
+        lengths = None if "lengths" not in arrays else check_lengths(str(path), "lengths", arrays["lengths"], xs)
         _check_input_size(run, xs, str(path))
         return Inputs(xs, lengths)
     if suffix == ".csv":

@@ -173,8 +173,6 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     check_val_fraction(cfg.val_fraction)
     if cfg.max_vocab is not None and not (isinstance(cfg.max_vocab, int) and cfg.max_vocab >= 2):
         raise ValueError(f"max_vocab: expected an int >= 2 (ids, <unk> included), got {cfg.max_vocab!r}")
-    if cfg.task is None:
-        return _check_model_options(cfg)
     validate.get_cell(cfg.cell)
     choice("optimizer", cfg.optimizer, OPTIMIZERS)
     choice("schedule", cfg.schedule, SCHEDULES)
@@ -191,7 +189,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name}: expected a positive number, got {value!r}")
-    if cfg.num_train < cfg.batch_size:
+    if cfg.task is not None and cfg.num_train < cfg.batch_size:
         raise ValueError(f"num_train: expected at least batch_size = {cfg.batch_size} examples, got {cfg.num_train}")
     if cfg.warmup_steps < 0 or cfg.momentum < 0:
         raise ValueError(f"warmup_steps/momentum: expected values >= 0, got {cfg.warmup_steps}/{cfg.momentum}")
@@ -199,9 +197,11 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
     if not isinstance(cfg.bidirectional, bool):
         raise ValueError(f"bidirectional: expected true or false, got {cfg.bidirectional!r}")
-    if cfg.embed_size is not None and cfg.task_spec.vocab_size is None:
+    if cfg.embed_size is not None and cfg.task is not None and cfg.task_spec.vocab_size is None:
         raise ValueError(f"embed_size: expected a token task (chars), got the float-input task {cfg.task!r}")
     _check_model_options(cfg)
+    if cfg.task is None:
+        return cfg  # what depends on the data is checked once it is loaded (check_run)
     spec = cfg.model_spec
     if cfg.tbptt_k1 is not None:
         if cfg.task_spec.vocab_size is not None:

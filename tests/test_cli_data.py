@@ -67,6 +67,8 @@ def test_text_classes_train_and_predict_in_input_order(tmp_path, capsys):
     np.testing.assert_allclose([r["probabilities"] for r in records], jax.nn.softmax(logits), rtol=1e-5)
     assert main(["predict", str(out), "--text", "a good day"]) == 0
     assert capsys.readouterr().out.startswith("0: class ")
+    assert main(["gradflow", "--checkpoint", str(out), "--batch", "4", "--png", str(tmp_path / "flow.png")]) == 0
+    assert "lstm:8,lstm:6 (step 6)" in capsys.readouterr().out
 
 
 def test_csv_series_trains_and_forecasts(tmp_path, capsys):
@@ -125,6 +127,9 @@ def test_data_options_that_do_not_fit(tmp_path, capsys):
         (["--data", str(text), "--val-fraction", "1.5"], "val_fraction: expected a number in (0, 1), got 1.5"),
         (["--classes", str(text)], "classes: expected at least 2 files"),
         (["--data", str(text), "--seq-len", "500"], "give more text or a shorter seq_len"),
+        (["--data", str(text), "--lr", "0"], "lr: expected a positive number, got 0.0"),
+        (["--data", str(text), "--cell", "rnn"], "argument --cell: invalid choice: 'rnn'"),
+        (["--data", str(text), "--seq-len", "8", "--batch-size", "500"], "batch_size: expected at most the"),
     ]:
         assert main(["train", *argv, "--steps", "1", "--out", str(tmp_path / "run")]) == 2, argv
         err = capsys.readouterr().err.strip()

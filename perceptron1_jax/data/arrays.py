@@ -25,7 +25,7 @@ def _first(mask: np.ndarray) -> tuple:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
-def _check_xs(where: str, name: str, xs, vocab_size: int | None) -> np.ndarray:
+def check_xs(where: str, name: str, xs, vocab_size: int | None) -> np.ndarray:
     xs = np.asarray(xs)
     if np.issubdtype(xs.dtype, np.integer):
         if xs.ndim != 2:
@@ -92,7 +92,7 @@ def _check_targets(where: str, name: str, targets, xs: np.ndarray, k: int | None
     return targets
 
 
-def _check_lengths(where: str, name: str, lengths, xs: np.ndarray) -> np.ndarray:
+def check_lengths(where: str, name: str, lengths, xs: np.ndarray) -> np.ndarray:
     lengths = np.asarray(lengths)
     _check_count(where, name, lengths, xs.shape[0], "xs")
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
@@ -131,12 +131,12 @@ def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, lab
         raise DataError(f"{where}: expected 'xs_val' with {[k for k, v in given_val.items() if v is not None]}, "
                         "got none")
     vocab_size, num_classes = _positive(where, "vocab_size", vocab_size), _positive(where, "num_classes", num_classes)
-    xs = _check_xs(where, "xs", xs, vocab_size)
+    xs = check_xs(where, "xs", xs, vocab_size)
     if xs.shape[0] == 0:
         raise DataError(f"{where}: array 'xs': expected at least one example, got shape {xs.shape}")
     tokens = np.issubdtype(xs.dtype, np.integer)
     if xs_val is not None:
-        xs_val = _check_xs(where, "xs_val", xs_val, vocab_size)
+        xs_val = check_xs(where, "xs_val", xs_val, vocab_size)
         if np.issubdtype(xs_val.dtype, np.integer) != tokens or (not tokens and xs_val.shape[2] != xs.shape[2]):
             raise DataError(f"{where}: array 'xs_val': expected inputs like 'xs' ({xs.dtype} {xs.shape[1:]}) "
                             f"apart from n and time, got {xs_val.dtype} {xs_val.shape[1:]}")
@@ -168,9 +168,9 @@ def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, lab
         many_to_many = targets.ndim == 3
         kind, outputs, ys, ys_val = "regression", targets.shape[-1], targets, targets_val
     if lengths is not None:
-        lengths = _check_lengths(where, "lengths", lengths, xs)
+        lengths = check_lengths(where, "lengths", lengths, xs)
     if lengths_val is not None:
-        lengths_val = _check_lengths(where, "lengths_val", lengths_val, xs_val)
+        lengths_val = check_lengths(where, "lengths_val", lengths_val, xs_val)
     info = DataInfo(kind, outputs, many_to_many, input_size=None if tokens else xs.shape[2],
                     vocab_size=vocab_size if tokens else None, source=where)
     everything = Dataset(xs, ys, lengths)
@@ -180,17 +180,23 @@ def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, lab
     return Data(take(everything, train_index), take(everything, val_index), info)
 
 
-def load_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Data:
-    """An ``.npz`` file of the arrays of :func:`from_arrays` (no pickled objects are loaded)."""
+def read_npz(path, known=NPZ_KEYS) -> dict:
+    """The arrays of an ``.npz`` file (no pickled objects are loaded); it must hold ``xs``, and
+    names outside ``known`` are an error (a typo such as ``label`` is not silently ignored)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot be read as .npz ({err})") from err
-    unknown = sorted(set(arrays) - set(NPZ_KEYS))
+    unknown = sorted(set(arrays) - set(known))
     if unknown:
-        raise DataError(f"{path}: unexpected arrays {unknown}; expected names among {list(NPZ_KEYS)}")
+        raise DataError(f"{path}: unexpected arrays {unknown}; expected names among {list(known)}")
     if "xs" not in arrays:
         raise DataError(f"{path}: expected an array 'xs', got {sorted(arrays) or 'no arrays'}")
-    return from_arrays(**arrays, val_fraction=val_fraction, seed=seed, name=str(path))
+    return arrays
+
+
+def load_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Data:
+    """An ``.npz`` file of the arrays of :func:`from_arrays` (see :func:`read_npz`)."""
+    return from_arrays(**read_npz(path), val_fraction=val_fraction, seed=seed, name=str(path))

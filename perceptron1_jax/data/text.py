@@ -59,6 +59,11 @@ def _paths(paths, what: str) -> list[Path]:
     return paths
 
 
+def describe_paths(paths: Sequence[Path]) -> str:
+    """``a.txt`` or ``a.txt (+167 files)``: how errors and logs name a list of files."""
+    return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
+
+
 def windows(ids: np.ndarray, seq_len: int) -> Dataset:
     """Next-token windows: ``xs[i] = ids[s:s+L]``, ``labels[i] = ids[s+1:s+L+1]`` for ``s = 0, L, 2L, ...``."""
     starts = np.arange(0, ids.size - seq_len, seq_len)
@@ -80,14 +85,14 @@ def load_text(paths, *, tokens: str = "chars", seq_len: int = DEFAULT_LM_SEQ_LEN
     stream = tokenize("\n".join(texts), tokens)
     n_val = max(1, int(len(stream) * val_fraction))
     train_tokens, val_tokens = stream[:-n_val], stream[-n_val:]
-    where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
+    where = describe_paths(paths)
     for part, count in (("training part", len(train_tokens)), (f"last {val_fraction:g} (validation)", n_val)):
         if count < seq_len + 1:
             raise DataError(f"{where}: the {part} of the text has {count} {tokens}, expected at least "
                             f"seq_len + 1 = {seq_len + 1}: give more text or a shorter seq_len")
     vocab = Vocabulary.build(train_tokens, max_vocab)
     info = DataInfo("language_model", len(vocab), True, vocab_size=len(vocab), tokens=tokens, vocab=vocab.tokens,
-                    source=", ".join(str(p) for p in paths))
+                    source=str(where))
     return Data(windows(vocab.encode(train_tokens), seq_len), windows(vocab.encode(val_tokens), seq_len), info)
 
 
@@ -130,5 +135,5 @@ def load_classes(paths, *, tokens: str = "words", seq_len: int | None = None, va
     ids, lengths = encode_lines(lines, vocab, seq_len)
     everything = Dataset(ids, np.asarray(labels, np.int32), lengths)
     info = DataInfo("classification", len(paths), False, vocab_size=len(vocab), tokens=tokens, vocab=vocab.tokens,
-                    class_names=tuple(p.stem for p in paths), source=", ".join(str(p) for p in paths))
+                    class_names=tuple(p.stem for p in paths), source=describe_paths(paths))
     return Data(take(everything, train_index), take(everything, val_index), info)
