@@ -93,7 +93,7 @@ def stdlib_files() -> list[pathlib.Path]:
 def stdlib_prose(out: pathlib.Path, chars: int) -> pathlib.Path:
     """English prose on every machine: the docstrings of the standard library, lower-cased, with
     letters and single spaces only (the lessons' alphabet), cut to ``chars`` characters and
-    written to ``out/prose.txt``."""
+    written to ``out/prose_<chars>.txt``."""
     pieces, total = [], 0
     for path in stdlib_files():
         try:
@@ -110,7 +110,7 @@ def stdlib_prose(out: pathlib.Path, chars: int) -> pathlib.Path:
         if total >= chars:
             break
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "prose.txt"
+    path = out / f"prose_{chars}.txt"
     path.write_text(" ".join(pieces)[:chars])
     return path
 

@@ -21,7 +21,9 @@ from _common import main_guard, train_run, write_table
 import perceptron1_jax as p1
 from perceptron1_jax.checkpoint import list_checkpoints
 from perceptron1_jax.diagnostics import max_relative_error
-from perceptron1_jax.train import run_data
+from perceptron1_jax.train import check_same_data, run_data
+
+QUICK_MODELS = 6  # --quick checks at most this many models (the full run checks every one)
 
 
 def _has_data(cfg) -> bool:
@@ -43,7 +45,7 @@ def main(quick: bool = False, out=None, seed: int = 0, batch: int = 32):
         for run_dir in found:
             cfg = p1.load_checkpoint(run_dir)["config"]
             firsts.setdefault(cfg.task or cfg.data or cfg.classes, run_dir)
-        found = sorted(firsts.values())
+        found = sorted(firsts.values())[:QUICK_MODELS]
     previous = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", True)
     try:
@@ -66,8 +68,10 @@ def _compare(found, seed, batch):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), loaded["params"])
         if cfg.task is not None:
             data = cfg.task_spec.make(jax.random.key(seed + 99), batch, cfg.time, jnp.float64)
-        else:  # the first examples of the run's own files
-            data = jax.tree.map(lambda a: a[:batch], run_data(dataclasses.replace(cfg, dtype="float64")).train)
+        else:  # the first examples of the run's own files (refused by name if they changed since)
+            files = run_data(dataclasses.replace(cfg, dtype="float64"))
+            check_same_data(loaded["data"], files.info)
+            data = jax.tree.map(lambda a: a[:batch], files.train)
         loss, ours = p1.model_bptt(params, data.xs, data.labels, spec, data.lengths)
         reference = jax.grad(p1.model_loss)(params, data.xs, data.labels, spec, data.lengths)
         source = cfg.task or pathlib.Path((cfg.data or cfg.classes)[0]).name

@@ -16,7 +16,7 @@ import pathlib
 import matplotlib.pyplot as plt
 from _common import curves, main_guard, publish, train_run
 
-from perceptron1_jax.predict import predict_examples, text_inputs
+from perceptron1_jax.prediction import predict_examples, text_inputs
 from perceptron1_jax.runs import load_run
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"

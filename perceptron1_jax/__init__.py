@@ -38,7 +38,7 @@ from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.generate import generate
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, predict
 from perceptron1_jax.optim import make_optimizer
-from perceptron1_jax.predict import predict_examples
+from perceptron1_jax.prediction import predict_examples
 from perceptron1_jax.runs import Run, load_run
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 from perceptron1_jax.train import TrainConfig

@@ -333,7 +333,7 @@ def cmd_generate(args) -> int:
 def cmd_predict(args) -> int:
     import json
 
-    from perceptron1_jax.predict import file_inputs, predict_examples, prediction_records, text_inputs
+    from perceptron1_jax.prediction import file_inputs, predict_examples, prediction_records, text_inputs
 
     run = _load_run(args.run)
     try:

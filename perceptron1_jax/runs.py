@@ -1,7 +1,7 @@
 """A trained run, loaded for use: its params, model, data description and config.
 
 ``load_run("runs/my-run")`` reads the newest good checkpoint of a run folder (or one checkpoint
-file); :func:`perceptron1_jax.generate.generate` and :func:`perceptron1_jax.predict.predict_examples`
+file); :func:`perceptron1_jax.generate.generate` and :func:`perceptron1_jax.prediction.predict_examples`
 take the result.
 """
 

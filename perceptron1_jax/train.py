@@ -523,9 +523,10 @@ def check_same_data(saved: DataInfo, info: DataInfo) -> None:
     for f in dataclasses.fields(DataInfo):
         old, new = getattr(saved, f.name), getattr(info, f.name)
         if old != new:
-            if isinstance(old, tuple) and isinstance(new, tuple):
-                changed = sorted(set(old) ^ set(new))[:5]
-                old, new = f"{len(old)} entries", f"{len(new)} entries (differing: {changed})"
+            if isinstance(old, tuple) and isinstance(new, tuple):  # a vocabulary: say where it differs
+                at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+                old, new = (f"{len(seq)} entries with {repr(seq[at]) if at < len(seq) else 'nothing'} at index {at}"
+                            for seq in (old, new))
             raise ValueError(f"data: its {f.name} differs from the checkpoint's: expected {old}, got {new}")
 
 

@@ -11,7 +11,7 @@ import pytest
 from perceptron1_jax.cli import main
 from perceptron1_jax.data import from_arrays
 from perceptron1_jax.model import model_apply
-from perceptron1_jax.predict import text_inputs
+from perceptron1_jax.prediction import text_inputs
 from perceptron1_jax.runs import load_run
 from perceptron1_jax.train import TrainConfig, train
 

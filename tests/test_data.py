@@ -131,6 +131,11 @@ def test_unreadable_npz(tmp_path):
     path.write_bytes(b"not a zip file")
     with pytest.raises(DataError, match="broken.npz: cannot be read as .npz"):
         load_npz(path)
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [np.ones((3, 2)), np.ones((4, 2))]
+    path = _npz(tmp_path, "ragged.npz", xs=ragged, labels=np.array([0, 1]))
+    with pytest.raises(DataError, match="ragged.npz: array 'xs': expected a numeric array.*ragged rows"):
+        load_npz(path)
 
 
 # --------------------------------------------------------------------------- text

@@ -51,8 +51,13 @@ def test_model_bptt_equals_jax_grad(x64, depth, bidirectional, with_lengths, man
     check_against_autodiff(spec, params, xs, targets, lengths)
 
 
-@pytest.mark.parametrize("bidirectional, many_to_many, loss, tokens",
-                         list(itertools.product([False, True], [False, True], ["cross_entropy", "mse"], [False, True])))
+# Half of the 2^4 combinations (tokens = the parity of the other three): every pair of options
+# still meets in all four of its combinations.
+DROPOUT_GRID = [(b, m, loss, b ^ m ^ (loss == "mse"))
+                for b, m, loss in itertools.product([False, True], [False, True], ["cross_entropy", "mse"])]
+
+
+@pytest.mark.parametrize("bidirectional, many_to_many, loss, tokens", DROPOUT_GRID)
 def test_model_bptt_with_dropout_equals_jax_grad(x64, bidirectional, many_to_many, loss, tokens):
     spec = make_spec(7, 2, bidirectional, many_to_many, loss, tokens, dropout=0.4)
     params, xs, targets, lengths = random_model(3, spec, 3, 4, with_lengths=True)

@@ -197,9 +197,7 @@ def test_layered_model_with_dropout_resumes_exactly(tmp_path):
     resumed = _run(cfg, tmp_path / "split", resume=True)
     assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
     assert set(straight.params) == {"embed", "layers", "head"} and set(straight.params["layers"][1]) == {"fwd", "bwd"}
-    # Dropout is on in training: the same run without it ends elsewhere.
-    no_dropout = _run(dataclasses.replace(cfg, dropout=0.0))
-    assert not np.array_equal(no_dropout.params["head"]["W"], straight.params["head"]["W"])
+    # (That dropout really drops units is test_model_bptt.py::test_dropout_masks_change_the_loss.)
 
 
 def test_train_step_of_a_layered_model_equals_jax_grad(x64):

@@ -10,6 +10,7 @@ names the source, the array and the first bad index.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -184,10 +185,18 @@ def read_npz(path, known=NPZ_KEYS) -> dict:
     """The arrays of an ``.npz`` file (no pickled objects are loaded); it must hold ``xs``, and
     names outside ``known`` are an error (a typo such as ``label`` is not silently ignored)."""
     path = Path(path)
+    arrays = {}
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as err:
+            for name in archive.files:
+                try:
+                    arrays[name] = archive[name]
+                except ValueError as err:  # an object array: ragged rows saved by np.savez
+                    raise DataError(f"{path}: array {name!r}: expected a numeric array, got one numpy can only "
+                                    "store as Python objects (ragged rows?)") from err
+    except (OSError, zipfile.BadZipFile, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"{path}: cannot be read as .npz ({err})") from err
     unknown = sorted(set(arrays) - set(known))
     if unknown:

@@ -7,7 +7,7 @@ import pytest
 
 from perceptron1_jax import LayerSpec, ModelSpec, init_model, model_apply
 from perceptron1_jax.data import UNK, DataError, DataInfo
-from perceptron1_jax.predict import file_inputs, predict_examples, prediction_records, text_inputs
+from perceptron1_jax.prediction import file_inputs, predict_examples, prediction_records, text_inputs
 from perceptron1_jax.runs import Run
 from perceptron1_jax.train import TrainConfig
 
