@@ -24,7 +24,10 @@ CELL_NAMES = sorted(CELLS)
 SHAPES = [(1, 1, 1, 1, 2), (1, 6, 3, 4, 3), (5, 1, 2, 3, 4), (3, 9, 2, 1, 2), (4, 7, 3, 5, 3), (2, 4, 1, 6, 5)]
 
 
-GRID = list(itertools.product(CELL_NAMES, SHAPES, [False, True], [False, True]))
+# Every cell and shape, many-to-one and many-to-many; lengths on alternate shapes, so that each cell
+# meets each (readout, lengths) pair on three shapes.
+GRID = [(cell, shape, many_to_many, (i % 2 == 1) != many_to_many)
+        for cell, (i, shape), many_to_many in itertools.product(CELL_NAMES, enumerate(SHAPES), [False, True])]
 
 
 @pytest.mark.parametrize("seed, cell, shape, many_to_many, with_lengths", [(i, *case) for i, case in enumerate(GRID)])
@@ -121,10 +124,10 @@ def test_dhs_dxs_dh0_equal_jax_grad(x64, cell, many_to_many, with_lengths):
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
-@pytest.mark.parametrize("window", [1, 3, 5, 8])
+@pytest.mark.parametrize("window", [1, 3, 8])
 @pytest.mark.parametrize("many_to_many, with_lengths", [(False, False), (True, True)])
 def test_blocked_backward_equals_jax_grad(x64, cell, window, many_to_many, with_lengths):
-    # T = 7 in blocks of 1, 3 and 5 (full blocks plus a remainder) and 8 (one block): the
+    # T = 7 in blocks of 1, 3 (full blocks plus a remainder) and 8 (one block): the
     # block boundaries must not change the loss, the gradients or any per-step output.
     params, xs, labels, lengths = random_problem(
         21 + window, cell, 3, 7, 2, 4, 3, many_to_many=many_to_many, with_lengths=with_lengths
