@@ -25,12 +25,26 @@ import numpy as np
 from flax import serialization
 
 MAGIC = b"P1JXCKPT"
-FORMAT = "perceptron1_jax/2"
+VERSION = 2
+FORMAT = f"perceptron1_jax/{VERSION}"
 _NAME = re.compile(r"^ckpt_(\d{8})\.msgpack$")
+_FORMAT = re.compile(r"^perceptron1_jax/(\d+)$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read (missing, truncated, corrupted, wrong format)."""
+
+
+class NewerFormatError(CheckpointError):
+    """A checkpoint written by a newer perceptron1_jax: never skipped for an older one."""
+
+
+def check_finite(tree, what: str) -> None:
+    """Raise :class:`CheckpointError` naming the first leaf of ``tree`` holding NaN or inf."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        value = np.asarray(leaf)
+        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+            raise CheckpointError(f"{what}: refusing to write non-finite values (in {jax.tree_util.keystr(path)})")
 
 
 def checkpoint_path(out_dir, step: int) -> Path:
@@ -52,8 +66,14 @@ def _to_bytes(tree) -> dict:
 
 def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, spec: dict | None = None,
                     data: dict | None = None, keep: int = 3) -> Path:
-    """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files."""
+    """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files.
+
+    Params or optimizer state holding NaN or inf are refused (:class:`CheckpointError`) before
+    anything is written. An ``OSError`` while writing (a full disk) leaves the previous
+    checkpoints as they were and no partial file behind.
+    """
     folder = Path(out_dir)
+    check_finite({"params": params, "opt_state": opt_state}, f"checkpoint of step {step}")
     folder.mkdir(parents=True, exist_ok=True)
     payload = serialization.msgpack_serialize(
         {
@@ -70,10 +90,7 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
     target = checkpoint_path(folder, step)
     tmp = folder / f".{target.name}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(MAGIC + hashlib.sha256(payload).digest() + payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_file(tmp, MAGIC + hashlib.sha256(payload).digest() + payload)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -82,6 +99,14 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
     for old in list_checkpoints(folder)[keep:]:
         old.unlink()
     return target
+
+
+def write_file(path: Path, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` and fsync it (the one place checkpoint bytes reach the disk)."""
+    with open(path, "wb") as handle:
+        handle.write(blob)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _is_typed_key(key) -> bool:
@@ -122,6 +147,10 @@ def read_checkpoint(path) -> dict:
     except Exception as err:  # noqa: BLE001 - any decoding failure means a bad file
         raise CheckpointError(f"checkpoint {path}: cannot be decoded ({err})") from err
     if raw.get("format") != FORMAT:
+        found = _FORMAT.match(str(raw.get("format")))
+        if found and int(found.group(1)) > VERSION:
+            raise NewerFormatError(f"checkpoint {path}: written by a newer perceptron1_jax (format "
+                                   f"{raw['format']!r}; this version reads {FORMAT!r}): upgrade to read it")
         raise CheckpointError(f"checkpoint {path}: expected format {FORMAT!r}, got {raw.get('format')!r}")
     raw["config"] = json.loads(raw["config"])
     raw["spec"] = json.loads(raw["spec"]) if "spec" in raw else None
@@ -130,14 +159,28 @@ def read_checkpoint(path) -> dict:
     return raw
 
 
+def remove_temporaries(out_dir) -> list[Path]:
+    """Delete the temporary files a killed write left in ``out_dir`` (``.<name>.tmp-<pid>``);
+    returns them. Call only when no other process writes to the folder."""
+    folder = Path(out_dir)
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def latest_good_checkpoint(out_dir, on_bad=None) -> dict | None:
     """The newest checkpoint in ``out_dir`` that reads cleanly, or None if there is none.
 
     ``on_bad(error)`` is called for each newer file that fails (e.g. to warn); those are skipped.
+    A checkpoint of a newer format is not skipped: :class:`NewerFormatError` (going back to an
+    older checkpoint would silently lose the newer one's work).
     """
     for path in list_checkpoints(out_dir):
         try:
             return read_checkpoint(path)
+        except NewerFormatError:
+            raise
         except CheckpointError as err:
             if on_bad is not None:
                 on_bad(err)

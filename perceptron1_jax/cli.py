@@ -23,7 +23,10 @@ from pathlib import Path
 from perceptron1_jax.train import TrainConfig
 
 EXIT_USAGE = 2
-EXIT_STATUSES = "Exit status: 0 done, 1 an internal error, 2 bad usage, options or data, 130 interrupted."
+EXIT_STATUSES = ("Exit status: 0 done (also when stopped early at the target); 1 a failed write (disk full: the "
+                 "previous checkpoint is intact) or an internal error; 2 bad usage, options, data or out folder; 3 "
+                 "stopped after --max-nonfinite consecutive non-finite steps; 143 (SIGTERM) or 130 (SIGINT, Ctrl-C) "
+                 "stopped by a signal after checkpointing the step reached (continue with --resume).")
 
 
 class UsageError(Exception):
@@ -71,6 +74,8 @@ _HELP = {
     "tokens": "text tokens: chars or words (default: chars for --data text, words for --classes)",
     "val_fraction": "evaluation split of data without one (language modelling: the end of the text)",
     "max_vocab": "text: keep the most frequent tokens (ids, <unk> included; default: all)",
+    "max_nonfinite": "stop with exit status 3 after this many consecutive steps with a non-finite loss or gradient "
+                     "(each such step is skipped)",
 }
 
 
@@ -217,7 +222,10 @@ def _train_config(args) -> TrainConfig:
                          f"cell and size), got --{shorthand[0]} {given[shorthand[0]]}")
     values, saved = {}, None
     if args.resume and args.out is not None:
-        raw = checkpoint.latest_good_checkpoint(args.out)
+        try:
+            raw = checkpoint.latest_good_checkpoint(args.out)
+        except checkpoint.CheckpointError as err:  # a newer format: never skipped
+            raise UsageError(str(err)) from err
         if raw is not None:
             saved = raw["config"]
             values.update(saved)
@@ -242,23 +250,31 @@ def describe_spec(spec) -> str:
 
 
 def cmd_train(args) -> int:
-    from perceptron1_jax.train import check_run, run_data, train
+    from perceptron1_jax.checkpoint import CheckpointError
+    from perceptron1_jax.train import TrainingStopped, WriteFailed, check_out_dir, check_run, run_data, train
 
     cfg = _train_config(args)
-    try:
-        data = run_data(cfg)
-        spec = check_run(cfg, data)
-    except ValueError as err:  # DataError included: names the file, array or line
-        raise UsageError(str(err)) from err
     name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
     out = args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}"
     args.out = out
+    try:
+        data = run_data(cfg)
+        spec = check_run(cfg, data)
+        check_out_dir(out)
+    except ValueError as err:  # DataError included: names the file, array or line
+        raise UsageError(str(err)) from err
     what = f"task {cfg.task}" if cfg.task is not None else f"data {data.info.source} ({data.info.kind})"
     print(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {data.eval.xs.shape[0]} evaluation "
           f"examples of {data.train.xs.shape[1]} steps, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
           f"{cfg.steps} steps, gradients from {cfg.grad}; run folder {out}")
-    state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-                  check_grads=not args.no_gradcheck, data=data)
+    try:
+        state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
+                      check_grads=not args.no_gradcheck, data=data)
+    except TrainingStopped as stop:
+        print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except CheckpointError as err:  # e.g. --resume onto a checkpoint of a newer format
+        raise UsageError(str(err)) from err
     evals = [h for h in state.history if "eval_loss" in h]
     if evals:
         from perceptron1_jax.train import describe_eval

@@ -9,9 +9,13 @@ batches of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +48,8 @@ from perceptron1_jax.truncated import run_windows, windows
 GRAD_SOURCES = ("bptt", "autodiff")
 DTYPES = ("float32", "float64")
 # Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
-RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every")
+RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every",
+                     "max_nonfinite")
 DEFAULT_TARGETS = {"three_step": 0.99, "adding": 0.9, "copy": 0.99, "parity": 0.99, "chars": 0.55}
 DEFAULT_EMBED = 32  # embedding size of a token-id data source without --embed-size
 
@@ -87,6 +92,7 @@ class TrainConfig:
     tokens: str | None = None  # text: "chars" or "words" (None: chars for data, words for classes)
     val_fraction: float = 0.1  # evaluation split of data without one (the last part of a text)
     max_vocab: int | None = None  # text: keep the most frequent tokens (ids, <unk> included)
+    max_nonfinite: int = 10  # stop (exit status 3) after this many consecutive non-finite steps
 
     def __post_init__(self):
         for name in ("data", "classes"):  # one path or a list (TOML, JSON) -> a tuple of str
@@ -179,7 +185,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     choice("grad", cfg.grad, GRAD_SOURCES)
     choice("dtype", cfg.dtype, DTYPES)
     for name in ("hidden", "batch_size", "num_train", "num_eval", "steps", "eval_every", "log_every",
-                 "checkpoint_every"):
+                 "checkpoint_every", "max_nonfinite"):
         validate.check_positive_int(name, getattr(cfg, name))
     if cfg.gradflow_every:
         validate.check_positive_int("gradflow_every", cfg.gradflow_every)
@@ -311,10 +317,24 @@ def clip_fired(grads, grad_norm, clip: float | None, clip_value: float | None):
     return fired
 
 
-def _apply(optimizer, clip, clip_value, params, opt_state, grads):
+def all_finite(*trees) -> jax.Array:
+    """Whether every float entry of ``trees`` is finite (a traced bool)."""
+    leaves = [jnp.all(jnp.isfinite(a)) for t in trees for a in jax.tree.leaves(t)
+              if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _apply(optimizer, clip, clip_value, params, opt_state, grads, loss):
+    """One optax update, applied only when it is finite: a step whose loss, gradients or new
+    parameters hold NaN or inf leaves ``(params, opt_state)`` as they were (the non-finite guard).
+    Returns ``(params, opt_state, grad_norm, clipped, finite)``."""
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, grad_norm, clip_fired(grads, grad_norm, clip, clip_value)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & all_finite(grads, new_params, new_opt_state)
+    keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    return (keep(new_params, params), keep(new_opt_state, opt_state), grad_norm,
+            clip_fired(grads, grad_norm, clip, clip_value), finite)
 
 
 def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, spec: ModelSpec | None = None
@@ -323,8 +343,9 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
 
     ``batch = (xs, labels)`` or ``(xs, labels, lengths)``; ``dropout_key`` the step's dropout key
     (None: no dropout); ``spec`` the model (default ``cfg.model_spec``). ``metrics``: ``loss``,
-    ``accuracy`` (classifiers), ``grad_norm`` (global norm before clipping) and ``clipped``
-    (whether clipping fired).
+    ``accuracy`` (classifiers), ``grad_norm`` (global norm before clipping), ``clipped``
+    (whether clipping fired) and ``finite`` (whether the update was applied: a step with a
+    non-finite loss, gradient or result leaves params and optimizer state unchanged).
     """
     spec = spec or cfg.model_spec
     value_and_grad = make_value_and_grad(spec, cfg.grad)
@@ -333,8 +354,9 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
     def train_step(params, opt_state, batch, dropout_key=None):
         xs, labels, lengths = (*batch, None)[:3]
         loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths)
-        params, opt_state, grad_norm, clipped = _apply(optimizer, cfg.clip, cfg.clip_value, params, opt_state, grads)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped}
+        params, opt_state, grad_norm, clipped, finite = _apply(optimizer, cfg.clip, cfg.clip_value, params,
+                                                               opt_state, grads, loss)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped, "finite": finite}
         if spec.loss == "cross_entropy":
             metrics["accuracy"] = batch_accuracy(spec, outputs, labels, lengths)
         return params, opt_state, metrics
@@ -351,12 +373,13 @@ def make_truncated_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = No
 
     def train_step(params, opt_state, batch, dropout_key=None):
         xs, labels = batch[:2]
-        holder = {"opt_state": opt_state, "norms": [], "clipped": []}
+        holder = {"opt_state": opt_state, "norms": [], "clipped": [], "finite": []}
 
         def update(params, loss, grads):
-            new, holder["opt_state"], norm, fired = apply(params, holder["opt_state"], grads)
+            new, holder["opt_state"], norm, fired, finite = apply(params, holder["opt_state"], grads, loss)
             holder["norms"].append(norm)
             holder["clipped"].append(fired)
+            holder["finite"].append(finite)
             return new
 
         params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
@@ -364,6 +387,7 @@ def make_truncated_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = No
             "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
             "grad_norm": holder["norms"][-1],
             "clipped": jnp.any(jnp.stack(holder["clipped"])),
+            "finite": jnp.all(jnp.stack(holder["finite"])),
         }
         if spec.loss == "cross_entropy":
             metrics["accuracy"] = evaluate(params, xs, labels, spec)["accuracy"]
@@ -537,6 +561,100 @@ def _saved_info(raw: dict, cfg: TrainConfig) -> DataInfo:
     return task_info(cfg.task_spec)
 
 
+class TrainingStopped(Exception):
+    """The run stopped before ``cfg.steps`` with its state checkpointed (in ``out``, if given).
+
+    ``exit_status`` is what the command line exits with; ``state`` the :class:`RunState` reached.
+    """
+
+    exit_status = 1
+
+    def __init__(self, message: str, state: RunState):
+        super().__init__(message)
+        self.state = state
+
+
+class NonFiniteStop(TrainingStopped):
+    """``max_nonfinite`` consecutive steps had a non-finite loss or gradient (exit status 3)."""
+
+    exit_status = 3
+
+
+class SignalStop(TrainingStopped):
+    """SIGTERM or SIGINT arrived: the step finished and was checkpointed (exit status 128 + signal)."""
+
+    def __init__(self, message: str, state: RunState, signum: int):
+        super().__init__(message, state)
+        self.exit_status = 128 + signum
+
+
+class WriteFailed(TrainingStopped):
+    """A checkpoint or metrics write failed mid-run (a full disk): the previous checkpoint is intact."""
+
+
+def check_out_dir(out) -> Path:
+    """Create the run folder ``out`` and make sure a file can be written in it, before any training;
+    a ``ValueError`` naming the path otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: expected a folder for the run, got the file {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out: cannot create the folder {out} ({err.strerror or err})") from err
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"out: cannot write in the folder {out} ({err.strerror or err})") from err
+    return out
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop the entries of ``metrics.jsonl`` logged after ``step`` (a run killed after its last
+    checkpoint logged them; the resumed run logs them again) and a torn last line. Returns how
+    many lines were dropped; the file is replaced atomically."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(entry, dict) and entry.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """``{"signal": None}``, set to SIGTERM/SIGINT's number when one arrives during the block
+    (handlers installed only in the main thread; the previous ones restored after)."""
+    request = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        request["signal"] = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path | None = None,
@@ -555,16 +673,25 @@ def train(
     give it again to resume) or already loaded by :func:`run_data`.
 
     Writes ``out/metrics.jsonl`` (one JSON object per logged step and per evaluation:
-    ``eval_loss``, the mean cross-entropy in nats per scored token or the MSE, and
-    ``eval_accuracy`` for classifiers) and ``out/ckpt_<step>.msgpack`` every
-    ``checkpoint_every`` steps and at the end. With ``resume``, continues from the newest good
-    checkpoint in ``out`` (bit for bit what an uninterrupted run would do). Stops early when the
-    eval accuracy reaches ``cfg.target`` (classifiers). ``params`` replaces the seed's initial
-    parameters (same structure as :func:`init_run_params`'s), e.g. a rescaled ``W_h``.
+    ``eval_loss``, the mean cross-entropy in nats per scored token or the MSE, and ``eval_accuracy``
+    for classifiers) and ``out/ckpt_<step>.msgpack`` every ``checkpoint_every`` steps and at the
+    end. With ``resume``, continues from the newest good checkpoint in ``out`` (bit for bit what an
+    uninterrupted run would do; metrics logged after that checkpoint are dropped, as the resumed
+    run logs them again). Stops early when the eval accuracy reaches ``cfg.target``
+    (classifiers). ``params`` replaces the seed's initial parameters (same structure as
+    :func:`init_run_params`'s), e.g. a rescaled ``W_h``.
+
+    Faults: a step with a non-finite loss, gradient or result is not applied (and logged); after
+    ``cfg.max_nonfinite`` in a row the run checkpoints its last finite state and raises
+    :class:`NonFiniteStop`. SIGTERM or SIGINT finishes the current step, checkpoints it and
+    raises :class:`SignalStop`. A failed write raises :class:`WriteFailed` (the previous
+    checkpoint stays intact). An ``out`` that cannot be written is a ``ValueError`` before
+    training starts.
     """
     if data is not None and cfg.task is not None and data.info != task_info(cfg.task_spec):
         cfg = dataclasses.replace(cfg, task=None)  # your data replaces the config's task
     check_config(cfg)
+    out = check_out_dir(out) if out is not None else None
     data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
     spec = check_run(cfg, data)
     info, (train_data, eval_data) = data.info, data[:2]
@@ -582,10 +709,11 @@ def train(
                          f"got {jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)}")
     opt_state = optimizer.init(params)
     start = 0
-    out = Path(out) if out is not None else None
     if resume:
         if out is None:
             raise ValueError("out: expected the run folder to resume from, got None")
+        for stale in checkpoint.remove_temporaries(out):
+            log(f"removed {stale.name}, left by a write that was killed")
         raw = checkpoint.latest_good_checkpoint(out, on_bad=lambda err: log(f"warning: {err}; trying an older one"))
         if raw is None:
             log(f"no checkpoint in {out}: starting from step 0")
@@ -596,8 +724,10 @@ def train(
             params, opt_state = restore(cfg, raw, spec)
             start = int(raw["step"])
             log(f"resumed from {raw['path']} at step {start}")
+        dropped = trim_metrics(out / "metrics.jsonl", start)
+        if dropped:
+            log(f"dropped {dropped} metrics entries logged after step {start} (the resumed run logs them again)")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
         (out / "data.json").write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True))
 
@@ -613,58 +743,100 @@ def train(
     metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
     bar = _progress_bar(cfg.steps, start, progress)
     say = bar.write if bar is not None else log
+    saved_step = {"step": start if resume else None}
 
+    def written(what):  # a failed write stops the run; the previous checkpoint is intact
+        def wrap(fn):
+            def run(*args):
+                try:
+                    return fn(*args)
+                except OSError as err:
+                    last = saved_step["step"]
+                    kept = f"the checkpoint of step {last} is intact" if last is not None else "no checkpoint yet"
+                    raise WriteFailed(f"{what} in {out}: {err.strerror or err}; stopped at step {state.step}, "
+                                      f"{kept}", state) from err
+            return run
+        return wrap
+
+    @written("cannot write metrics")
     def record(entry):
         state.history.append(entry)
         if metrics_file is not None:
-            metrics_file.write(json.dumps(entry) + "\n")
+            metrics_file.write(json.dumps(entry, allow_nan=False) + "\n")
             metrics_file.flush()
 
+    @written("cannot write a checkpoint")
     def save():
         if out is not None:
             checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
                                        key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(spec),
                                        data=info.to_dict())
+            saved_step["step"] = state.step
 
-    tick, tick_step = _time.perf_counter(), start
+    tick, tick_step, nonfinite = _time.perf_counter(), start, 0
     try:
-        while state.step < cfg.steps:
-            batch = get_batch(train_data, k_shuffle, state.step, cfg.batch_size)
-            state.params, state.opt_state, metrics = train_step(state.params, state.opt_state, batch,
-                                                                dropout_key_of(cfg, state.step))
-            state.step += 1
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                now = _time.perf_counter()
-                rate = (state.step - tick_step) / max(now - tick, 1e-9)
-                tick, tick_step = now, state.step
-                entry = {"step": state.step, **{k: _scalar(v) for k, v in metrics.items()}, "steps_per_sec": rate}
-                record(entry)
-                accuracy = f", accuracy {entry['accuracy']:.3f}" if "accuracy" in entry else ""
-                if bar is not None:
-                    bar.set_postfix(loss=f"{entry['loss']:.4f}", it_s=f"{rate:.0f}",
-                                    **({"acc": f"{entry['accuracy']:.3f}"} if accuracy else {}))
+        with _stop_requests() as stop:
+            while state.step < cfg.steps:
+                batch = get_batch(train_data, k_shuffle, state.step, cfg.batch_size)
+                state.params, state.opt_state, metrics = train_step(state.params, state.opt_state, batch,
+                                                                    dropout_key_of(cfg, state.step))
+                state.step += 1
+                if not bool(metrics["finite"]):
+                    nonfinite += 1
+                    say(f"step {state.step}: non-finite loss or gradients (loss {float(metrics['loss']):.4g}): "
+                        f"update skipped ({nonfinite} in a row)")
+                    record({"step": state.step, "nonfinite": True})
+                    if nonfinite >= cfg.max_nonfinite:
+                        save()
+                        raise NonFiniteStop(
+                            f"step {state.step}: {nonfinite} consecutive steps with a non-finite loss or gradient "
+                            f"(max_nonfinite {cfg.max_nonfinite}): stopped; the parameters are those of the last "
+                            f"finite update" + (f", checkpointed at step {state.step}" if out is not None else ""),
+                            state)
                 else:
-                    say(f"step {state.step}: loss {entry['loss']:.4f}{accuracy}, grad norm {entry['grad_norm']:.3g}")
-            if cfg.gradflow_every and state.step % cfg.gradflow_every == 0:
-                flow = gradient_flow_of(cfg, state.params, *batch, spec=spec)
-                record({"step": state.step, "gradflow_dh_norm": [float(v) for v in jax.device_get(flow.dh_norm)],
-                        "gradflow_recurrent": [float(v) for v in jax.device_get(flow.recurrent_contribution)]})
-            if bar is not None:
-                bar.update(1)
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                scores = evaluate_split(state.params, eval_data, spec)
-                entry = {"step": state.step, "eval_loss": scores["loss"]}
-                if "accuracy" in scores:
-                    entry["eval_accuracy"] = scores["accuracy"]
-                record(entry)
-                say(f"step {state.step}: {describe_eval(entry, info)}")
-                if info.classifier and cfg.target > 0 and scores["accuracy"] >= cfg.target:
-                    say(f"reached the target accuracy {cfg.target} at step {state.step}: stopping")
-                    state.stopped_early = True
-                    break
-            if state.step % cfg.checkpoint_every == 0:
+                    nonfinite = 0
+                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                    now = _time.perf_counter()
+                    rate = (state.step - tick_step) / max(now - tick, 1e-9)
+                    tick, tick_step = now, state.step
+                    entry = {"step": state.step, **{k: _scalar(v) for k, v in metrics.items() if k != "finite"},
+                             "steps_per_sec": rate}
+                    record(entry)
+                    accuracy = f", accuracy {_fmt(entry['accuracy'], '.3f')}" if "accuracy" in entry else ""
+                    if bar is not None:
+                        bar.set_postfix(loss=_fmt(entry["loss"], ".4f"), it_s=f"{rate:.0f}",
+                                        **({"acc": _fmt(entry["accuracy"], ".3f")} if accuracy else {}))
+                    else:
+                        say(f"step {state.step}: loss {_fmt(entry['loss'], '.4f')}{accuracy}, "
+                            f"grad norm {_fmt(entry['grad_norm'], '.3g')}")
+                if cfg.gradflow_every and state.step % cfg.gradflow_every == 0:
+                    flow = gradient_flow_of(cfg, state.params, *batch, spec=spec)
+                    record({"step": state.step,
+                            "gradflow_dh_norm": [_scalar(v) for v in jax.device_get(flow.dh_norm)],
+                            "gradflow_recurrent": [_scalar(v) for v in jax.device_get(flow.recurrent_contribution)]})
+                if bar is not None:
+                    bar.update(1)
+                if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                    scores = {k: _scalar(v) for k, v in evaluate_split(state.params, eval_data, spec).items()}
+                    entry = {"step": state.step, "eval_loss": scores["loss"]}
+                    if "accuracy" in scores:
+                        entry["eval_accuracy"] = scores["accuracy"]
+                    record(entry)
+                    say(f"step {state.step}: {describe_eval(entry, info)}")
+                    if info.classifier and cfg.target > 0 and (scores["accuracy"] or 0) >= cfg.target:
+                        say(f"reached the target accuracy {cfg.target} at step {state.step}: stopping")
+                        state.stopped_early = True
+                        break
+                if state.step % cfg.checkpoint_every == 0:
+                    save()
+                if stop["signal"] is not None:
+                    if saved_step["step"] != state.step:
+                        save()
+                    name = signal.Signals(stop["signal"]).name
+                    where = f"; checkpoint of step {state.step} in {out}: continue with --resume" if out else ""
+                    raise SignalStop(f"stopped by {name} after step {state.step}{where}", state, stop["signal"])
+            if saved_step["step"] != state.step:
                 save()
-        save()
     finally:
         if bar is not None:
             bar.close()
@@ -673,9 +845,15 @@ def train(
     return state
 
 
+def _fmt(value, spec: str) -> str:
+    return "nan" if value is None else format(value, spec)
+
+
 def describe_eval(entry: dict, info: DataInfo) -> str:
     """``eval loss 1.2345 (1.781 bits/token), eval accuracy 0.612`` / ``eval MSE 0.0123 (RMSE 0.111)``."""
     loss = entry["eval_loss"]
+    if loss is None:
+        return "eval loss nan (non-finite)"
     if not info.classifier:
         return f"eval loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
     bits = f" ({loss / math.log(2):.3f} bits/{info.tokens[:-1] if info.tokens else 'token'})" if info.next_token else ""
@@ -683,8 +861,11 @@ def describe_eval(entry: dict, info: DataInfo) -> str:
 
 
 def _scalar(value):
+    """A metric as a JSON value: a bool, a float, or None for NaN and inf (strict JSON has neither)."""
     value = np.asarray(jax.device_get(value))
-    return bool(value) if value.dtype == np.bool_ else float(value)
+    if value.dtype == np.bool_:
+        return bool(value)
+    return float(value) if np.isfinite(value) else None
 
 
 def _progress_bar(total, initial, enabled):
