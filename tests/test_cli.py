@@ -64,6 +64,10 @@ def test_help_lists_every_option(capsys):
         assert "--" + f.name.replace("_", "-") in text
     for extra in ("--config", "--out", "--resume", "three_step", "adding", "copy", "parity", "chars"):
         assert extra in text
+    flat = " ".join(text.split())
+    for status in ("Exit status: 0 done", "1 a failed write", "2 bad usage", "3 stopped after --max-nonfinite",
+                   "143 (SIGTERM) or 130 (SIGINT"):
+        assert status in flat
 
 
 def test_train_resume_eval_end_to_end(tmp_path, capsys):

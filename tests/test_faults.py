@@ -164,6 +164,19 @@ def test_sigterm_from_outside_exits_143_and_sigkill_at_any_moment_loses_nothing(
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
+def test_a_write_killed_midway_leaves_a_temporary_that_the_resume_removes(tmp_path):
+    out = tmp_path / "run"
+    _run(dataclasses.replace(TINY, steps=10), out)
+    complete = checkpoint.list_checkpoints(out)[0].read_bytes()
+    torn = out / ".ckpt_00000020.msgpack.tmp-99999"  # what a SIGKILL during the write of step 20 leaves
+    torn.write_bytes(complete[: len(complete) // 3])
+    said = []
+    resumed = _run(dataclasses.replace(TINY, steps=20), out, resume=True, log=said.append)
+    assert "removed .ckpt_00000020.msgpack.tmp-99999, left by a write that was killed" in said
+    assert any(line.startswith("resumed from") and line.endswith("at step 10") for line in said)
+    assert resumed.step == 20 and not torn.exists()
+
+
 # --------------------------------------------------------------------------- folders and disks
 
 
