@@ -251,7 +251,15 @@ def describe_spec(spec) -> str:
 
 def cmd_train(args) -> int:
     from perceptron1_jax.checkpoint import CheckpointError
-    from perceptron1_jax.train import TrainingStopped, WriteFailed, check_out_dir, check_run, run_data, train
+    from perceptron1_jax.train import (
+        MismatchError,
+        TrainingStopped,
+        WriteFailed,
+        check_out_dir,
+        check_run,
+        run_data,
+        train,
+    )
 
     cfg = _train_config(args)
     name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
@@ -273,7 +281,7 @@ def cmd_train(args) -> int:
     except TrainingStopped as stop:
         print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
         return stop.exit_status
-    except CheckpointError as err:  # e.g. --resume onto a checkpoint of a newer format
+    except (CheckpointError, MismatchError) as err:  # --resume onto a newer format, other data, ...
         raise UsageError(str(err)) from err
     evals = [h for h in state.history if "eval_loss" in h]
     if evals:
@@ -284,7 +292,7 @@ def cmd_train(args) -> int:
         if state.info.classifier:
             chance = f"chance {state.chance:.3f}"
             if cfg.target > 0:
-                reached = "reached" if last["eval_accuracy"] >= cfg.target else "did not reach"
+                reached = "reached" if (last["eval_accuracy"] or 0) >= cfg.target else "did not reach"
                 verdict = f" ({reached} the target {cfg.target}; {chance})"
             else:
                 verdict = f" ({chance})"

@@ -530,28 +530,37 @@ def restore(cfg: TrainConfig, raw: dict, spec: ModelSpec | None = None):
     return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, opt_state)
 
 
+class MismatchError(ValueError):
+    """A checkpoint from another run configuration or other data: names the field that differs."""
+
+
 def check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
-    """A resumed run may change only :data:`RESUMABLE_CHANGES`; anything else is an error."""
+    """A resumed run may change only :data:`RESUMABLE_CHANGES`; anything else is a
+    :class:`MismatchError`."""
     for f in dataclasses.fields(TrainConfig):
         if f.name in RESUMABLE_CHANGES:
             continue
         old, new = getattr(saved, f.name), getattr(cfg, f.name)
         if old != new:
-            raise ValueError(f"{f.name}: expected {old!r} as in the checkpoint being resumed, got {new!r}")
+            raise MismatchError(f"{f.name}: expected {old!r} as in the checkpoint being resumed, got {new!r}")
     if cfg.schedule != "constant" and saved.steps != cfg.steps:
-        raise ValueError(f"steps: expected {saved.steps} (the {cfg.schedule} schedule spans the run), got {cfg.steps}")
+        raise MismatchError(f"steps: expected {saved.steps} (the {cfg.schedule} schedule spans the run), "
+                            f"got {cfg.steps}")
 
 
 def check_same_data(saved: DataInfo, info: DataInfo) -> None:
-    """The data of a resumed run must be described as the checkpoint's was; a difference names the field."""
+    """The data of a resumed run must be described as the checkpoint's was; a difference is a
+    :class:`MismatchError` naming the field (``source``, a description for humans, may differ)."""
     for f in dataclasses.fields(DataInfo):
+        if f.name == "source":
+            continue
         old, new = getattr(saved, f.name), getattr(info, f.name)
         if old != new:
             if isinstance(old, tuple) and isinstance(new, tuple):  # a vocabulary: say where it differs
                 at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
                 old, new = (f"{len(seq)} entries with {repr(seq[at]) if at < len(seq) else 'nothing'} at index {at}"
                             for seq in (old, new))
-            raise ValueError(f"data: its {f.name} differs from the checkpoint's: expected {old}, got {new}")
+            raise MismatchError(f"data: its {f.name} differs from the checkpoint's: expected {old}, got {new}")
 
 
 def _saved_info(raw: dict, cfg: TrainConfig) -> DataInfo:
@@ -857,7 +866,7 @@ def describe_eval(entry: dict, info: DataInfo) -> str:
     if not info.classifier:
         return f"eval loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
     bits = f" ({loss / math.log(2):.3f} bits/{info.tokens[:-1] if info.tokens else 'token'})" if info.next_token else ""
-    return f"eval loss {loss:.4f}{bits}, eval accuracy {entry['eval_accuracy']:.3f}"
+    return f"eval loss {loss:.4f}{bits}, eval accuracy {_fmt(entry['eval_accuracy'], '.3f')}"
 
 
 def _scalar(value):

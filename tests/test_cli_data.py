@@ -69,6 +69,12 @@ def test_text_classes_train_and_predict_in_input_order(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("0: class ")
     assert main(["gradflow", "--checkpoint", str(out), "--batch", "4", "--png", str(tmp_path / "flow.png")]) == 0
     assert "lstm:8,lstm:6 (step 6)" in capsys.readouterr().out
+    with open(neg, "a") as handle:  # the files changed since: resume and eval refuse by name, in one line
+        handle.write("a brand new sentence\n")
+    assert main(["train", "--out", str(out), "--resume", "--steps", "8", "--no-progress"]) == 2
+    assert main(["eval", str(out)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("perceptron1: error: data: its vocab") for e in errors), errors
 
 
 def test_csv_series_trains_and_forecasts(tmp_path, capsys):
