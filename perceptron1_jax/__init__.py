@@ -38,6 +38,7 @@ from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.generate import generate
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, predict
 from perceptron1_jax.optim import make_optimizer
+from perceptron1_jax.parallel import make_mesh
 from perceptron1_jax.prediction import predict_examples
 from perceptron1_jax.runs import Run, load_run
 from perceptron1_jax.spec import LayerSpec, ModelSpec
@@ -73,6 +74,7 @@ __all__ = (
     "load_data",
     "load_run",
     "loss",
+    "make_mesh",
     "make_optimizer",
     "model_apply",
     "model_bptt",

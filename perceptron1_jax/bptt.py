@@ -132,12 +132,23 @@ def _model_bptt(params, xs, targets, spec, lengths, dropout_key, carries0, retur
     return loss, grads, extras
 
 
+def _on_mesh(params, c, mesh, return_extras, lean):
+    """model_bptt over a mesh (checked inputs ``c``)."""
+    from perceptron1_jax import parallel  # parallel builds on this module
+
+    parallel.check_mesh(mesh, c.xs.shape[0])
+    if return_extras:
+        raise ValueError("return_extras: expected False with a mesh (the per-step extras stay on one device), got True")
+    return parallel.sharded_value_and_grad(params, c.xs, c.targets, c.lengths, c.dropout_key, c.spec, mesh,
+                                           _lean_segment(lean))
+
+
 def _lean_segment(lean):
     return None if lean is None else validate.check_positive_int("lean", lean)
 
 
 def model_bptt(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, *,
-               return_extras: bool = False, lean: int | None = None):
+               return_extras: bool = False, lean: int | None = None, mesh=None):
     """Loss and gradients of :func:`perceptron1_jax.model_loss` by the explicit backward (JIT-compiled).
 
     Arguments as :func:`perceptron1_jax.model_loss`; the dropout masks of ``dropout_key`` are the
@@ -149,11 +160,16 @@ def model_bptt(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=N
       lean: segment length ``k`` of the memory-lean mode (:mod:`perceptron1_jax.lean`): each
         direction keeps its carry every ``k`` steps and recomputes each segment in the backward
         pass (``k ~ sqrt(time)``). None (default): keep every step.
+      mesh: a :class:`jax.sharding.Mesh` with a ``"data"`` axis (:func:`perceptron1_jax.make_mesh`):
+        the batch is split over its devices and one collective combines the global mean
+        (:mod:`perceptron1_jax.parallel`); the batch must divide by the axis size. None: one device.
 
     Returns:
       ``(loss, grads)`` or ``(loss, grads, extras)``; ``grads`` has the structure of ``params``.
     """
     c = validate.check_model_inputs(params, xs, spec, targets, lengths, dropout_key, need_targets=True)
+    if mesh is not None:
+        return _on_mesh(params, c, mesh, return_extras, lean)
     loss, grads, extras = _model_bptt(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key, None,
                                       bool(return_extras), _lean_segment(lean))
     return (loss, grads, extras) if return_extras else (loss, grads)
@@ -206,7 +222,7 @@ _explicit_loss.defvjp(_explicit_loss_fwd, _explicit_loss_bwd)
 
 
 def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras: bool = False,
-         lean: int | None = None):
+         lean: int | None = None, mesh=None):
     """Loss and gradients by the explicit reverse-scan BPTT (JIT-compiled): the one-layer model.
 
     Same arguments and label rules as :func:`perceptron1_jax.loss`: ``xs: (batch, time, input)``,
@@ -221,12 +237,19 @@ def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras:
         carry every ``k`` steps and recompute each segment in the backward pass, ``O(T/k + k)``
         memory instead of ``O(T)`` for one extra forward pass; ``k ~ sqrt(time)`` is the usual
         choice. None (default): keep every step.
+      mesh: split the batch over a mesh's ``"data"`` axis, as in :func:`model_bptt` (no ``h0``).
 
     Returns:
       ``(loss, grads)``, or ``(loss, grads, extras)``; ``grads`` has the structure of ``params``.
     """
     c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
     spec = single_layer_spec(cell, c.sizes, c.many_to_many)
+    if mesh is not None:
+        if h0 is not None:
+            raise ValueError("h0: expected None with a mesh (initial carries are not split over devices), got one")
+        loss, grads = model_bptt(as_model_params(params), c.xs, c.labels, spec, c.lengths,
+                                 return_extras=return_extras, lean=lean, mesh=mesh)
+        return loss, from_model_params(grads)
     loss, grads, extras = _model_bptt(as_model_params(params), c.xs, c.labels, spec, c.lengths, None,
                                       single_carries0(c.carry0), bool(return_extras), _lean_segment(lean))
     grads = from_model_params(grads)

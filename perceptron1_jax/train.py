@@ -647,7 +647,8 @@ def trim_metrics(path: Path, step: int) -> int:
 @contextlib.contextmanager
 def _stop_requests():
     """``{"signal": None}``, set to SIGTERM/SIGINT's number when one arrives during the block
-    (handlers installed only in the main thread; the previous ones restored after)."""
+    (handlers installed only in the main thread, and not for a signal the process ignores, as
+    ``nohup`` makes it; the previous ones restored after)."""
     request = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -656,7 +657,8 @@ def _stop_requests():
     def handler(signum, frame):
         request["signal"] = signum
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield request
     finally:
