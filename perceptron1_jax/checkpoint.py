@@ -60,10 +60,6 @@ def list_checkpoints(out_dir) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
 
 
-def _to_bytes(tree) -> dict:
-    return serialization.to_state_dict(jax.tree.map(np.asarray, tree))
-
-
 def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, spec: dict | None = None,
                     data: dict | None = None, keep: int = 3) -> Path:
     """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files.
@@ -73,6 +69,7 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
     checkpoints as they were and no partial file behind.
     """
     folder = Path(out_dir)
+    params, opt_state = jax.tree.map(np.asarray, (params, opt_state))  # on the host once: checked, then written
     check_finite({"params": params, "opt_state": opt_state}, f"checkpoint of step {step}")
     folder.mkdir(parents=True, exist_ok=True)
     payload = serialization.msgpack_serialize(
@@ -83,8 +80,8 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
             "spec": json.dumps(spec, sort_keys=True),
             "data": json.dumps(data, sort_keys=True),
             "key": np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key),
-            "params": _to_bytes(params),
-            "opt_state": _to_bytes(opt_state),
+            "params": serialization.to_state_dict(params),
+            "opt_state": serialization.to_state_dict(opt_state),
         }
     )
     target = checkpoint_path(folder, step)

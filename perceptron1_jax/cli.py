@@ -347,9 +347,10 @@ def cmd_generate(args) -> int:
     try:
         text = generate(run, args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
                         seed=args.seed, warn=lambda message: print(f"perceptron1: warning: {message}", file=sys.stderr))
-    except ValueError as err:
-        raise UsageError(str(err).replace("length:", "--length:").replace("top_k:", "--top-k:")
-                         .replace("temperature:", "--temperature:").replace("prompt:", "--prompt:")) from err
+    except ValueError as err:  # "top_k: ..." -> "--top-k: ...": the option as it was typed
+        name, _, rest = str(err).partition(":")
+        option = f"--{name.replace('_', '-')}" if name in ("prompt", "length", "temperature", "top_k") else name
+        raise UsageError(f"{option}:{rest}") from err
     print(text)
     return 0
 

@@ -132,6 +132,15 @@ def score(spec: ModelSpec, outputs, targets, mask_tm, loss_mask=None, *, with_gr
     return (value_and_grad if with_grad else value)(outputs, targets, scored)
 
 
+def scored_units(spec: ModelSpec, xs, lengths=None):
+    """How many units the loss averages over: examples (many-to-one), or valid (sequence, step)
+    pairs (many-to-many). Means of parts of a batch weighted by it give the batch's mean."""
+    batch, time = xs.shape[0], xs.shape[1]
+    if not spec.many_to_many:
+        return jnp.asarray(batch)
+    return jnp.asarray(batch * time) if lengths is None else jnp.sum(lengths)
+
+
 def loss_and_forward(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, carries0=None):
     """``(loss, Forward)``: the loss that :func:`model_loss` computes and ``jax.grad`` differentiates
     (unchecked, traceable), with its forward pass."""

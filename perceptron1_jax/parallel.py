@@ -18,12 +18,12 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from perceptron1_jax.bptt import explicit_model
+from perceptron1_jax.model import scored_units
 from perceptron1_jax.spec import ModelSpec
 
 AXIS = "data"
@@ -47,14 +47,6 @@ def check_mesh(mesh, batch: int) -> int:
         raise ValueError(f"xs: expected a batch divisible by the {size} devices of the mesh's {AXIS!r} axis, "
                          f"got batch {batch}")
     return size
-
-
-def scored_units(spec: ModelSpec, xs, lengths):
-    """How many units the loss averages over: examples, or valid (sequence, step) pairs."""
-    batch, time = xs.shape[0], xs.shape[1]
-    if not spec.many_to_many:
-        return jnp.asarray(batch)
-    return jnp.asarray(batch * time) if lengths is None else jnp.sum(lengths)
 
 
 @partial(jax.jit, static_argnames=("spec", "mesh", "lean"))

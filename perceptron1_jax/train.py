@@ -39,8 +39,10 @@ from perceptron1_jax.model import (
     evaluate,
     init_model,
     loss_and_forward,
+    scored_units,
 )
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from perceptron1_jax.scan import time_mask
 from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers, spec_from_dict, spec_to_dict
 from perceptron1_jax.tasks import TASKS, VOCAB, Dataset, TaskSpec
 from perceptron1_jax.truncated import run_windows, windows
@@ -140,13 +142,17 @@ def task_info(task: TaskSpec) -> DataInfo:
                     vocab=tuple(VOCAB) if tokens else None, source=f"task {task.name}")
 
 
+def _layers(cfg: TrainConfig) -> tuple[LayerSpec, ...]:
+    """``cfg.layers`` parsed, or one layer of ``cfg.cell``/``cfg.hidden``."""
+    if cfg.layers is not None:
+        return parse_layers(cfg.layers, cfg.bidirectional)
+    return (LayerSpec(cfg.cell, cfg.hidden, cfg.bidirectional),)
+
+
 def run_spec(cfg: TrainConfig, info: DataInfo) -> ModelSpec:
     """The model ``cfg`` trains on data described by ``info``: the data fixes inputs, outputs, loss
     and many-to-many; ``cfg`` the layers, dropout and the embedding size."""
-    if cfg.layers is not None:
-        layers = parse_layers(cfg.layers, cfg.bidirectional)
-    else:
-        layers = (LayerSpec(cfg.cell, cfg.hidden, cfg.bidirectional),)
+    layers = _layers(cfg)
     if info.vocab_size is not None:
         embed = cfg.embed_size or (TASKS[cfg.task].input_size if cfg.task is not None else DEFAULT_EMBED)
         inputs = {"vocab_size": info.vocab_size, "embed_size": embed}
@@ -227,8 +233,7 @@ def _check_model_options(cfg: TrainConfig) -> TrainConfig:
     """The model options that do not depend on the data: embedding size, layers, dropout."""
     if cfg.embed_size is not None:
         validate.check_positive_int("embed_size", cfg.embed_size)
-    run_spec(cfg, DataInfo("classification", 2, False, input_size=1) if cfg.embed_size is None
-             else DataInfo("classification", 2, False, vocab_size=2))  # checks layers and dropout
+    ModelSpec(_layers(cfg), 1, input_size=1, dropout=cfg.dropout)  # checks the layers and the dropout rate
     return cfg
 
 
@@ -300,9 +305,7 @@ def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
     """Arg-max accuracy of batch-major ``outputs`` (valid steps only), or None for an MSE head."""
     if spec.loss != "cross_entropy":
         return None
-    mask = None
-    if spec.many_to_many and lengths is not None:
-        mask = jnp.arange(labels.shape[1])[None, :] < lengths[:, None]
+    mask = time_mask(lengths, labels.shape[1]).T if spec.many_to_many and lengths is not None else None
     return losses.accuracy(outputs, labels, mask)
 
 
@@ -420,9 +423,7 @@ def evaluate_split(params, data: Dataset, spec: ModelSpec, chunk: int = EVAL_CHU
     for start in range(0, n, chunk):
         part = Dataset(*(None if a is None else a[start:start + chunk] for a in data))
         scores = evaluate(params, part.xs, part.labels, spec, part.lengths)
-        size = part.xs.shape[0]
-        if spec.many_to_many:
-            size = float(jnp.sum(part.lengths)) if part.lengths is not None else size * part.xs.shape[1]
+        size = float(scored_units(spec, part.xs, part.lengths))
         for k, v in scores.items():
             totals[k] = totals.get(k, 0.0) + float(v) * size
         count += size
@@ -719,7 +720,7 @@ def train(
         raise ValueError(f"params: expected the structure, shapes and dtypes of init_model for {spec}, "
                          f"got {jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)}")
     opt_state = optimizer.init(params)
-    start = 0
+    start, last_saved = 0, None  # last_saved: the step of the newest checkpoint of this run
     if resume:
         if out is None:
             raise ValueError("out: expected the run folder to resume from, got None")
@@ -733,7 +734,7 @@ def train(
             check_resumable(saved, cfg)
             check_same_data(_saved_info(raw, saved), info)
             params, opt_state = restore(cfg, raw, spec)
-            start = int(raw["step"])
+            start = last_saved = int(raw["step"])
             log(f"resumed from {raw['path']} at step {start}")
         dropped = trim_metrics(out / "metrics.jsonl", start)
         if dropped:
@@ -754,35 +755,30 @@ def train(
     metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
     bar = _progress_bar(cfg.steps, start, progress)
     say = bar.write if bar is not None else log
-    saved_step = {"step": start if resume else None}
 
-    def written(what):  # a failed write stops the run; the previous checkpoint is intact
-        def wrap(fn):
-            def run(*args):
-                try:
-                    return fn(*args)
-                except OSError as err:
-                    last = saved_step["step"]
-                    kept = f"the checkpoint of step {last} is intact" if last is not None else "no checkpoint yet"
-                    raise WriteFailed(f"{what} in {out}: {err.strerror or err}; stopped at step {state.step}, "
-                                      f"{kept}", state) from err
-            return run
-        return wrap
+    def write_failed(what: str, err: OSError) -> WriteFailed:
+        kept = f"the checkpoint of step {last_saved} is intact" if last_saved is not None else "no checkpoint yet"
+        return WriteFailed(f"{what} in {out}: {err.strerror or err}; stopped at step {state.step}, {kept}", state)
 
-    @written("cannot write metrics")
     def record(entry):
         state.history.append(entry)
         if metrics_file is not None:
-            metrics_file.write(json.dumps(entry, allow_nan=False) + "\n")
-            metrics_file.flush()
+            try:
+                metrics_file.write(json.dumps(entry, allow_nan=False) + "\n")
+                metrics_file.flush()
+            except OSError as err:
+                raise write_failed("cannot write metrics", err) from err
 
-    @written("cannot write a checkpoint")
     def save():
+        nonlocal last_saved
         if out is not None:
-            checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
-                                       key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(spec),
-                                       data=info.to_dict())
-            saved_step["step"] = state.step
+            try:
+                checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
+                                           key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(spec),
+                                           data=info.to_dict())
+            except OSError as err:  # the write is atomic: the previous checkpoint is untouched
+                raise write_failed("cannot write a checkpoint", err) from err
+            last_saved = state.step
 
     tick, tick_step, nonfinite = _time.perf_counter(), start, 0
     try:
@@ -841,12 +837,12 @@ def train(
                 if state.step % cfg.checkpoint_every == 0:
                     save()
                 if stop["signal"] is not None:
-                    if saved_step["step"] != state.step:
+                    if last_saved != state.step:
                         save()
                     name = signal.Signals(stop["signal"]).name
                     where = f"; checkpoint of step {state.step} in {out}: continue with --resume" if out else ""
                     raise SignalStop(f"stopped by {name} after step {state.step}{where}", state, stop["signal"])
-            if saved_step["step"] != state.step:
+            if last_saved != state.step:
                 save()
     finally:
         if bar is not None:

@@ -64,7 +64,7 @@ def describe_paths(paths: Sequence[Path]) -> str:
     return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
 
 
-def windows(ids: np.ndarray, seq_len: int) -> Dataset:
+def next_token_windows(ids: np.ndarray, seq_len: int) -> Dataset:
     """Next-token windows: ``xs[i] = ids[s:s+L]``, ``labels[i] = ids[s+1:s+L+1]`` for ``s = 0, L, 2L, ...``."""
     starts = np.arange(0, ids.size - seq_len, seq_len)
     index = starts[:, None] + np.arange(seq_len)[None, :]
@@ -79,7 +79,7 @@ def load_text(paths, *, tokens: str = "chars", seq_len: int = DEFAULT_LM_SEQ_LEN
     texts = []
     for path in paths:
         text = read_text(path)
-        if not tokenize(text, tokens) or not text.strip():
+        if not text.strip():  # any other text has at least one token of either kind
             raise DataError(f"{path}: expected text, got an empty file")
         texts.append(text)
     stream = tokenize("\n".join(texts), tokens)
@@ -93,7 +93,8 @@ def load_text(paths, *, tokens: str = "chars", seq_len: int = DEFAULT_LM_SEQ_LEN
     vocab = Vocabulary.build(train_tokens, max_vocab)
     info = DataInfo("language_model", len(vocab), True, vocab_size=len(vocab), tokens=tokens, vocab=vocab.tokens,
                     source=str(where))
-    return Data(windows(vocab.encode(train_tokens), seq_len), windows(vocab.encode(val_tokens), seq_len), info)
+    return Data(next_token_windows(vocab.encode(train_tokens), seq_len),
+                next_token_windows(vocab.encode(val_tokens), seq_len), info)
 
 
 def read_lines(path, tokens: str) -> list[list[str]]:
