@@ -58,12 +58,19 @@ def allocator_env_applied() -> bool:
     return all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())
 
 
-def reexec_with_allocator_env(argv: list[str]) -> None:
-    """Replace this process with the same command under :data:`ALLOCATOR_ENV` (once)."""
-    if allocator_env_applied() or os.environ.get("PERCEPTRON1_NO_REEXEC"):
+def reexec_with_allocator_env(argv: list[str], host_devices: bool = False) -> None:
+    """Replace this process with the same command under :data:`ALLOCATOR_ENV` (once); with
+    ``host_devices``, also with one host CPU device per core unless ``XLA_FLAGS`` sets a count
+    (:func:`perceptron1_jax.parallel.host_device_env`)."""
+    if os.environ.get("PERCEPTRON1_NO_REEXEC"):
         return
+    from perceptron1_jax.parallel import host_device_env
+
     env = {**os.environ, **ALLOCATOR_ENV}
-    os.execve(sys.executable, [sys.executable, *argv], env)
+    if host_devices:
+        env = host_device_env(env)
+    if env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, *argv], env)
 
 
 @dataclasses.dataclass(frozen=True)

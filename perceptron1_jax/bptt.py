@@ -42,6 +42,7 @@ from perceptron1_jax.model import (
     batch_major,
     forward,
     from_model_params,
+    loss_and_forward,
     score,
     single_carries0,
     single_layer_spec,
@@ -130,6 +131,30 @@ def _model_bptt(params, xs, targets, spec, lengths, dropout_key, carries0, retur
              for s, layer in zip(spec.layers, back.backs)],
     )
     return loss, grads, extras
+
+
+def make_value_and_grad(spec: ModelSpec, grad: str = "bptt", lean: int | None = None):
+    """``fn(params, xs, targets, dropout_key=None, lengths=None) -> (loss, grads, outputs)``
+    (unchecked, traceable) from the explicit BPTT (:func:`explicit_model`, ``lean`` its segment
+    length) or from ``jax.grad`` of the same forward pass (``grad="autodiff"``). ``outputs`` are
+    the head's, batch-major: ``(B, C)`` or ``(B, T, C)``."""
+    if grad == "bptt":
+
+        def value_and_grad(params, xs, targets, dropout_key=None, lengths=None):
+            loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key, lean=lean)
+            return loss, grads, batch_major(spec, back.forward.outputs)
+
+        return value_and_grad
+
+    def loss_fn(params, xs, targets, dropout_key, lengths):
+        loss, fw = loss_and_forward(params, xs, targets, spec, lengths, dropout_key)
+        return loss, batch_major(spec, fw.outputs)
+
+    def autodiff_value_and_grad(params, xs, targets, dropout_key=None, lengths=None):
+        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, targets, dropout_key, lengths)
+        return loss, grads, outputs
+
+    return autodiff_value_and_grad
 
 
 def _on_mesh(params, c, mesh, return_extras, lean):

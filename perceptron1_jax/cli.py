@@ -2,7 +2,8 @@
 ``gradflow`` and ``bench``.
 
 Run as a command (``perceptron1`` or ``python -m perceptron1_jax``) it re-executes itself once under
-:data:`perceptron1_jax.bench.ALLOCATOR_ENV` (set ``PERCEPTRON1_NO_REEXEC=1`` to skip that).
+:data:`perceptron1_jax.bench.ALLOCATOR_ENV` and with one host CPU device per core unless
+``XLA_FLAGS`` sets a count (set ``PERCEPTRON1_NO_REEXEC=1`` to skip that).
 
 Option precedence for ``train``: the defaults of :class:`TrainConfig`, then (with ``--resume``) the
 config saved in the run's checkpoint, then ``--config file.toml``, then the options on the command
@@ -130,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     train.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     train.add_argument("--no-gradcheck", action="store_true", help="skip the explicit-vs-jax.grad check at step 0")
+    scale = train.add_argument_group(
+        "devices and processes", "Each step splits its batch over the devices (on a CPU, the command gives itself one "
+        "device per core unless XLA_FLAGS sets a count); several processes (hosts) each run the same command with "
+        "their own --process-id, and process 0 writes the run folder. See the README's 'Scaling out'.")
+    scale.add_argument("--devices", type=int, help="devices per process to split each batch over (default: all)")
+    scale.add_argument("--coordinator", help="HOST:PORT of process 0, for a run over several processes "
+                                             "(default: JAX_COORDINATOR_ADDRESS, if set)")
+    scale.add_argument("--num-processes", type=int, help="how many processes take part (with --coordinator)")
+    scale.add_argument("--process-id", type=int, help="this process's index, 0 to --num-processes - 1")
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its evaluation split")
     evaluate.add_argument("path", type=Path, help="a checkpoint file or a run folder (its newest checkpoint)")
@@ -249,7 +259,44 @@ def describe_spec(spec) -> str:
     return f"{inputs}{layers} -> {spec.loss} head ({spec.num_outputs}){drop}"
 
 
+def _start_processes(args) -> None:
+    """Join a multi-process run when --coordinator/--num-processes/--process-id (or
+    JAX_COORDINATOR_ADDRESS) ask for one; before anything runs on JAX."""
+    import os
+
+    from perceptron1_jax.parallel import initialize_distributed
+
+    given = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    if all(v is None for v in given.values()) and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return
+    if args.num_processes is not None and args.num_processes < 1:
+        raise UsageError(f"--num-processes: expected at least 1, got {args.num_processes}")
+    try:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as err:
+        named = ", ".join(f"{k} {v}" for k, v in given.items() if v is not None) or "JAX_COORDINATOR_ADDRESS"
+        raise UsageError(f"--coordinator/--num-processes/--process-id: cannot start the multi-process run "
+                         f"({named}): {str(err).splitlines()[0]}") from err
+
+
+def _train_mesh(args, cfg):
+    """The mesh of --devices: that many devices of every process (default: all)."""
+    import jax
+
+    from perceptron1_jax.parallel import make_mesh
+
+    local = len(jax.local_devices())
+    if args.devices is None:
+        return make_mesh(jax.devices()) if cfg.tbptt_k1 is None else None
+    if not 1 <= args.devices <= local:
+        raise UsageError(f"--devices: expected 1 to {local} (the devices of this process), got {args.devices}")
+    return make_mesh([d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)[:args.devices]])
+
+
 def cmd_train(args) -> int:
+    import jax
+
     from perceptron1_jax.checkpoint import CheckpointError
     from perceptron1_jax.train import (
         MismatchError,
@@ -258,32 +305,43 @@ def cmd_train(args) -> int:
         check_out_dir,
         check_run,
         run_data,
+        run_mesh,
         train,
     )
 
+    _start_processes(args)
     cfg = _train_config(args)
     name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
     out = args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}"
     args.out = out
+    writer = jax.process_index() == 0
     try:
         data = run_data(cfg)
         spec = check_run(cfg, data)
-        check_out_dir(out)
+        mesh = run_mesh(cfg, _train_mesh(args, cfg))
+        if writer:
+            check_out_dir(out)
     except ValueError as err:  # DataError included: names the file, array or line
-        raise UsageError(str(err)) from err
+        raise UsageError(str(err).replace("batch_size: ", "--batch-size: ", 1).replace("devices: ", "--devices: ", 1)
+                         ) from err
+    say = print if writer else (lambda *a, **k: None)
     what = f"task {cfg.task}" if cfg.task is not None else f"data {data.info.source} ({data.info.kind})"
-    print(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {data.eval.xs.shape[0]} evaluation "
-          f"examples of {data.train.xs.shape[1]} steps, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
-          f"{cfg.steps} steps, gradients from {cfg.grad}; run folder {out}")
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    say(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {data.eval.xs.shape[0]} evaluation "
+        f"examples of {data.train.xs.shape[1]} steps, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
+        f"{cfg.steps} steps, gradients from {cfg.grad}, batch split over {mesh.size} {mesh.devices.flat[0].platform} "
+        f"device{'s' if mesh.size > 1 else ''}{processes}; run folder {out}")
     try:
         state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-                      check_grads=not args.no_gradcheck, data=data)
+                      check_grads=not args.no_gradcheck, data=data, mesh=mesh)
     except TrainingStopped as stop:
         print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
         return stop.exit_status
     except (CheckpointError, MismatchError) as err:  # --resume onto a newer format, other data, ...
         raise UsageError(str(err)) from err
     evals = [h for h in state.history if "eval_loss" in h]
+    if not writer:
+        return 0
     if evals:
         from perceptron1_jax.train import describe_eval
 
@@ -535,10 +593,11 @@ def main(argv=None) -> int:
 
 def entry() -> None:
     """Console-script entry: re-run under the allocator settings that keep XLA:CPU's per-call
-    scratch buffer in the heap (see :mod:`perceptron1_jax.bench`), then :func:`main`."""
+    scratch buffer in the heap (see :mod:`perceptron1_jax.bench`) and with one host device per
+    core (:func:`perceptron1_jax.parallel.host_device_env`), then :func:`main`."""
     from perceptron1_jax.bench import reexec_with_allocator_env
 
-    reexec_with_allocator_env(["-m", "perceptron1_jax", *sys.argv[1:]])
+    reexec_with_allocator_env(["-m", "perceptron1_jax", *sys.argv[1:]], host_devices=True)
     sys.exit(main())
 
 

@@ -1,32 +1,38 @@
-"""Data parallelism on ``jax.sharding``: a mesh with one axis named ``"data"``, and the explicit
-BPTT of a batch split over it.
+"""Data parallelism on ``jax.sharding``: a mesh with one axis named ``"data"``, the loss and
+gradients of a batch split over it, and the set-up of several devices and processes.
 
-Under :func:`sharded_value_and_grad` every device runs the explicit backward on its slice of the
-batch (``shard_map``; parameters replicated) and one ``psum`` combines the results. Each device
-weights its mean loss and gradients by the number of units it scored: examples (many-to-one),
-or valid (sequence, step) pairs (many-to-many), which differ between devices when the sequences
-have different lengths. The result is the global mean, the same math as the unsharded call.
-Dropout under a mesh draws each device's masks from ``fold_in(key, device index)``, so those
-masks differ from the unsharded call's.
+Under :func:`data_parallel` every device runs the backward (the explicit BPTT, or ``jax.grad``
+for comparison) on its slice of the batch (``shard_map``; parameters replicated) and one ``psum``
+combines the results. Each device weights its mean loss and gradients by the number of units it
+scored: examples (many-to-one), or valid (sequence, step) pairs (many-to-many), which differ
+between devices when the sequences have different lengths. The result is the global mean, the same
+math as the unsharded call. With more than one device, dropout draws each device's masks from
+``fold_in(key, device index)``, so those masks differ from the one-device call's.
 
-On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set before JAX is imported)
-gives N host devices.
+Devices: on one CPU, :func:`use_cpu_devices` (before JAX starts its backend) or
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (before JAX is imported) gives N host
+devices; the ``perceptron1`` command sets one per core itself (:func:`host_device_env`). Several
+processes (hosts): :func:`initialize_distributed`, then a mesh over ``jax.devices()``, where
+:func:`shard_batch` and :func:`replicate` build the global arrays from each process's part.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from functools import partial
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from perceptron1_jax.bptt import explicit_model
+from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.model import scored_units
 from perceptron1_jax.spec import ModelSpec
 
 AXIS = "data"
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -38,32 +44,125 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
-def check_mesh(mesh, batch: int) -> int:
-    """The size of ``mesh``'s ``"data"`` axis; an error naming the mesh or the batch otherwise."""
+def check_mesh(mesh, batch: int, name: str = "xs") -> int:
+    """The size of ``mesh``'s ``"data"`` axis; an error naming the mesh or the batch (``name``)
+    otherwise."""
     if not isinstance(mesh, Mesh) or AXIS not in mesh.axis_names:
         raise TypeError(f"mesh: expected a jax.sharding.Mesh with an axis named {AXIS!r} (make_mesh()), got {mesh!r}")
     size = mesh.shape[AXIS]
     if batch % size:
-        raise ValueError(f"xs: expected a batch divisible by the {size} devices of the mesh's {AXIS!r} axis, "
+        raise ValueError(f"{name}: expected a batch divisible by the {size} devices of the mesh's {AXIS!r} axis, "
                          f"got batch {batch}")
     return size
+
+
+def data_parallel(value_and_grad, spec: ModelSpec, mesh: Mesh):
+    """``value_and_grad(params, xs, targets, dropout_key, lengths) -> (loss, grads, outputs)``
+    (:func:`perceptron1_jax.bptt.make_value_and_grad`) with the batch split over ``mesh``'s
+    ``"data"`` axis: the same signature, the global mean loss and gradients (replicated), the
+    batch-major ``outputs`` split like the batch. Traceable; the batch must divide by the axis."""
+    size = mesh.shape[AXIS]
+
+    def local(params, xs, targets, dropout_key, lengths):
+        if dropout_key is not None and size > 1:
+            dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
+        loss, grads, outputs = value_and_grad(params, xs, targets, dropout_key, lengths)
+        weight = scored_units(spec, xs, lengths).astype(loss.dtype)
+        total, summed, units = jax.lax.psum((loss * weight, jax.tree.map(lambda g: g * weight, grads), weight), AXIS)
+        return total / units, jax.tree.map(lambda g: (g / units).astype(g.dtype), summed), outputs
+
+    split = P(AXIS)
+    # check_vma=False: the zero initial carries the scans start from are per-device values that the
+    # varying-axis check would otherwise ask to be cast; the psum makes loss and gradients replicated.
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), split, split, P(), split), out_specs=(P(), P(), split),
+                         check_vma=False)
 
 
 @partial(jax.jit, static_argnames=("spec", "mesh", "lean"))
 def sharded_value_and_grad(params, xs, targets, lengths, dropout_key, spec: ModelSpec, mesh: Mesh,
                            lean: int | None = None):
-    """``(loss, grads)`` of the explicit BPTT with the batch split over ``mesh``'s ``"data"`` axis
-    (unchecked; see the module doc). ``xs: (batch, time, ...)`` with ``batch`` divisible by the axis."""
+    """``(loss, grads)`` of the explicit BPTT with the batch split over ``mesh`` (unchecked; see
+    :func:`data_parallel`). ``xs: (batch, time, ...)`` with ``batch`` divisible by the axis."""
+    fn = data_parallel(make_value_and_grad(spec, "bptt", lean), spec, mesh)
+    loss, grads, _ = fn(params, xs, targets, dropout_key, lengths)
+    return loss, grads
 
-    def local(params, xs, targets, lengths, dropout_key):
-        key = None if dropout_key is None else jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
-        loss, grads, _ = explicit_model(params, xs, targets, spec, lengths, key, lean=lean)
-        weight = scored_units(spec, xs, lengths).astype(loss.dtype)
-        total, summed, units = jax.lax.psum((loss * weight, jax.tree.map(lambda g: g * weight, grads), weight), AXIS)
-        return total / units, jax.tree.map(lambda g: g / units, summed)
 
-    split = P(AXIS)
-    # check_vma=False: the zero initial carries the scans start from are per-device values that the
-    # varying-axis check would otherwise ask to be cast; the psum makes the outputs replicated.
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), split, split, split, P()), out_specs=(P(), P()),
-                         check_vma=False)(params, xs, targets, lengths, dropout_key)
+def _global(tree, sharding: NamedSharding):
+    """Arrays of ``tree`` placed with ``sharding``. One process: a device copy. Several: every
+    process holds the same full values and gives each of its devices its part (no transfer
+    between processes)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(a):
+        if a is None:
+            return None
+        host = np.asarray(jax.device_get(a))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Every array of ``tree`` (parameters, optimizer state) replicated over ``mesh``."""
+    return _global(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Every array of ``batch`` (leading axis: the batch) split over ``mesh``'s ``"data"`` axis."""
+    return _global(batch, NamedSharding(mesh, P(AXIS)))
+
+
+def use_cpu_devices(count: int | None = None) -> int:
+    """Give this process ``count`` host CPU devices (default: one per core it may run on), so
+    ``make_mesh()`` spreads a batch over the cores. Call it before anything runs on JAX (it sets
+    ``jax_num_cpu_devices``); returns the count. Accelerators are unaffected."""
+    count = available_cores() if count is None else count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: expected a positive int (host CPU devices), got {count!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as err:  # the backend already started
+        raise RuntimeError(f"use_cpu_devices: call it before JAX runs anything ({err})") from err
+    return count
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def host_device_env(env: dict) -> dict:
+    """``env`` with one host device per core added to ``XLA_FLAGS``, unless it already sets a count
+    (what the ``perceptron1`` command re-executes itself under)."""
+    flags = env.get("XLA_FLAGS", "")
+    if re.search(re.escape(DEVICE_COUNT_FLAG) + r"=", flags):
+        return dict(env)
+    return {**env, "XLA_FLAGS": f"{flags} {DEVICE_COUNT_FLAG}={available_cores()}".strip()}
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-process run (:func:`jax.distributed.initialize`); on CPU, collectives go over
+    gloo. ``None`` arguments come from the environment JAX reads (``JAX_COORDINATOR_ADDRESS``, a
+    cluster's own variables such as SLURM's). Call it before anything runs on JAX."""
+    for name, value in (("num_processes", num_processes), ("process_id", process_id)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    if num_processes is not None and process_id is not None and process_id >= num_processes:
+        raise ValueError(f"process_id: expected 0 to {num_processes - 1} (num_processes {num_processes}), "
+                         f"got {process_id}")
+    if num_processes == 0:
+        raise ValueError("num_processes: expected at least 1, got 0")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def first_copy(tree):
+    """Each array of ``tree`` as its first local copy (one device, no transfer): replicated
+    parameters as plain single-device arrays, for evaluation and for the caller."""
+    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)

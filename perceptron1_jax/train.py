@@ -28,20 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
+from jax.sharding import Mesh
 
 from perceptron1_jax import checkpoint, losses, validate
-from perceptron1_jax.bptt import explicit_model
+from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.data import Data, DataInfo, chance, check_tokenizer, load_data
 from perceptron1_jax.data.source import check_val_fraction
 from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import (
-    batch_major,
     evaluate,
     init_model,
-    loss_and_forward,
     scored_units,
 )
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from perceptron1_jax.parallel import check_mesh, data_parallel, first_copy, make_mesh, replicate, shard_batch
 from perceptron1_jax.scan import time_mask
 from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers, spec_from_dict, spec_to_dict
 from perceptron1_jax.tasks import TASKS, VOCAB, Dataset, TaskSpec
@@ -278,29 +278,6 @@ def init_run_params(key, cfg: TrainConfig, spec: ModelSpec | None = None):
     return init_model(key, spec or cfg.model_spec, jnp.dtype(cfg.dtype))
 
 
-def make_value_and_grad(spec: ModelSpec, grad: str = "bptt") -> Callable:
-    """``fn(params, xs, labels, dropout_key=None, lengths=None) -> (loss, grads, outputs)`` from the
-    explicit BPTT (:func:`perceptron1_jax.bptt.explicit_model`) or ``jax.grad`` of the same forward
-    pass. ``labels`` are the targets (float ones for an MSE head)."""
-    if grad == "bptt":
-
-        def value_and_grad(params, xs, labels, dropout_key=None, lengths=None):
-            loss, grads, back = explicit_model(params, xs, labels, spec, lengths, dropout_key)
-            return loss, grads, batch_major(spec, back.forward.outputs)
-
-        return value_and_grad
-
-    def loss_fn(params, xs, labels, dropout_key, lengths):
-        loss, fw = loss_and_forward(params, xs, labels, spec, lengths, dropout_key)
-        return loss, batch_major(spec, fw.outputs)
-
-    def autodiff_value_and_grad(params, xs, labels, dropout_key=None, lengths=None):
-        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, labels, dropout_key, lengths)
-        return loss, grads, outputs
-
-    return autodiff_value_and_grad
-
-
 def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
     """Arg-max accuracy of batch-major ``outputs`` (valid steps only), or None for an MSE head."""
     if spec.loss != "cross_entropy":
@@ -340,22 +317,28 @@ def _apply(optimizer, clip, clip_value, params, opt_state, grads, loss):
             clip_fired(grads, grad_norm, clip, clip_value), finite)
 
 
-def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, spec: ModelSpec | None = None
-                    ) -> Callable:
+def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, spec: ModelSpec | None = None,
+                    mesh: Mesh | None = None) -> Callable:
     """The jitted ``train_step(params, opt_state, batch, dropout_key=None) -> (params, opt_state, metrics)``.
 
     ``batch = (xs, labels)`` or ``(xs, labels, lengths)``; ``dropout_key`` the step's dropout key
-    (None: no dropout); ``spec`` the model (default ``cfg.model_spec``). ``metrics``: ``loss``,
+    (None: no dropout); ``spec`` the model (default ``cfg.model_spec``); ``mesh`` the devices the
+    batch is split over (:func:`perceptron1_jax.make_mesh`; default: every device). The same
+    function runs on one device or many: the gradients of the batch's slices are combined into
+    the global mean by one collective (:func:`perceptron1_jax.parallel.data_parallel`) and every
+    device applies the same update to its copy of the parameters. ``metrics``: ``loss``,
     ``accuracy`` (classifiers), ``grad_norm`` (global norm before clipping), ``clipped``
     (whether clipping fired) and ``finite`` (whether the update was applied: a step with a
     non-finite loss, gradient or result leaves params and optimizer state unchanged).
     """
     spec = spec or cfg.model_spec
-    value_and_grad = make_value_and_grad(spec, cfg.grad)
+    mesh = make_mesh(jax.devices()) if mesh is None else mesh
+    value_and_grad = data_parallel(make_value_and_grad(spec, cfg.grad), spec, mesh)
 
     @jax.jit
     def train_step(params, opt_state, batch, dropout_key=None):
         xs, labels, lengths = (*batch, None)[:3]
+        check_mesh(mesh, xs.shape[0], "batch")  # at trace time: a clear error, not XLA's
         loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths)
         params, opt_state, grad_norm, clipped, finite = _apply(optimizer, cfg.clip, cfg.clip_value, params,
                                                                opt_state, grads, loss)
@@ -677,6 +660,7 @@ def train(
     check_grads: bool = True,
     params=None,
     data: Data | None = None,
+    mesh: Mesh | None = None,
 ) -> RunState:
     """Train ``cfg`` for ``cfg.steps`` total steps; write metrics/checkpoints under ``out``.
 
@@ -699,13 +683,26 @@ def train(
     raises :class:`SignalStop`. A failed write raises :class:`WriteFailed` (the previous
     checkpoint stays intact). An ``out`` that cannot be written is a ``ValueError`` before
     training starts.
+
+    Devices: each step splits the batch over ``mesh`` (default: every device, of every process;
+    :func:`make_train_step`), so ``cfg.batch_size`` must divide by its size; truncated BPTT runs
+    on one device. A checkpoint holds one copy of the parameters, so a run resumes on any number
+    of devices. In a multi-process run (:func:`perceptron1_jax.parallel.initialize_distributed`)
+    every process runs this with the same arguments and feeds its devices their part of each
+    batch; only process 0 logs and writes to ``out``. The returned parameters are single-device
+    arrays.
     """
     if data is not None and cfg.task is not None and data.info != task_info(cfg.task_spec):
         cfg = dataclasses.replace(cfg, task=None)  # your data replaces the config's task
     check_config(cfg)
-    out = check_out_dir(out) if out is not None else None
+    writer = jax.process_index() == 0
+    if not writer:
+        log, progress = (lambda message: None), False
+    out = None if out is None else check_out_dir(out) if writer else Path(out)
     data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
     spec = check_run(cfg, data)
+    truncated = cfg.tbptt_k1 is not None
+    mesh = run_mesh(cfg, mesh)
     info, (train_data, eval_data) = data.info, data[:2]
     if cfg.bidirectional and info.next_token:
         log(f"warning: bidirectional layers on the next-token data {info.source!r} read the token they predict "
@@ -724,7 +721,7 @@ def train(
     if resume:
         if out is None:
             raise ValueError("out: expected the run folder to resume from, got None")
-        for stale in checkpoint.remove_temporaries(out):
+        for stale in checkpoint.remove_temporaries(out) if writer else ():
             log(f"removed {stale.name}, left by a write that was killed")
         raw = checkpoint.latest_good_checkpoint(out, on_bad=lambda err: log(f"warning: {err}; trying an older one"))
         if raw is None:
@@ -736,23 +733,26 @@ def train(
             params, opt_state = restore(cfg, raw, spec)
             start = last_saved = int(raw["step"])
             log(f"resumed from {raw['path']} at step {start}")
-        dropped = trim_metrics(out / "metrics.jsonl", start)
+        dropped = trim_metrics(out / "metrics.jsonl", start) if writer else 0
         if dropped:
             log(f"dropped {dropped} metrics entries logged after step {start} (the resumed run logs them again)")
-    if out is not None:
+    if out is not None and writer:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
         (out / "data.json").write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True))
 
-    truncated = cfg.tbptt_k1 is not None
-    make_step = make_truncated_step if truncated else make_train_step
-    train_step = make_step(cfg, optimizer, spec)
-    state = RunState(params, opt_state, start, info=info, spec=spec, chance=chance(data))
+    if truncated:
+        train_step = make_truncated_step(cfg, optimizer, spec)
+    else:
+        train_step = make_train_step(cfg, optimizer, spec, mesh)
     if check_grads and start == 0:
         batch = get_batch(train_data, k_shuffle, 0, cfg.batch_size)
         log(f"explicit BPTT vs jax.grad on the first batch: max relative difference "
             f"{gradient_agreement(cfg, params, batch, spec):.1e} ({cfg.dtype})")
+    if not truncated:  # one copy per device
+        params, opt_state = replicate((params, opt_state), mesh)
+    state = RunState(params, opt_state, start, info=info, spec=spec, chance=chance(data))
 
-    metrics_file = open(out / "metrics.jsonl", "a") if out is not None else None
+    metrics_file = open(out / "metrics.jsonl", "a") if out is not None and writer else None
     bar = _progress_bar(cfg.steps, start, progress)
     say = bar.write if bar is not None else log
 
@@ -771,7 +771,7 @@ def train(
 
     def save():
         nonlocal last_saved
-        if out is not None:
+        if out is not None and writer:
             try:
                 checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
                                            key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(spec),
@@ -785,8 +785,9 @@ def train(
         with _stop_requests() as stop:
             while state.step < cfg.steps:
                 batch = get_batch(train_data, k_shuffle, state.step, cfg.batch_size)
-                state.params, state.opt_state, metrics = train_step(state.params, state.opt_state, batch,
-                                                                    dropout_key_of(cfg, state.step))
+                state.params, state.opt_state, metrics = train_step(
+                    state.params, state.opt_state, batch if truncated else shard_batch(batch, mesh),
+                    dropout_key_of(cfg, state.step))
                 state.step += 1
                 if not bool(metrics["finite"]):
                     nonfinite += 1
@@ -817,14 +818,15 @@ def train(
                         say(f"step {state.step}: loss {_fmt(entry['loss'], '.4f')}{accuracy}, "
                             f"grad norm {_fmt(entry['grad_norm'], '.3g')}")
                 if cfg.gradflow_every and state.step % cfg.gradflow_every == 0:
-                    flow = gradient_flow_of(cfg, state.params, *batch, spec=spec)
+                    flow = gradient_flow_of(cfg, first_copy(state.params), *batch, spec=spec)
                     record({"step": state.step,
                             "gradflow_dh_norm": [_scalar(v) for v in jax.device_get(flow.dh_norm)],
                             "gradflow_recurrent": [_scalar(v) for v in jax.device_get(flow.recurrent_contribution)]})
                 if bar is not None:
                     bar.update(1)
                 if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                    scores = {k: _scalar(v) for k, v in evaluate_split(state.params, eval_data, spec).items()}
+                    scores = {k: _scalar(v) for k, v in evaluate_split(first_copy(state.params), eval_data,
+                                                                       spec).items()}
                     entry = {"step": state.step, "eval_loss": scores["loss"]}
                     if "accuracy" in scores:
                         entry["eval_accuracy"] = scores["accuracy"]
@@ -845,11 +847,25 @@ def train(
             if last_saved != state.step:
                 save()
     finally:
+        state.params, state.opt_state = first_copy((state.params, state.opt_state))
         if bar is not None:
             bar.close()
         if metrics_file is not None:
             metrics_file.close()
     return state
+
+
+def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None) -> Mesh:
+    """The devices a run splits its batches over: ``mesh``, by default every device (of every
+    process); one device for truncated BPTT. A ``ValueError`` names a ``batch_size`` that does not
+    divide by the mesh, or a multi-device mesh for truncated BPTT."""
+    if cfg.tbptt_k1 is not None:
+        if mesh is not None and mesh.size > 1:
+            raise ValueError(f"devices: truncated BPTT (tbptt_k1) runs on one device, got a mesh of {mesh.size}")
+        return make_mesh(jax.local_devices()[:1])
+    mesh = make_mesh(jax.devices()) if mesh is None else mesh
+    check_mesh(mesh, cfg.batch_size, "batch_size")
+    return mesh
 
 
 def _fmt(value, spec: str) -> str:
