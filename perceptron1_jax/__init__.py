@@ -38,8 +38,9 @@ from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.generate import generate
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, predict
 from perceptron1_jax.optim import make_optimizer
-from perceptron1_jax.parallel import make_mesh
+from perceptron1_jax.parallel import initialize_distributed, make_mesh, use_cpu_devices
 from perceptron1_jax.prediction import predict_examples
+from perceptron1_jax.scan import set_hoist_input_projection
 from perceptron1_jax.runs import Run, load_run
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 from perceptron1_jax.train import TrainConfig
@@ -69,6 +70,7 @@ __all__ = (
     "generate",
     "gradient_flow",
     "init_model",
+    "initialize_distributed",
     "init_params",
     "load_checkpoint",
     "load_data",
@@ -84,8 +86,10 @@ __all__ = (
     "predict",
     "predict_examples",
     "run_windows",
+    "set_hoist_input_projection",
     "set_spectral_radius",
     "train",
     "unroll",
     "unroll_bptt",
+    "use_cpu_devices",
 )

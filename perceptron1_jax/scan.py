@@ -80,18 +80,36 @@ def reverse_in_time(a_tm: Array, lengths: Array | None) -> Array:
     return jnp.take_along_axis(a_tm, index, axis=0)
 
 
+_HOIST: bool | None = None  # set_hoist_input_projection's choice; None: by backend
+
+
 def hoist_input_projection() -> bool:
     """Whether the forward computes ``x W_x + b`` for all steps before the loop.
 
-    On accelerators, yes (one big matmul). On XLA:CPU, no: measured on 2 cores (float32, batch 64,
-    input 32, hidden 128, time 128), projecting inside the loop made the LSTM training step 1.55x
-    faster (90 -> 58 ms) and the GRU 1.24x (62 -> 50 ms), for both the explicit and the autodiff
-    backward. In the hoisted form XLA:CPU fuses the slice of the precomputed projection into every
-    gate nonlinearity of the step, and those fusions ran ~8x slower than when the step's gates read
-    two matmul outputs (measured per XLA thunk with ``jax.profiler``: 79 against 9 us per step for
-    the LSTM gates; see the README's Performance section).
+    By default: on accelerators, yes (one big matmul); on XLA:CPU, no. Measured on 2 cores
+    (float32, batch 64, input 32, hidden 128, time 128), projecting inside the loop made the LSTM
+    training step 1.55x faster (90 -> 58 ms) and the GRU 1.24x (62 -> 50 ms), for both the explicit
+    and the autodiff backward. In the hoisted form XLA:CPU fuses the slice of the precomputed
+    projection into every gate nonlinearity of the step, and those fusions ran ~8x slower than when
+    the step's gates read two matmul outputs (measured per XLA thunk with ``jax.profiler``: 79
+    against 9 us per step for the LSTM gates; see the README's Performance section).
+    :func:`set_hoist_input_projection` overrides the choice (the math is the same either way).
     """
-    return jax.default_backend() != "cpu"
+    return jax.default_backend() != "cpu" if _HOIST is None else _HOIST
+
+
+def set_hoist_input_projection(hoist: bool | None) -> bool | None:
+    """Choose the branch of :func:`hoist_input_projection` for every later trace: True (project
+    all steps before the loop), False (inside the loop) or None (by backend, the default). Clears
+    JAX's compilation caches so that no function keeps the other branch; returns the previous
+    setting (to restore it)."""
+    global _HOIST
+    if hoist is not None and not isinstance(hoist, bool):
+        raise ValueError(f"hoist: expected True, False or None, got {hoist!r}")
+    previous, _HOIST = _HOIST, hoist
+    if previous != hoist:
+        jax.clear_caches()
+    return previous
 
 
 def scan_forward(
