@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from perceptron1_jax import losses
-from perceptron1_jax.bptt import explicit_model, explicit_value_and_grad
+from perceptron1_jax.bptt import explicit_model, explicit_value_and_grad, make_value_and_grad
 from perceptron1_jax.lean import default_segment
 from perceptron1_jax.model import (
     as_model_params,
@@ -43,6 +43,7 @@ from perceptron1_jax.model import (
     loss_and_forward,
     spec_of_params,
 )
+from perceptron1_jax.parallel import data_parallel, host_device_env, make_mesh, replicate, shard_batch
 from perceptron1_jax.scan import WINDOW
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 
@@ -64,8 +65,6 @@ def reexec_with_allocator_env(argv: list[str], host_devices: bool = False) -> No
     (:func:`perceptron1_jax.parallel.host_device_env`)."""
     if os.environ.get("PERCEPTRON1_NO_REEXEC"):
         return
-    from perceptron1_jax.parallel import host_device_env
-
     env = {**os.environ, **ALLOCATOR_ENV}
     if host_devices:
         env = host_device_env(env)
@@ -138,7 +137,9 @@ def _problem(size: Size, seed: int = 0):
     return xs, labels
 
 
-def _jax_contender(name, value_and_grad, params, xs, labels) -> Contender:
+def _jax_contender(name, value_and_grad, params, xs, labels, mesh=None) -> Contender:
+    """A jitted Adam step of ``value_and_grad``; with ``mesh``, params replicated over it and the
+    batch split over it (placed before timing, as a training loop's prefetch would)."""
     optimizer = optax.adam(1e-3)
 
     def step(params, opt_state, xs, labels):
@@ -147,6 +148,9 @@ def _jax_contender(name, value_and_grad, params, xs, labels) -> Contender:
         return optax.apply_updates(params, updates), opt_state, loss
 
     opt_state = optimizer.init(params)
+    if mesh is not None:
+        params, opt_state = replicate((params, opt_state), mesh)
+        xs, labels = shard_batch((xs, labels), mesh)
     jitted = jax.jit(step)
     compiled = jitted.lower(params, opt_state, xs, labels).compile()
     memory = compiled.memory_analysis()
@@ -180,12 +184,32 @@ def gradient_fns(cell: str, time: int, window: int = WINDOW) -> dict[str, Callab
     return {"explicit": explicit, "lean": lean, "autodiff": jax.value_and_grad(plain_loss)}
 
 
-def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, windows=()) -> list[Contender]:
-    """``windows``: extra explicit-BPTT contenders with these weight-gradient block sizes."""
+def sharded_contenders(spec: ModelSpec, params, xs, labels, mesh, autodiff_name: str) -> list[Contender]:
+    """The explicit BPTT and ``jax.grad`` under the same ``shard_map`` over ``mesh``
+    (:func:`perceptron1_jax.parallel.data_parallel`): the default training step, and how much of
+    its gain is the devices rather than the explicit backward."""
+    n = mesh.size
+    out = []
+    for grad, name in (("bptt", sharded_name(n)), ("autodiff", f"{autodiff_name}, {n} devices")):
+        fn = data_parallel(make_value_and_grad(spec, grad), spec, mesh)
+        out.append(_jax_contender(name, lambda p, x, y, fn=fn: fn(p, x, y, None, None)[:2], params, xs, labels, mesh))
+    return out
+
+
+def sharded_name(devices: int) -> str:
+    return f"explicit BPTT, {devices} devices (train's step)"
+
+
+def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, windows=(), mesh=None
+                   ) -> list[Contender]:
+    """``windows``: extra explicit-BPTT contenders with these weight-gradient block sizes;
+    ``mesh``: also the data-parallel contenders over it (:func:`sharded_contenders`)."""
     xs, labels = jnp.asarray(xs), jnp.asarray(labels)
     params = init_params(jax.random.key(0), cell, size.input, size.hidden, size.classes)
     fns = gradient_fns(cell, size.time)
-    out = [
+    spec = spec_of_params(cell, params)
+    out = sharded_contenders(spec, as_model_params(params), xs, labels, mesh, "jax.grad(lax.scan)") if mesh else []
+    out += [
         _jax_contender("explicit BPTT", fns["explicit"], params, xs, labels),
         _jax_contender(f"explicit BPTT, lean k={default_segment(size.time)}", fns["lean"], params, xs, labels),
         _jax_contender("jax.grad(lax.scan)", fns["autodiff"], params, xs, labels),
@@ -197,7 +221,7 @@ def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, w
     return out
 
 
-def model_contenders(size: Size, xs, labels, flax_cells: bool = True) -> list[Contender]:
+def model_contenders(size: Size, xs, labels, flax_cells: bool = True, mesh=None) -> list[Contender]:
     """The 2-layer bidirectional LSTM (many-to-one, ``h_n`` of the last layer): ``model_bptt``'s
     explicit backward, ``jax.grad`` of ``model_loss``'s forward, and Flax (``nn.Bidirectional`` over
     ``nn.RNN``, stacked)."""
@@ -211,8 +235,9 @@ def model_contenders(size: Size, xs, labels, flax_cells: bool = True) -> list[Co
     def plain_loss(params, xs, labels):
         return loss_and_forward(params, xs, labels, spec)[0]
 
-    out = [_jax_contender("explicit BPTT (model_bptt)", explicit, params, xs, labels),
-           _jax_contender("jax.grad(model_loss)", jax.value_and_grad(plain_loss), params, xs, labels)]
+    out = sharded_contenders(spec, params, xs, labels, mesh, "jax.grad(model_loss)") if mesh else []
+    out += [_jax_contender("explicit BPTT (model_bptt)", explicit, params, xs, labels),
+            _jax_contender("jax.grad(model_loss)", jax.value_and_grad(plain_loss), params, xs, labels)]
     if flax_cells:
         import flax.linen as nn
 
@@ -320,24 +345,35 @@ def time_contenders(contenders: list[Contender], rounds: int, min_seconds: float
 
 
 def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torch_threads=2, log=print,
-                  windows=()) -> dict:
-    peak = matmul_peak_gflops()
-    log(f"matmul peak (2048x2048 float32): {peak:.0f} GFLOP/s; allocator env applied: {allocator_env_applied()}")
+                  windows=(), devices: int | None = None) -> dict:
+    """Time every contender of every size and cell. ``devices``: the data-parallel rows split the
+    batch over this many local devices (default: all; 1: none); ``x`` is then relative to them."""
+    peak, machine = matmul_peak_gflops(), machine_description()
+    local = jax.local_devices()
+    devices = len(local) if devices is None else devices
+    mesh = make_mesh(local[:devices]) if devices > 1 else None
+    log(f"matmul peak (2048x2048 float32): {peak:.0f} GFLOP/s; allocator env applied: {allocator_env_applied()}; "
+        f"{len(local)} {jax.default_backend()} devices, data-parallel rows over {devices}")
     rows = []
     for size in sizes:
         for cell in cells:
             xs, labels = _problem(size)
+            mesh_here = mesh if mesh is not None and size.batch % devices == 0 else None
             if cell == MODEL_CELL:
-                ours_name, jax_side = "explicit BPTT (model_bptt)", model_contenders(size, xs, labels, flax_cells)
+                ours_name = "explicit BPTT (model_bptt)"
+                jax_side = model_contenders(size, xs, labels, flax_cells, mesh_here)
             else:
-                ours_name, jax_side = "explicit BPTT", jax_contenders(cell, size, xs, labels, flax_cells, windows)
+                ours_name = "explicit BPTT"
+                jax_side = jax_contenders(cell, size, xs, labels, flax_cells, windows, mesh_here)
+            if mesh_here is not None:
+                ours_name = sharded_name(devices)
             contenders = jax_side + torch_contenders(cell, size, xs, labels, torch_threads)
             times = time_contenders(contenders, rounds, min_seconds)
             ours = times[ours_name]
             flops = step_flops(cell, size)
             for c in contenders:
                 rows.append({
-                    "cell": cell, "size": size.label(), "contender": c.name,
+                    "cell": cell, "size": size.label(), "contender": c.name, "machine": machine,
                     "ms_per_step": 1e3 * times[c.name],
                     "speedup_of_explicit": times[c.name] / ours,
                     "gflops": flops / times[c.name] / 1e9,
@@ -347,7 +383,8 @@ def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torc
                 log(f"{size.label():22} {cell:9} {c.name:42} {1e3 * times[c.name]:9.2f} ms  "
                     f"x{times[c.name] / ours:5.2f}  temp {c.temp_bytes / 2**20:8.1f} MiB")
     return {
-        "machine": machine_description(),
+        "machine": machine,
+        "devices": devices,
         "matmul_peak_gflops": peak,
         "allocator_env": allocator_env_applied(),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -368,11 +405,13 @@ def machine_description() -> str:
 
 
 def markdown(result: dict) -> str:
+    devices = result.get("devices", 1)
+    ours = f"on {devices} devices (the default training step)" if devices > 1 else "on one device"
     lines = [
         f"Machine: {result['machine']}; matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"allocator env {'on' if result['allocator_env'] else 'off'}; process peak RSS "
         f"{result['peak_rss_mib']:.0f} MiB. Float32, one training step = forward + cross-entropy + backward "
-        f"+ Adam. `x` = time of the contender / time of our explicit BPTT (> 1: ours is faster).",
+        f"+ Adam. `x` = time of the contender / time of our explicit BPTT {ours} (> 1: ours is faster).",
         "",
         "| size | cell | contender | ms/step | x | GFLOP/s | % peak | temp MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -407,6 +446,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--windows", type=int, nargs="*", default=[],
                         help=f"also time the explicit BPTT with these weight-gradient block sizes (default {WINDOW})")
+    parser.add_argument("--devices", type=int, help="data-parallel rows over this many local devices (default: "
+                                                    "all; the command gives itself one per core; 1: none)")
     parser.add_argument("--quick", action="store_true", help="one tiny size, one round (a smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
 
@@ -419,6 +460,9 @@ def run_from_args(args) -> dict:
         raise ValueError(
             f"--hidden/--time/--windows: expected positive ints, got {args.hidden} / {args.time} / {args.windows}"
         )
+    local = len(jax.local_devices())
+    if args.devices is not None and not 1 <= args.devices <= local:
+        raise ValueError(f"--devices: expected 1 to {local} (the local devices), got {args.devices}")
     if args.quick:
         sizes = [Size(4, 3, 8, 6)]
         rounds, min_seconds = 1, 0.0
@@ -431,7 +475,7 @@ def run_from_args(args) -> dict:
         print("torch is not installed: PyTorch contenders skipped (pip install torch)")
     cells = [*args.cells, MODEL_CELL] if args.model and MODEL_CELL not in args.cells else args.cells
     result = run_benchmark(cells, sizes, rounds, min_seconds, not args.no_flax, args.torch_threads,
-                           windows=args.windows)
+                           windows=args.windows, devices=args.devices)
     json_path, md_path = write_results(result, args.out)
     print(markdown(result))
     print(f"wrote {json_path} and {md_path}")
