@@ -133,18 +133,19 @@ def _model_bptt(params, xs, targets, spec, lengths, dropout_key, carries0, retur
     return loss, grads, extras
 
 
-def make_value_and_grad(spec: ModelSpec, grad: str = "bptt", lean: int | None = None):
+def make_value_and_grad(spec: ModelSpec, grad: str = "bptt", lean: int | None = None, compute_dtype=None):
     """``fn(params, xs, targets, dropout_key=None, lengths=None) -> (loss, grads, outputs)``
     (unchecked, traceable) from the explicit BPTT (:func:`explicit_model`, ``lean`` its segment
     length) or from ``jax.grad`` of the same forward pass (``grad="autodiff"``). ``outputs`` are
-    the head's, batch-major: ``(B, C)`` or ``(B, T, C)``."""
+    the head's, batch-major: ``(B, C)`` or ``(B, T, C)``. ``compute_dtype`` (e.g. ``bfloat16``):
+    see :func:`in_compute_dtype`."""
     if grad == "bptt":
 
         def value_and_grad(params, xs, targets, dropout_key=None, lengths=None):
             loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key, lean=lean)
             return loss, grads, batch_major(spec, back.forward.outputs)
 
-        return value_and_grad
+        return value_and_grad if compute_dtype is None else in_compute_dtype(value_and_grad, compute_dtype)
 
     def loss_fn(params, xs, targets, dropout_key, lengths):
         loss, fw = loss_and_forward(params, xs, targets, spec, lengths, dropout_key)
@@ -154,7 +155,28 @@ def make_value_and_grad(spec: ModelSpec, grad: str = "bptt", lean: int | None = 
         (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, targets, dropout_key, lengths)
         return loss, grads, outputs
 
-    return autodiff_value_and_grad
+    if compute_dtype is None:
+        return autodiff_value_and_grad
+    return in_compute_dtype(autodiff_value_and_grad, compute_dtype)
+
+
+def in_compute_dtype(value_and_grad, compute_dtype):
+    """Mixed precision: ``value_and_grad`` (as :func:`make_value_and_grad`'s) computed with the
+    float parameters, inputs and targets cast to ``compute_dtype`` (e.g. ``bfloat16``), while the
+    parameters themselves stay in their dtype (float32). The recurrent layers' weight gradients
+    are accumulated over time in at least float32 (:func:`perceptron1_jax.scan.backward_scan`);
+    loss, gradients and outputs are returned in the parameters' dtype."""
+    dtype = jnp.dtype(compute_dtype)
+
+    def cast(tree):
+        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+    def mixed(params, xs, targets, dropout_key=None, lengths=None):
+        loss, grads, outputs = value_and_grad(cast(params), cast(xs), cast(targets), dropout_key, lengths)
+        out = jax.tree.leaves(params)[0].dtype
+        return loss.astype(out), jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params), outputs.astype(out)
+
+    return mixed
 
 
 def _on_mesh(params, c, mesh, return_extras, lean):

@@ -77,6 +77,7 @@ _HELP = {
     "max_vocab": "text: keep the most frequent tokens (ids, <unk> included; default: all)",
     "max_nonfinite": "stop with exit status 3 after this many consecutive steps with a non-finite loss or gradient "
                      "(each such step is skipped)",
+    "compute_dtype": "mixed precision: forward and backward in bfloat16, parameters and the update in float32",
 }
 
 
@@ -91,11 +92,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from perceptron1_jax.data import TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
-    from perceptron1_jax.train import DTYPES, GRAD_SOURCES
+    from perceptron1_jax.train import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES
 
     choices = {"task": list(TASKS), "cell": ["elman", "lstm", "gru"], "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),
-               "tokens": list(TOKENIZERS)}
+               "tokens": list(TOKENIZERS), "compute_dtype": list(COMPUTE_DTYPES)}
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

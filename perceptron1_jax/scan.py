@@ -239,11 +239,14 @@ def backward_scan(
         inputs = (block_in, jax.tree.map(take, residuals), take(dhs_out_tm), take(mask_tm))
         (dcarry, after), (dzx, dzh_part, dhs) = lax.scan(step, (dcarry, after), inputs, reverse=True)
         grads = cell.param_grads(take(xs_tm), block_in[0], dzx, dzh_part)
-        acc = jax.tree.map(jnp.add, acc, grads)
+        acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
         kept = (dzx, dzh_part) if keep_dz else (None, None)
         return (dcarry, after, acc), (dzx @ w_x_t, dhs) + kept
 
-    state = (final_dcarry, final_carry, jax.tree.map(jnp.zeros_like, cell_params))
+    # Weight gradients add up over the blocks in at least float32 (bfloat16 compute keeps them exact).
+    state = (final_dcarry, final_carry,
+             jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype if jnp.finfo(p.dtype).bits >= 32 else jnp.float32),
+                          cell_params))
     if tail:  # the remainder block at the end of time comes first in reverse
         state, tail_outs = run_block(state, n_full * block, tail)
     state, outs = lax.scan(lambda s, w: run_block(s, w * block, block), state, jnp.arange(n_full), reverse=True)

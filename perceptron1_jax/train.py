@@ -49,6 +49,7 @@ from perceptron1_jax.truncated import run_windows, windows
 
 GRAD_SOURCES = ("bptt", "autodiff")
 DTYPES = ("float32", "float64")
+COMPUTE_DTYPES = ("bfloat16",)  # mixed precision: float32 parameters (bptt.in_compute_dtype)
 # Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
 RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every",
                      "max_nonfinite")
@@ -95,6 +96,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # evaluation split of data without one (the last part of a text)
     max_vocab: int | None = None  # text: keep the most frequent tokens (ids, <unk> included)
     max_nonfinite: int = 10  # stop (exit status 3) after this many consecutive non-finite steps
+    compute_dtype: str | None = None  # "bfloat16": forward and backward in bfloat16, float32 parameters
 
     def __post_init__(self):
         for name in ("data", "classes"):  # one path or a list (TOML, JSON) -> a tuple of str
@@ -190,6 +192,11 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     choice("schedule", cfg.schedule, SCHEDULES)
     choice("grad", cfg.grad, GRAD_SOURCES)
     choice("dtype", cfg.dtype, DTYPES)
+    if cfg.compute_dtype is not None:
+        choice("compute_dtype", cfg.compute_dtype, COMPUTE_DTYPES)
+        if cfg.dtype != "float32":
+            raise ValueError(f"compute_dtype: expected dtype float32 (the parameters) with compute_dtype "
+                             f"{cfg.compute_dtype}, got dtype {cfg.dtype}")
     for name in ("hidden", "batch_size", "num_train", "num_eval", "steps", "eval_every", "log_every",
                  "checkpoint_every", "max_nonfinite"):
         validate.check_positive_int(name, getattr(cfg, name))
@@ -333,7 +340,7 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
     """
     spec = spec or cfg.model_spec
     mesh = make_mesh(jax.devices()) if mesh is None else mesh
-    value_and_grad = data_parallel(make_value_and_grad(spec, cfg.grad), spec, mesh)
+    value_and_grad = data_parallel(make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype), spec, mesh)
 
     @jax.jit
     def train_step(params, opt_state, batch, dropout_key=None):

@@ -189,6 +189,17 @@ def test_bad_configs():
         check_config(dataclasses.replace(TINY, task="chars", seq_len=8, tbptt_k1=4))
     with pytest.raises(ValueError, match="config: unknown keys \\['hiden'\\]"):
         config_from_dict({"hiden": 3})
+    with pytest.raises(ValueError, match="compute_dtype: expected one of \\['bfloat16'\\], got 'float16'"):
+        check_config(dataclasses.replace(TINY, compute_dtype="float16"))
+    with pytest.raises(ValueError, match="compute_dtype: expected dtype float32 .* got dtype float64"):
+        check_config(dataclasses.replace(TINY, compute_dtype="bfloat16", dtype="float64"))
+
+
+@pytest.mark.standard_promotion
+def test_bfloat16_compute_trains_float32_params():
+    state = _run(dataclasses.replace(TINY, compute_dtype="bfloat16", steps=6, eval_every=3))
+    assert state.step == 6 and all(a.dtype == np.float32 for a in jax.tree.leaves(state.params))
+    assert all(np.isfinite(r["loss"]) for r in state.history if "loss" in r)
 
 
 def test_layered_model_with_dropout_resumes_exactly(tmp_path):
