@@ -323,8 +323,7 @@ def cmd_train(args) -> int:
         if writer:
             check_out_dir(out)
     except ValueError as err:  # DataError included: names the file, array or line
-        raise UsageError(str(err).replace("batch_size: ", "--batch-size: ", 1).replace("devices: ", "--devices: ", 1)
-                         ) from err
+        raise UsageError(str(err)) from err
     say = print if writer else (lambda *a, **k: None)
     what = f"task {cfg.task}" if cfg.task is not None else f"data {data.info.source} ({data.info.kind})"
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""

@@ -1,9 +1,31 @@
-"""Shared fixtures: float64 on demand (restored afterwards), strict dtype promotion."""
+"""Shared fixtures: float64 on demand (restored afterwards), strict dtype promotion; one compilation
+cache per test session."""
 
 import contextlib
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
+
+# XLA's compiled programs cached on disk for this session only (a fresh folder each run, shared by
+# the xdist workers and the subprocesses the tests start, which inherit the variable): the suite
+# compiles the same small programs in many tests. The cache changes no result, only compile time.
+CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = CACHE_VARIABLE not in os.environ
+if _OWN_CACHE:
+    os.environ[CACHE_VARIABLE] = tempfile.mkdtemp(prefix="perceptron1-jax-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_VARIABLE])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # the process that made it (not an xdist worker)
+        shutil.rmtree(os.environ[CACHE_VARIABLE], ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
 """Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests/test_parallel.py does): the
 train step on 4 devices equals the step on 1 (float64, many-to-many with lengths, and a token
 classifier); a run checkpointed on 4 devices resumes on 2 and ends where a one-device run does;
-batch sizes that do not divide by the devices and too many --devices are named errors."""
+batch sizes that do not divide by the devices and too many --devices are named errors; the
+benchmark has its data-parallel rows."""
 
+import json
 import sys
 import tempfile
 
@@ -89,11 +91,19 @@ with tempfile.TemporaryDirectory() as folder:
         else:
             raise AssertionError(f"no error: {message}")
     for argv, message in [(["--devices", "5"], "--devices: expected 1 to 4 (the devices of this process), got 5"),
-                          (["--batch-size", "6"], "--batch-size: expected a batch divisible by the 4 devices")]:
+                          (["--batch-size", "6"], "batch_size: expected a batch divisible by the 4 devices")]:
         sys.stderr = captured = tempfile.TemporaryFile("w+")
         status = main(["train", "--steps", "1", "--out", folder + "/cli", *argv])
         sys.stderr = sys.__stderr__
         captured.seek(0)
         text = captured.read()
         assert status == 2 and message in text and len(text.splitlines()) == 1, (status, text)
+
+    # The benchmark's data-parallel rows: ours and jax.grad under the same shard_map.
+    jax.config.update("jax_enable_x64", False)
+    assert main(["bench", "--quick", "--cells", "gru", "--no-flax", "--devices", "2", "--out", folder]) == 0
+    rows = json.loads(open(folder + "/benchmark.json").read())["rows"]
+    names = {r["contender"] for r in rows}
+    assert {"explicit BPTT, 2 devices (train's step)", "jax.grad(lax.scan), 2 devices", "explicit BPTT"} <= names
+    assert all(r["machine"] for r in rows)
 print("OK")
