@@ -212,6 +212,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"num_train: expected at least batch_size = {cfg.batch_size} examples, got {cfg.num_train}")
     if cfg.warmup_steps < 0 or cfg.momentum < 0:
         raise ValueError(f"warmup_steps/momentum: expected values >= 0, got {cfg.warmup_steps}/{cfg.momentum}")
+    if cfg.compute_dtype is not None and cfg.tbptt_k1 is not None:
+        raise ValueError(f"compute_dtype: truncated BPTT computes in the parameters' dtype, got compute_dtype "
+                         f"{cfg.compute_dtype} with tbptt_k1={cfg.tbptt_k1}")
     if cfg.tbptt_k2 is not None and cfg.tbptt_k1 is None:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
     if not isinstance(cfg.bidirectional, bool):

@@ -193,6 +193,8 @@ def test_bad_configs():
         check_config(dataclasses.replace(TINY, compute_dtype="float16"))
     with pytest.raises(ValueError, match="compute_dtype: expected dtype float32 .* got dtype float64"):
         check_config(dataclasses.replace(TINY, compute_dtype="bfloat16", dtype="float64"))
+    with pytest.raises(ValueError, match="compute_dtype: truncated BPTT computes in the parameters' dtype"):
+        check_config(dataclasses.replace(TINY, task="copy", compute_dtype="bfloat16", tbptt_k1=5))
 
 
 @pytest.mark.standard_promotion
