@@ -139,13 +139,10 @@ def make_value_and_grad(spec: ModelSpec, grad: str = "bptt", lean: int | None = 
     length) or from ``jax.grad`` of the same forward pass (``grad="autodiff"``). ``outputs`` are
     the head's, batch-major: ``(B, C)`` or ``(B, T, C)``. ``compute_dtype`` (e.g. ``bfloat16``):
     see :func:`in_compute_dtype`."""
-    if grad == "bptt":
 
-        def value_and_grad(params, xs, targets, dropout_key=None, lengths=None):
-            loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key, lean=lean)
-            return loss, grads, batch_major(spec, back.forward.outputs)
-
-        return value_and_grad if compute_dtype is None else in_compute_dtype(value_and_grad, compute_dtype)
+    def explicit(params, xs, targets, dropout_key=None, lengths=None):
+        loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key, lean=lean)
+        return loss, grads, batch_major(spec, back.forward.outputs)
 
     def loss_fn(params, xs, targets, dropout_key, lengths):
         loss, fw = loss_and_forward(params, xs, targets, spec, lengths, dropout_key)
@@ -155,9 +152,8 @@ def make_value_and_grad(spec: ModelSpec, grad: str = "bptt", lean: int | None = 
         (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, targets, dropout_key, lengths)
         return loss, grads, outputs
 
-    if compute_dtype is None:
-        return autodiff_value_and_grad
-    return in_compute_dtype(autodiff_value_and_grad, compute_dtype)
+    fn = explicit if grad == "bptt" else autodiff_value_and_grad
+    return fn if compute_dtype is None else in_compute_dtype(fn, compute_dtype)
 
 
 def in_compute_dtype(value_and_grad, compute_dtype):

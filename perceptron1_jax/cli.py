@@ -271,8 +271,6 @@ def _start_processes(args) -> None:
              "--process-id": args.process_id}
     if all(v is None for v in given.values()) and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return
-    if args.num_processes is not None and args.num_processes < 1:
-        raise UsageError(f"--num-processes: expected at least 1, got {args.num_processes}")
     try:
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     except (ValueError, RuntimeError) as err:
@@ -281,7 +279,7 @@ def _start_processes(args) -> None:
                          f"({named}): {str(err).splitlines()[0]}") from err
 
 
-def _train_mesh(args, cfg):
+def _train_mesh(args):
     """The mesh of --devices: that many devices of every process (default: all)."""
     import jax
 
@@ -289,7 +287,7 @@ def _train_mesh(args, cfg):
 
     local = len(jax.local_devices())
     if args.devices is None:
-        return make_mesh(jax.devices()) if cfg.tbptt_k1 is None else None
+        return None  # train's default (run_mesh): every device, one for truncated BPTT
     if not 1 <= args.devices <= local:
         raise UsageError(f"--devices: expected 1 to {local} (the devices of this process), got {args.devices}")
     return make_mesh([d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)[:args.devices]])
@@ -319,7 +317,7 @@ def cmd_train(args) -> int:
     try:
         data = run_data(cfg)
         spec = check_run(cfg, data)
-        mesh = run_mesh(cfg, _train_mesh(args, cfg))
+        mesh = run_mesh(cfg, _train_mesh(args))
         if writer:
             check_out_dir(out)
     except ValueError as err:  # DataError included: names the file, array or line

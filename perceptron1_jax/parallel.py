@@ -153,11 +153,11 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     for name, value in (("num_processes", num_processes), ("process_id", process_id)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    if num_processes == 0:
+        raise ValueError("num_processes: expected at least 1, got 0")
     if num_processes is not None and process_id is not None and process_id >= num_processes:
         raise ValueError(f"process_id: expected 0 to {num_processes - 1} (num_processes {num_processes}), "
                          f"got {process_id}")
-    if num_processes == 0:
-        raise ValueError("num_processes: expected at least 1, got 0")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
 

@@ -705,10 +705,10 @@ def train(
     if data is not None and cfg.task is not None and data.info != task_info(cfg.task_spec):
         cfg = dataclasses.replace(cfg, task=None)  # your data replaces the config's task
     check_config(cfg)
-    writer = jax.process_index() == 0
-    if not writer:
+    writes = out is not None and jax.process_index() == 0  # only process 0 logs and writes to out
+    if jax.process_index() != 0:
         log, progress = (lambda message: None), False
-    out = None if out is None else check_out_dir(out) if writer else Path(out)
+    out = check_out_dir(out) if writes else None if out is None else Path(out)
     data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
     spec = check_run(cfg, data)
     truncated = cfg.tbptt_k1 is not None
@@ -731,7 +731,7 @@ def train(
     if resume:
         if out is None:
             raise ValueError("out: expected the run folder to resume from, got None")
-        for stale in checkpoint.remove_temporaries(out) if writer else ():
+        for stale in checkpoint.remove_temporaries(out) if writes else ():
             log(f"removed {stale.name}, left by a write that was killed")
         raw = checkpoint.latest_good_checkpoint(out, on_bad=lambda err: log(f"warning: {err}; trying an older one"))
         if raw is None:
@@ -743,10 +743,10 @@ def train(
             params, opt_state = restore(cfg, raw, spec)
             start = last_saved = int(raw["step"])
             log(f"resumed from {raw['path']} at step {start}")
-        dropped = trim_metrics(out / "metrics.jsonl", start) if writer else 0
+        dropped = trim_metrics(out / "metrics.jsonl", start) if writes else 0
         if dropped:
             log(f"dropped {dropped} metrics entries logged after step {start} (the resumed run logs them again)")
-    if out is not None and writer:
+    if writes:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
         (out / "data.json").write_text(json.dumps(info.to_dict(), indent=2, sort_keys=True))
 
@@ -762,7 +762,7 @@ def train(
         params, opt_state = replicate((params, opt_state), mesh)
     state = RunState(params, opt_state, start, info=info, spec=spec, chance=chance(data))
 
-    metrics_file = open(out / "metrics.jsonl", "a") if out is not None and writer else None
+    metrics_file = open(out / "metrics.jsonl", "a") if writes else None
     bar = _progress_bar(cfg.steps, start, progress)
     say = bar.write if bar is not None else log
 
@@ -781,7 +781,7 @@ def train(
 
     def save():
         nonlocal last_saved
-        if out is not None and writer:
+        if writes:
             try:
                 checkpoint.save_checkpoint(out, step=state.step, params=state.params, opt_state=state.opt_state,
                                            key=key, config=dataclasses.asdict(cfg), spec=spec_to_dict(spec),
