@@ -15,7 +15,13 @@ import jax.numpy as jnp
 
 from perceptron1_jax import validate
 from perceptron1_jax.layers import direction_forward
-from perceptron1_jax.scan import public_carry, time_mask, zero_carry
+from perceptron1_jax.scan import (  # the unroll's input-projection branch, by the name the issues use
+    hoist_input_projection,  # noqa: F401
+    public_carry,
+    set_hoist_input_projection,  # noqa: F401
+    time_mask,
+    zero_carry,
+)
 
 
 @partial(jax.jit, static_argnames=("cell_name",))
