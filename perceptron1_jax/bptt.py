@@ -48,6 +48,7 @@ from perceptron1_jax.model import (
     single_layer_spec,
     spec_of_params,
 )
+from perceptron1_jax.parallel import check_mesh, data_parallel
 from perceptron1_jax.scan import WINDOW, check_window, public_carry, time_mask, zero_carry
 from perceptron1_jax.spec import ModelSpec
 
@@ -175,15 +176,23 @@ def in_compute_dtype(value_and_grad, compute_dtype):
     return mixed
 
 
+@partial(jax.jit, static_argnames=("spec", "mesh", "lean"))
+def sharded_value_and_grad(params, xs, targets, lengths, dropout_key, spec: ModelSpec, mesh,
+                           lean: int | None = None):
+    """``(loss, grads)`` of the explicit BPTT with the batch split over ``mesh`` (unchecked; see
+    :func:`perceptron1_jax.parallel.data_parallel`). ``xs: (batch, time, ...)`` with ``batch``
+    divisible by the mesh's ``"data"`` axis."""
+    fn = data_parallel(make_value_and_grad(spec, "bptt", lean), spec, mesh)
+    loss, grads, _ = fn(params, xs, targets, dropout_key, lengths)
+    return loss, grads
+
+
 def _on_mesh(params, c, mesh, return_extras, lean):
     """model_bptt over a mesh (checked inputs ``c``)."""
-    from perceptron1_jax import parallel  # parallel builds on this module
-
-    parallel.check_mesh(mesh, c.xs.shape[0])
+    check_mesh(mesh, c.xs.shape[0])
     if return_extras:
         raise ValueError("return_extras: expected False with a mesh (the per-step extras stay on one device), got True")
-    return parallel.sharded_value_and_grad(params, c.xs, c.targets, c.lengths, c.dropout_key, c.spec, mesh,
-                                           _lean_segment(lean))
+    return sharded_value_and_grad(params, c.xs, c.targets, c.lengths, c.dropout_key, c.spec, mesh, _lean_segment(lean))
 
 
 def _lean_segment(lean):

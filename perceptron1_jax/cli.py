@@ -21,7 +21,7 @@ import types
 import typing
 from pathlib import Path
 
-from perceptron1_jax.train import TrainConfig
+from perceptron1_jax.training.config import TrainConfig
 
 EXIT_USAGE = 2
 EXIT_STATUSES = ("Exit status: 0 done (also when stopped early at the target); 1 a failed write (disk full: the "
@@ -92,7 +92,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from perceptron1_jax.data import TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
-    from perceptron1_jax.train import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES
+    from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES
 
     choices = {"task": list(TASKS), "cell": ["elman", "lstm", "gru"], "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),
@@ -220,7 +220,7 @@ def _read_toml(path: Path) -> dict:
 
 def _train_config(args) -> TrainConfig:
     from perceptron1_jax import checkpoint
-    from perceptron1_jax.train import check_resumable, config_from_dict
+    from perceptron1_jax.training import check_resumable, config_from_dict
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     source = sorted({"data", "classes"} & set(given))
@@ -297,7 +297,7 @@ def cmd_train(args) -> int:
     import jax
 
     from perceptron1_jax.checkpoint import CheckpointError
-    from perceptron1_jax.train import (
+    from perceptron1_jax.training import (
         MismatchError,
         TrainingStopped,
         WriteFailed,
@@ -341,7 +341,7 @@ def cmd_train(args) -> int:
     if not writer:
         return 0
     if evals:
-        from perceptron1_jax.train import describe_eval
+        from perceptron1_jax.training import describe_eval
 
         last = evals[-1]
         verdict = ""
@@ -379,7 +379,7 @@ def _load_run(path):
 
 def cmd_eval(args) -> int:
     from perceptron1_jax.data import chance
-    from perceptron1_jax.train import check_same_data, describe_eval, evaluate_split, run_data
+    from perceptron1_jax.training import check_same_data, describe_eval, evaluate_split, run_data
 
     run = _load_run(args.path)
     try:
@@ -492,16 +492,9 @@ def cmd_gradflow(args) -> int:
     import numpy as np
 
     from perceptron1_jax.diagnostics import decay_rate, set_spectral_radius
-    from perceptron1_jax.train import (
-        TrainConfig,
-        _datasets,
-        _keys,
-        check_config,
-        gradient_flow_of,
-        init_run_params,
-        load_checkpoint,
-        run_data,
-    )
+    from perceptron1_jax.training import TrainConfig, check_config, init_run_params, load_checkpoint, run_data
+    from perceptron1_jax.training.evaluation import gradient_flow_of
+    from perceptron1_jax.training.ingredients import run_keys, task_datasets
 
     _require_positive(args, "seq_len", "hidden", "batch")
     if args.spectral_radius is not None and not args.spectral_radius > 0:
@@ -525,7 +518,7 @@ def cmd_gradflow(args) -> int:
                                                num_eval=args.batch))
             except (ValueError, TypeError) as err:
                 raise UsageError(str(err)) from err
-            params = init_run_params(_keys(cfg)[1], cfg)
+            params = init_run_params(run_keys(cfg)[1], cfg)
             label = f"{cell} at init"
             if args.spectral_radius is not None:
                 params = set_spectral_radius(params, args.spectral_radius)
@@ -534,8 +527,9 @@ def cmd_gradflow(args) -> int:
     profiles = {}
     for cfg, params, label, spec in runs:
         if cfg.task is not None:
-            _, _, k_train, k_eval, _ = _keys(cfg)
-            data, _ = _datasets(dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size)), k_train, k_eval)
+            _, _, k_train, k_eval, _ = run_keys(cfg)
+            sized = dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size))
+            data, _ = task_datasets(sized, k_train, k_eval)
         else:
             try:
                 data = run_data(cfg).train  # the run's own files

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import os
 import re
-from functools import partial
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.model import scored_units
 from perceptron1_jax.spec import ModelSpec
 
@@ -58,9 +56,10 @@ def check_mesh(mesh, batch: int, name: str = "xs") -> int:
 
 def data_parallel(value_and_grad, spec: ModelSpec, mesh: Mesh):
     """``value_and_grad(params, xs, targets, dropout_key, lengths) -> (loss, grads, outputs)``
-    (:func:`perceptron1_jax.bptt.make_value_and_grad`) with the batch split over ``mesh``'s
-    ``"data"`` axis: the same signature, the global mean loss and gradients (replicated), the
-    batch-major ``outputs`` split like the batch. Traceable; the batch must divide by the axis."""
+    (any function of that signature, as :func:`perceptron1_jax.bptt.make_value_and_grad` makes)
+    with the batch split over ``mesh``'s ``"data"`` axis: the same signature, the global mean
+    loss and gradients (replicated), the batch-major ``outputs`` split like the batch.
+    Traceable; the batch must divide by the axis."""
     size = mesh.shape[AXIS]
 
     def local(params, xs, targets, dropout_key, lengths):
@@ -76,16 +75,6 @@ def data_parallel(value_and_grad, spec: ModelSpec, mesh: Mesh):
     # varying-axis check would otherwise ask to be cast; the psum makes loss and gradients replicated.
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), split, split, P(), split), out_specs=(P(), P(), split),
                          check_vma=False)
-
-
-@partial(jax.jit, static_argnames=("spec", "mesh", "lean"))
-def sharded_value_and_grad(params, xs, targets, lengths, dropout_key, spec: ModelSpec, mesh: Mesh,
-                           lean: int | None = None):
-    """``(loss, grads)`` of the explicit BPTT with the batch split over ``mesh`` (unchecked; see
-    :func:`data_parallel`). ``xs: (batch, time, ...)`` with ``batch`` divisible by the axis."""
-    fn = data_parallel(make_value_and_grad(spec, "bptt", lean), spec, mesh)
-    loss, grads, _ = fn(params, xs, targets, dropout_key, lengths)
-    return loss, grads
 
 
 def _global(tree, sharding: NamedSharding):

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from perceptron1_jax.data import DataInfo, Vocabulary
 from perceptron1_jax.spec import ModelSpec
-from perceptron1_jax.train import TrainConfig, load_checkpoint
+from perceptron1_jax.training import TrainConfig, load_checkpoint
 
 
 class Run(NamedTuple):

@@ -1,0 +1,71 @@
+"""Scores of a run's model: a whole split evaluated in chunks, the gradient-flow profile a run
+logs, and the one-line descriptions and JSON values the log and ``metrics.jsonl`` show."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from perceptron1_jax.data import DataInfo
+from perceptron1_jax.diagnostics import model_gradient_flow
+from perceptron1_jax.model import evaluate, scored_units
+from perceptron1_jax.spec import ModelSpec
+from perceptron1_jax.tasks import Dataset
+from perceptron1_jax.training.config import TrainConfig
+
+EVAL_CHUNK = 1024  # examples per evaluation call (bounds the memory of a big split)
+
+
+def evaluate_split(params, data: Dataset, spec: ModelSpec, chunk: int = EVAL_CHUNK) -> dict:
+    """``{"loss", "accuracy"}`` (classifiers) or ``{"loss"}`` (MSE) on a whole split, no dropout:
+    the mean over every scored example (many-to-one) or valid step (many-to-many), computed in
+    chunks of ``chunk`` examples."""
+    n = data.xs.shape[0]
+    totals, count = {}, 0.0
+    for start in range(0, n, chunk):
+        part = Dataset(*(None if a is None else a[start:start + chunk] for a in data))
+        scores = evaluate(params, part.xs, part.labels, spec, part.lengths)
+        size = float(scored_units(spec, part.xs, part.lengths))
+        for k, v in scores.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * size
+        count += size
+    return {k: v / count for k, v in totals.items()}
+
+
+def make_evaluate(cfg: TrainConfig, spec: ModelSpec | None = None) -> Callable:
+    """``evaluate(params, data) -> {"loss", "accuracy"}`` on a whole split (:func:`evaluate_split`)."""
+    spec = spec or cfg.model_spec
+    return lambda params, data: evaluate_split(params, data, spec)
+
+
+def gradient_flow_of(cfg: TrainConfig, params, xs, labels, lengths=None, spec: ModelSpec | None = None):
+    """:class:`~perceptron1_jax.diagnostics.GradientFlow` of the first layer's forward direction
+    (the gradient that has crossed every layer above) on one batch."""
+    return model_gradient_flow(params, xs, labels, spec or cfg.model_spec, lengths)[0]["fwd"]
+
+
+def json_scalar(value):
+    """A metric as a JSON value: a bool, a float, or None for NaN and inf (strict JSON has neither)."""
+    value = np.asarray(jax.device_get(value))
+    if value.dtype == np.bool_:
+        return bool(value)
+    return float(value) if np.isfinite(value) else None
+
+
+def format_value(value, spec: str) -> str:
+    """``value`` formatted by ``spec``; ``nan`` for a metric that was not finite (None)."""
+    return "nan" if value is None else format(value, spec)
+
+
+def describe_eval(entry: dict, info: DataInfo) -> str:
+    """``eval loss 1.2345 (1.781 bits/token), eval accuracy 0.612`` / ``eval MSE 0.0123 (RMSE 0.111)``."""
+    loss = entry["eval_loss"]
+    if loss is None:
+        return "eval loss nan (non-finite)"
+    if not info.classifier:
+        return f"eval loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
+    bits = f" ({loss / math.log(2):.3f} bits/{info.tokens[:-1] if info.tokens else 'token'})" if info.next_token else ""
+    return f"eval loss {loss:.4f}{bits}, eval accuracy {format_value(entry['eval_accuracy'], '.3f')}"

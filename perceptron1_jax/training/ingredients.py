@@ -1,0 +1,108 @@
+"""What a run is made of, each a pure function of its config: the PRNG keys, the data on the
+device, the minibatch of each step, the initial parameters and the optimizer.
+
+Everything random comes from ``cfg.seed``: the minibatch of step ``s`` is a pure function of
+``(seed, s)`` (a permutation per epoch from ``fold_in(key, epoch)``) and so are its dropout masks,
+so a run resumed from a checkpoint at step ``k`` replays exactly the batches of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from perceptron1_jax.data import Data, load_data
+from perceptron1_jax.model import init_model
+from perceptron1_jax.optim import make_optimizer
+from perceptron1_jax.spec import ModelSpec
+from perceptron1_jax.tasks import Dataset
+from perceptron1_jax.training.config import TrainConfig, task_info
+
+
+def run_keys(cfg: TrainConfig):
+    """``(run key, init, train data, eval data, shuffle)`` keys, all from ``cfg.seed``."""
+    key = jax.random.key(cfg.seed)
+    return (key, *jax.random.split(key, 4))
+
+
+def dropout_key_of(cfg: TrainConfig, step: int):
+    """The dropout key of step ``step`` (a pure function of ``(seed, step)``), None without dropout."""
+    if not cfg.dropout:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 0xD50), step)
+
+
+def task_datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
+    """The training and evaluation splits of ``cfg``'s built-in task, drawn from the two keys."""
+    spec, dtype = cfg.task_spec, jnp.dtype(cfg.dtype)
+    return (Dataset(*spec.make(k_train, cfg.num_train, cfg.time, dtype)),
+            Dataset(*(spec.make_eval or spec.make)(k_eval, cfg.num_eval, cfg.time, dtype)))
+
+
+def on_device(data: Data, dtype) -> Data:
+    """``data`` as device arrays: float inputs and targets in ``dtype``, ids, labels and lengths int32."""
+
+    def put(array):
+        if array is None:
+            return None
+        array = np.asarray(array)
+        return jnp.asarray(array, dtype if np.issubdtype(array.dtype, np.floating) else jnp.int32)
+
+    return Data(Dataset(*map(put, data.train)), Dataset(*map(put, data.eval)), data.info)
+
+
+def run_data(cfg: TrainConfig) -> Data:
+    """The data of ``cfg``'s run: the task's splits drawn from the seed, or its files loaded
+    (:func:`perceptron1_jax.data.load_data`), on the device in ``cfg.dtype``."""
+    if cfg.task is not None:
+        _, _, k_train, k_eval, _ = run_keys(cfg)
+        return Data(*task_datasets(cfg, k_train, k_eval), task_info(cfg.task_spec))
+    if cfg.data is None and cfg.classes is None:
+        raise ValueError("data: this run trained on data given in Python (train(..., data=...)); give it again")
+    loaded = load_data(cfg.data, cfg.classes, tokens=cfg.tokens, seq_len=cfg.seq_len, val_fraction=cfg.val_fraction,
+                       seed=cfg.seed, max_vocab=cfg.max_vocab)
+    return on_device(loaded, jnp.dtype(cfg.dtype))
+
+
+@partial(jax.jit, static_argnames=("batch_size",))
+def get_batch(data: Dataset, shuffle_key, step, batch_size: int):
+    """Minibatch of step ``step``: epoch ``e = step // (n // batch_size)`` walks the permutation
+    drawn from ``fold_in(shuffle_key, e)`` (the tail of ``n % batch_size`` examples is dropped)."""
+    n = data.labels.shape[0]
+    per_epoch = n // batch_size
+    epoch, position = step // per_epoch, step % per_epoch
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+    index = jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+    return data.xs[index], data.labels[index], None if data.lengths is None else data.lengths[index]
+
+
+def init_run_params(key, cfg: TrainConfig, spec: ModelSpec | None = None):
+    """Fresh params of the run's model (:func:`perceptron1_jax.init_model` of ``spec``, by default
+    ``cfg.model_spec``)."""
+    return init_model(key, spec or cfg.model_spec, jnp.dtype(cfg.dtype))
+
+
+def initial_params(cfg: TrainConfig, spec: ModelSpec, params=None):
+    """The seed's initial parameters of the run, or ``params`` in their place after checking that
+    they have the structure, shapes and dtypes of those (a ``ValueError`` otherwise)."""
+    template = init_run_params(run_keys(cfg)[1], cfg, spec)
+    if params is None:
+        return template
+    if jax.tree.structure(params) != jax.tree.structure(template) or any(
+        a.shape != b.shape or a.dtype != b.dtype for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))
+    ):
+        raise ValueError(f"params: expected the structure, shapes and dtypes of init_model for {spec}, "
+                         f"got {jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)}")
+    return params
+
+
+def run_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """The optax chain of ``cfg``: optimizer, clipping and learning-rate schedule."""
+    return make_optimizer(
+        cfg.optimizer, cfg.lr, momentum=cfg.momentum, clip=cfg.clip, clip_value=cfg.clip_value,
+        schedule=cfg.schedule, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+    )

@@ -1,0 +1,123 @@
+"""The run folder ``out``: checked before training, then ``config.json``, ``data.json``,
+``metrics.jsonl`` (one JSON object per line) and ``ckpt_<step>.msgpack`` checkpoints
+(:mod:`perceptron1_jax.checkpoint`: atomic, checksummed). Only process 0 writes; a failed write
+stops the run with :class:`~perceptron1_jax.training.state.WriteFailed`, the previous checkpoint
+intact."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from perceptron1_jax import checkpoint
+from perceptron1_jax.data import DataInfo
+from perceptron1_jax.spec import ModelSpec, spec_to_dict
+from perceptron1_jax.training.config import TrainConfig
+from perceptron1_jax.training.state import RunState, WriteFailed
+
+
+def check_out_dir(out) -> Path:
+    """Create the run folder ``out`` and make sure a file can be written in it, before any training;
+    a ``ValueError`` naming the path otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: expected a folder for the run, got the file {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out: cannot create the folder {out} ({err.strerror or err})") from err
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"out: cannot write in the folder {out} ({err.strerror or err})") from err
+    return out
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop the entries of ``metrics.jsonl`` logged after ``step`` (a run killed after its last
+    checkpoint logged them; the resumed run logs them again) and a torn last line. Returns how
+    many lines were dropped; the file is replaced atomically."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(entry, dict) and entry.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+class RunFolder:
+    """What a run writes: its description, metrics and checkpoints, into ``out`` when ``writes``
+    (process 0 of a run with a folder); otherwise metrics go only to the run's history.
+
+    ``last_saved`` is the step of the newest checkpoint of this run (None before the first)."""
+
+    def __init__(self, out: Path | None, writes: bool, *, cfg: TrainConfig, spec: ModelSpec, info: DataInfo, key,
+                 last_saved: int | None = None):
+        self.out, self.writes, self.last_saved = out, writes, last_saved
+        self._cfg, self._spec, self._info, self._key = cfg, spec, info, key
+        self._metrics = None
+
+    def write_description(self) -> None:
+        """``config.json`` and ``data.json``: what the run is and what it trains on."""
+        if self.writes:
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self._cfg), indent=2, sort_keys=True))
+            (self.out / "data.json").write_text(json.dumps(self._info.to_dict(), indent=2, sort_keys=True))
+
+    def open_metrics(self) -> None:
+        """Open ``metrics.jsonl`` to append to (a resumed run continues the file)."""
+        if self.writes:
+            self._metrics = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - closed by close()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def failed(self, what: str, err: OSError, state: RunState) -> WriteFailed:
+        """The :class:`WriteFailed` of a write that raised ``err``, naming the folder and the step."""
+        kept = f"the checkpoint of step {self.last_saved} is intact" if self.last_saved is not None else \
+            "no checkpoint yet"
+        return WriteFailed(f"{what} in {self.out}: {err.strerror or err}; stopped at step {state.step}, {kept}", state)
+
+    def record(self, state: RunState, entry: dict) -> None:
+        """Append ``entry`` to the run's history and, when writing, to ``metrics.jsonl`` (flushed)."""
+        state.history.append(entry)
+        if self._metrics is not None:
+            try:
+                self._metrics.write(json.dumps(entry, allow_nan=False) + "\n")
+                self._metrics.flush()
+            except OSError as err:
+                raise self.failed("cannot write metrics", err, state) from err
+
+    def save(self, state: RunState) -> None:
+        """Checkpoint ``state`` (when writing); the write is atomic, so a failure leaves the previous one."""
+        if not self.writes:
+            return
+        try:
+            checkpoint.save_checkpoint(self.out, step=state.step, params=state.params, opt_state=state.opt_state,
+                                       key=self._key, config=dataclasses.asdict(self._cfg),
+                                       spec=spec_to_dict(self._spec), data=self._info.to_dict())
+        except OSError as err:
+            raise self.failed("cannot write a checkpoint", err, state) from err
+        self.last_saved = state.step
+
+    def save_if_new(self, state: RunState) -> None:
+        """:meth:`save` unless the newest checkpoint is already of this step."""
+        if self.last_saved != state.step:
+            self.save(state)

@@ -1,0 +1,80 @@
+"""What a run holds between steps (:class:`RunState`), the ways it stops before its last step
+(exceptions carrying that state and the command line's exit status), and the signals that ask it to."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from perceptron1_jax.data import DataInfo
+from perceptron1_jax.spec import ModelSpec
+
+
+@dataclass
+class RunState:
+    """What a run holds between steps (and what a checkpoint restores)."""
+
+    params: Any
+    opt_state: Any
+    step: int
+    history: list = field(default_factory=list)  # the metrics records written this session
+    stopped_early: bool = False
+    info: DataInfo | None = None  # what the run trained on
+    spec: ModelSpec | None = None  # the model it trained
+    chance: float | None = None  # eval accuracy of always guessing the most frequent class
+
+
+class TrainingStopped(Exception):
+    """The run stopped before ``cfg.steps`` with its state checkpointed (in ``out``, if given).
+
+    ``exit_status`` is what the command line exits with; ``state`` the :class:`RunState` reached.
+    """
+
+    exit_status = 1
+
+    def __init__(self, message: str, state: RunState):
+        super().__init__(message)
+        self.state = state
+
+
+class NonFiniteStop(TrainingStopped):
+    """``max_nonfinite`` consecutive steps had a non-finite loss or gradient (exit status 3)."""
+
+    exit_status = 3
+
+
+class SignalStop(TrainingStopped):
+    """SIGTERM or SIGINT arrived: the step finished and was checkpointed (exit status 128 + signal)."""
+
+    def __init__(self, message: str, state: RunState, signum: int):
+        super().__init__(message, state)
+        self.exit_status = 128 + signum
+
+
+class WriteFailed(TrainingStopped):
+    """A checkpoint or metrics write failed mid-run (a full disk): the previous checkpoint is intact."""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """``{"signal": None}``, set to SIGTERM/SIGINT's number when one arrives during the block
+    (handlers installed only in the main thread, and not for a signal the process ignores, as
+    ``nohup`` makes it; the previous ones restored after)."""
+    request = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        request["signal"] = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

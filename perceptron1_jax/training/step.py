@@ -1,0 +1,157 @@
+"""The jitted train step: the loss and gradients (explicit BPTT, or ``jax.grad`` for comparison)
+with the batch split over a mesh, one optax update behind the non-finite guard, and the step's
+metrics; the truncated-BPTT step (one update per window); and the devices a run uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from perceptron1_jax import losses
+from perceptron1_jax.bptt import make_value_and_grad
+from perceptron1_jax.diagnostics import max_relative_error
+from perceptron1_jax.model import evaluate
+from perceptron1_jax.parallel import check_mesh, data_parallel, make_mesh
+from perceptron1_jax.scan import time_mask
+from perceptron1_jax.spec import ModelSpec
+from perceptron1_jax.training.config import TrainConfig
+from perceptron1_jax.truncated import run_windows
+
+
+def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
+    """Arg-max accuracy of batch-major ``outputs`` (valid steps only), or None for an MSE head."""
+    if spec.loss != "cross_entropy":
+        return None
+    mask = time_mask(lengths, labels.shape[1]).T if spec.many_to_many and lengths is not None else None
+    return losses.accuracy(outputs, labels, mask)
+
+
+def clip_fired(grads, grad_norm, clip: float | None, clip_value: float | None):
+    """Whether clipping changed the gradient: norm above the bound, or any entry above the value."""
+    fired = jnp.asarray(False)
+    if clip is not None:
+        fired = fired | (grad_norm > clip)
+    if clip_value is not None:
+        biggest = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads)]))
+        fired = fired | (biggest > clip_value)
+    return fired
+
+
+def all_finite(*trees) -> jax.Array:
+    """Whether every float entry of ``trees`` is finite (a traced bool)."""
+    leaves = [jnp.all(jnp.isfinite(a)) for t in trees for a in jax.tree.leaves(t)
+              if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def guarded_update(optimizer, clip, clip_value, params, opt_state, grads, loss):
+    """One optax update, applied only when it is finite: a step whose loss, gradients or new
+    parameters hold NaN or inf leaves ``(params, opt_state)`` as they were (the non-finite guard).
+    Returns ``(params, opt_state, grad_norm, clipped, finite)``."""
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & all_finite(grads, new_params, new_opt_state)
+    keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    return (keep(new_params, params), keep(new_opt_state, opt_state), grad_norm,
+            clip_fired(grads, grad_norm, clip, clip_value), finite)
+
+
+def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, spec: ModelSpec | None = None,
+                    mesh: Mesh | None = None) -> Callable:
+    """The jitted ``train_step(params, opt_state, batch, dropout_key=None) -> (params, opt_state, metrics)``.
+
+    ``batch = (xs, labels)`` or ``(xs, labels, lengths)``; ``dropout_key`` the step's dropout key
+    (None: no dropout); ``spec`` the model (default ``cfg.model_spec``); ``mesh`` the devices the
+    batch is split over (:func:`perceptron1_jax.make_mesh`; default: every device). The same
+    function runs on one device or many: the gradients of the batch's slices are combined into
+    the global mean by one collective (:func:`perceptron1_jax.parallel.data_parallel`) and every
+    device applies the same update to its copy of the parameters. ``metrics``: ``loss``,
+    ``accuracy`` (classifiers), ``grad_norm`` (global norm before clipping), ``clipped``
+    (whether clipping fired) and ``finite`` (whether the update was applied: a step with a
+    non-finite loss, gradient or result leaves params and optimizer state unchanged).
+    """
+    spec = spec or cfg.model_spec
+    mesh = make_mesh(jax.devices()) if mesh is None else mesh
+    value_and_grad = data_parallel(make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype), spec, mesh)
+
+    @jax.jit
+    def train_step(params, opt_state, batch, dropout_key=None):
+        xs, labels, lengths = (*batch, None)[:3]
+        check_mesh(mesh, xs.shape[0], "batch")  # at trace time: a clear error, not XLA's
+        loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths)
+        params, opt_state, grad_norm, clipped, finite = guarded_update(optimizer, cfg.clip, cfg.clip_value, params,
+                                                                       opt_state, grads, loss)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped, "finite": finite}
+        if spec.loss == "cross_entropy":
+            metrics["accuracy"] = batch_accuracy(spec, outputs, labels, lengths)
+        return params, opt_state, metrics
+
+    return train_step
+
+
+def make_truncated_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = None) -> Callable:
+    """Like :func:`make_train_step` but one optax update per TBPTT(k1, k2) window
+    (:func:`perceptron1_jax.run_windows` on the run's model; unidirectional layers, no dropout, no
+    lengths)."""
+    apply = jax.jit(partial(guarded_update, optimizer, cfg.clip, cfg.clip_value))
+    spec = spec or cfg.model_spec
+
+    def train_step(params, opt_state, batch, dropout_key=None):
+        xs, labels = batch[:2]
+        holder = {"opt_state": opt_state, "norms": [], "clipped": [], "finite": []}
+
+        def update(params, loss, grads):
+            new, holder["opt_state"], norm, fired, finite = apply(params, holder["opt_state"], grads, loss)
+            holder["norms"].append(norm)
+            holder["clipped"].append(fired)
+            holder["finite"].append(finite)
+            return new
+
+        params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
+        metrics = {
+            "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
+            "grad_norm": holder["norms"][-1],
+            "clipped": jnp.any(jnp.stack(holder["clipped"])),
+            "finite": jnp.all(jnp.stack(holder["finite"])),
+        }
+        if spec.loss == "cross_entropy":
+            metrics["accuracy"] = evaluate(params, xs, labels, spec)["accuracy"]
+        return params, holder["opt_state"], metrics
+
+    return train_step
+
+
+def make_run_step(cfg: TrainConfig, optimizer, spec: ModelSpec, mesh: Mesh) -> Callable:
+    """The step a run takes: :func:`make_truncated_step` with ``tbptt_k1``, else :func:`make_train_step`."""
+    if cfg.tbptt_k1 is not None:
+        return make_truncated_step(cfg, optimizer, spec)
+    return make_train_step(cfg, optimizer, spec, mesh)
+
+
+def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None) -> Mesh:
+    """The devices a run splits its batches over: ``mesh``, by default every device (of every
+    process); one device for truncated BPTT. A ``ValueError`` names a ``batch_size`` that does not
+    divide by the mesh, or a multi-device mesh for truncated BPTT."""
+    if cfg.tbptt_k1 is not None:
+        if mesh is not None and mesh.size > 1:
+            raise ValueError(f"devices: truncated BPTT (tbptt_k1) runs on one device, got a mesh of {mesh.size}")
+        return make_mesh(jax.local_devices()[:1])
+    mesh = make_mesh(jax.devices()) if mesh is None else mesh
+    check_mesh(mesh, cfg.batch_size, "batch_size")
+    return mesh
+
+
+def gradient_agreement(cfg: TrainConfig, params, batch, spec: ModelSpec | None = None) -> float:
+    """Max relative difference between the explicit BPTT and ``jax.grad`` gradients on a batch
+    ``(xs, labels[, lengths])``."""
+    spec = spec or cfg.model_spec
+    xs, labels, lengths = (*batch, None)[:3]
+    _, ours, _ = jax.jit(make_value_and_grad(spec, "bptt"))(params, xs, labels, None, lengths)
+    _, ref, _ = jax.jit(make_value_and_grad(spec, "autodiff"))(params, xs, labels, None, lengths)
+    return max_relative_error(ours, ref)
