@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale = train.add_argument_group(
         "devices and processes", "Each step splits its batch over the devices (on a CPU, the command gives itself one "
         "device per core unless XLA_FLAGS sets a count); several processes (hosts) each run the same command with "
-        "their own --process-id, and process 0 writes the run folder. See the README's 'Scaling out'.")
+        "their own --process-id, and process 0 writes the run folder. See docs/scaling.md.")
     scale.add_argument("--devices", type=int, help="devices per process to split each batch over (default: all)")
     scale.add_argument("--coordinator", help="HOST:PORT of process 0, for a run over several processes "
                                              "(default: JAX_COORDINATOR_ADDRESS, if set)")

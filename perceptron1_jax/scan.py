@@ -92,7 +92,7 @@ def hoist_input_projection() -> bool:
     and the autodiff backward. In the hoisted form XLA:CPU fuses the slice of the precomputed
     projection into every gate nonlinearity of the step, and those fusions ran ~8x slower than when
     the step's gates read two matmul outputs (measured per XLA thunk with ``jax.profiler``: 79
-    against 9 us per step for the LSTM gates; see the README's Performance section).
+    against 9 us per step for the LSTM gates; see docs/performance.md).
     :func:`set_hoist_input_projection` overrides the choice (the math is the same either way).
     """
     return jax.default_backend() != "cpu" if _HOIST is None else _HOIST

@@ -19,6 +19,16 @@ if _OWN_CACHE:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_VARIABLE])
+
+# The suite compiles thousands of small programs and runs most of them once, on tiny arrays: LLVM's
+# optimisation of XLA:CPU's kernels was a fifth of its time and buys nothing at these sizes. The
+# programs themselves (HLO, fusions, the matrix-product library calls) are the ones users run;
+# only the machine code of the fused kernels is less optimised. Set before the backend starts, and
+# inherited by the subprocesses; a flag of your own (XLA_FLAGS) wins. Benchmarks and the command
+# line keep XLA's default.
+OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
+if OPT_LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_LEVEL_FLAG}=0".strip()
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

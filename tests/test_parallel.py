@@ -19,7 +19,8 @@ from perceptron1_jax import parallel
 from perceptron1_jax.diagnostics import max_relative_error
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent / "scripts"
-FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+FOUR_DEVICES = {**os.environ, "JAX_PLATFORMS": "cpu",  # the suite's own XLA flags (conftest.py) and 4 devices
+                "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()}
 
 
 def test_make_mesh_has_one_data_axis_over_the_devices():

@@ -226,3 +226,32 @@ def test_train_step_of_a_layered_model_equals_jax_grad(x64):
     ref = make_value_and_grad(cfg.model_spec, "autodiff")(params, *batch[:2], key)
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-12)
     assert_trees_close(ours[1], ref[1], rtol=1e-6, atol=1e-14)
+
+
+def test_runs_of_one_program_share_one_step():
+    """train() builds its step through run_step: configs that differ only where the program does not
+    (seed, evaluation, logging) get the same jitted step; any field the program reads gives another."""
+    from perceptron1_jax.parallel import make_mesh
+    from perceptron1_jax.training.step import STEP_FIELDS, run_step
+
+    spec, mesh = TINY.model_spec, make_mesh()
+    optimizer, step = run_step(TINY, spec, mesh)
+    same = dataclasses.replace(TINY, seed=3, eval_every=7, log_every=3, checkpoint_every=4, num_train=128)
+    assert run_step(same, spec, mesh)[1] is step
+    changed = {"grad": "autodiff", "optimizer": "sgd", "lr": 0.03, "momentum": 0.5, "clip": 1.0, "clip_value": 0.5,
+               "schedule": "cosine", "steps": 31, "warmup_steps": 2, "tbptt_k1": 3, "compute_dtype": "bfloat16"}
+    assert sorted(changed) == sorted(set(STEP_FIELDS) - {"tbptt_k2"})
+    for name, value in changed.items():
+        assert run_step(dataclasses.replace(TINY, **{name: value}), spec, mesh)[1] is not step, name
+    truncated = run_step(dataclasses.replace(TINY, tbptt_k1=3), spec, mesh)[1]
+    assert run_step(dataclasses.replace(TINY, tbptt_k1=3, tbptt_k2=2), spec, mesh)[1] is not truncated
+    other_spec = dataclasses.replace(TINY, hidden=9).model_spec
+    assert run_step(TINY, other_spec, mesh)[1] is not step
+    # The shared step trains exactly as a freshly built one.
+    _, k_init, k_train, k_eval, k_shuffle = _keys(TINY)
+    data, _ = _datasets(TINY, k_train, k_eval)
+    params = init_run_params(k_init, TINY)
+    batch = get_batch(data, k_shuffle, 0, TINY.batch_size)
+    fresh = make_train_step(TINY, _optimizer(TINY), spec, mesh)(params, _optimizer(TINY).init(params), batch)
+    shared = step(params, optimizer.init(params), batch)
+    assert_trees_close(shared[0], fresh[0], rtol=0, atol=0)

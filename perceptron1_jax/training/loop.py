@@ -35,12 +35,11 @@ from perceptron1_jax.training.ingredients import (
     on_device,
     run_data,
     run_keys,
-    run_optimizer,
 )
 from perceptron1_jax.training.resume import resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir
 from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop, stop_requests
-from perceptron1_jax.training.step import gradient_agreement, make_run_step, run_mesh
+from perceptron1_jax.training.step import gradient_agreement, run_mesh, run_step
 
 
 def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
@@ -208,7 +207,8 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
         log(f"warning: bidirectional layers on the next-token data {data.info.source!r} read the token they "
             "predict (the backward direction sees step t+1): accuracy will not mean prediction")
     key, _, _, _, k_shuffle = run_keys(cfg)
-    params, optimizer = initial_params(cfg, spec, params), run_optimizer(cfg)
+    params = initial_params(cfg, spec, params)
+    optimizer, step_fn = run_step(cfg, spec, mesh)
     state = RunState(params, optimizer.init(params), 0, info=data.info, spec=spec, chance=chance(data))
     found = resume_from(out, cfg, data.info, spec, writes=writes, log=log) if resume else None
     if found is not None:
@@ -216,7 +216,6 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
     folder = RunFolder(out, writes, cfg=cfg, spec=spec, info=data.info, key=key,
                        last_saved=None if found is None else state.step)
     folder.write_description()
-    step_fn = make_run_step(cfg, optimizer, spec, mesh)
     if check_grads and state.step == 0:
         batch = get_batch(data.train, k_shuffle, 0, cfg.batch_size)
         log(f"explicit BPTT vs jax.grad on the first batch: max relative difference "

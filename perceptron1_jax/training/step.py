@@ -4,6 +4,7 @@ metrics; the truncated-BPTT step (one update per window); and the devices a run 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from functools import partial
 
@@ -20,7 +21,13 @@ from perceptron1_jax.parallel import check_mesh, data_parallel, make_mesh
 from perceptron1_jax.scan import time_mask
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.training.config import TrainConfig
+from perceptron1_jax.training.ingredients import run_optimizer
 from perceptron1_jax.truncated import run_windows
+
+# The fields of a config that the step's program depends on (with the model and the mesh): the
+# gradient, the optimizer and its schedule, clipping, truncation. Runs that agree on them share one step.
+STEP_FIELDS = ("grad", "compute_dtype", "optimizer", "lr", "momentum", "clip", "clip_value", "schedule", "steps",
+               "warmup_steps", "tbptt_k1", "tbptt_k2")
 
 
 def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
@@ -127,11 +134,21 @@ def make_truncated_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = No
     return train_step
 
 
-def make_run_step(cfg: TrainConfig, optimizer, spec: ModelSpec, mesh: Mesh) -> Callable:
-    """The step a run takes: :func:`make_truncated_step` with ``tbptt_k1``, else :func:`make_train_step`."""
+def run_step(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh) -> tuple[optax.GradientTransformation, Callable]:
+    """``(optimizer, step)`` of ``cfg``'s run: :func:`make_truncated_step` with ``tbptt_k1``, else
+    :func:`make_train_step`. Runs that agree on :data:`STEP_FIELDS`, the model and the mesh get the
+    same jitted step, so a process that trains many runs (a sweep, a test suite) traces and
+    compiles each program once (the last 32 are kept)."""
+    return _shared_step(tuple(getattr(cfg, name) for name in STEP_FIELDS), spec, mesh)
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_step(values: tuple, spec: ModelSpec, mesh: Mesh):
+    cfg = TrainConfig(**dict(zip(STEP_FIELDS, values)))
+    optimizer = run_optimizer(cfg)
     if cfg.tbptt_k1 is not None:
-        return make_truncated_step(cfg, optimizer, spec)
-    return make_train_step(cfg, optimizer, spec, mesh)
+        return optimizer, make_truncated_step(cfg, optimizer, spec)
+    return optimizer, make_train_step(cfg, optimizer, spec, mesh)
 
 
 def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None) -> Mesh:
@@ -152,6 +169,11 @@ def gradient_agreement(cfg: TrainConfig, params, batch, spec: ModelSpec | None =
     ``(xs, labels[, lengths])``."""
     spec = spec or cfg.model_spec
     xs, labels, lengths = (*batch, None)[:3]
-    _, ours, _ = jax.jit(make_value_and_grad(spec, "bptt"))(params, xs, labels, None, lengths)
-    _, ref, _ = jax.jit(make_value_and_grad(spec, "autodiff"))(params, xs, labels, None, lengths)
+    _, ours, _ = _jitted_value_and_grad(spec, "bptt")(params, xs, labels, None, lengths)
+    _, ref, _ = _jitted_value_and_grad(spec, "autodiff")(params, xs, labels, None, lengths)
     return max_relative_error(ours, ref)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_value_and_grad(spec: ModelSpec, grad: str) -> Callable:
+    return jax.jit(make_value_and_grad(spec, grad))
