@@ -14,39 +14,35 @@ DOC = ROOT / "docs" / "architecture.md"
 ROW = re.compile(r"^\| `([\w.]+)` \|[^|]*\|([^|]*)\|\s*$")
 
 
+def module_name_of(dotted: str) -> str:
+    """``perceptron1_jax.data.source`` -> ``data.source``; ``perceptron1_jax`` stays itself."""
+    return dotted.removeprefix("perceptron1_jax").removeprefix(".") or "perceptron1_jax"
+
+
 def module_name(path: Path) -> str:
     """``perceptron1_jax/data/source.py`` -> ``data.source``; the package's ``__init__`` -> ``perceptron1_jax``."""
-    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts) or "perceptron1_jax"
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return module_name_of(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def package_imports(path: Path) -> set[str]:
-    """The package's modules that ``path`` imports, at the top or inside a function."""
+    """The package's modules that ``path`` imports, at the top or inside a function (``from A
+    import b`` counts as ``A.b`` when that is a module, else as ``A``)."""
     found = set()
-
-    def add(dotted: str) -> None:
-        if module_name_of(dotted) in MODULES:
-            found.add(module_name_of(dotted))
-
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] == "perceptron1_jax":
-                    add(alias.name)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "perceptron1_jax":
-            for alias in node.names:
-                dotted = f"{node.module}.{alias.name}"
-                add(dotted if module_name_of(dotted) in MODULES else node.module)
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{alias.name}" if module_name_of(f"{node.module}.{alias.name}") in MODULES
+                     else node.module for alias in node.names]
+        else:
+            continue
+        found |= {module_name_of(n) for n in names
+                  if n.split(".")[0] == "perceptron1_jax" and module_name_of(n) in MODULES}
     return found - {module_name(path)} if path.is_relative_to(PACKAGE) else found
-
-
-def module_name_of(dotted: str) -> str:
-    return dotted.removeprefix("perceptron1_jax").removeprefix(".") or "perceptron1_jax"
 
 
 def doc_rows() -> list[tuple[str, set[str]]]:
