@@ -46,6 +46,7 @@ from perceptron1_jax.spec import LayerSpec, ModelSpec
 from perceptron1_jax.train import TrainConfig
 from perceptron1_jax.train import load_checkpoint
 from perceptron1_jax.train import train
+from perceptron1_jax.training.population import Population
 from perceptron1_jax.truncated import run_windows
 from perceptron1_jax.unroll import unroll
 
@@ -61,6 +62,7 @@ __all__ = (
     "LayerSpec",
     "ModelExtras",
     "ModelSpec",
+    "Population",
     "Run",
     "TrainConfig",
     "accuracy",

@@ -4,7 +4,8 @@ atomically.
 File layout: 8-byte magic ``P1JXCKPT``, the SHA-256 of the payload (32 bytes), then the msgpack
 payload ``{"format", "step", "config" (JSON text), "spec" (the model's
 :class:`~perceptron1_jax.spec.ModelSpec` as JSON text), "data" (the
-:class:`~perceptron1_jax.data.DataInfo`, vocabulary included, as JSON text), "key" (uint32 key data), "params",
+:class:`~perceptron1_jax.data.DataInfo`, vocabulary included, as JSON text), "population" (JSON
+text: a population's description and members' status, or null), "key" (uint32 key data), "params",
 "opt_state"}``. Format 2 holds params in the model layout (``layers``/``head``/``embed``).
 A write goes to a temporary file in the same folder, is fsynced and then renamed over the target,
 so a crash mid-write never leaves a half checkpoint under a checkpoint's name and the previous
@@ -61,8 +62,11 @@ def list_checkpoints(out_dir) -> list[Path]:
 
 
 def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, spec: dict | None = None,
-                    data: dict | None = None, keep: int = 3) -> Path:
+                    data: dict | None = None, population: dict | None = None, keep: int = 3) -> Path:
     """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files.
+
+    ``population``: a population's description and its members' status (JSON); its ``params``
+    and ``opt_state`` then carry a leading member axis.
 
     Params or optimizer state holding NaN or inf are refused (:class:`CheckpointError`) before
     anything is written. An ``OSError`` while writing (a full disk) leaves the previous
@@ -79,6 +83,7 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
             "config": json.dumps(config, sort_keys=True),
             "spec": json.dumps(spec, sort_keys=True),
             "data": json.dumps(data, sort_keys=True),
+            "population": json.dumps(population, sort_keys=True),
             "key": np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key),
             "params": serialization.to_state_dict(params),
             "opt_state": serialization.to_state_dict(opt_state),
@@ -152,6 +157,7 @@ def read_checkpoint(path) -> dict:
     raw["config"] = json.loads(raw["config"])
     raw["spec"] = json.loads(raw["spec"]) if "spec" in raw else None
     raw["data"] = json.loads(raw["data"]) if "data" in raw else None
+    raw["population"] = json.loads(raw["population"]) if "population" in raw else None
     raw["path"] = str(path)
     return raw
 

@@ -52,6 +52,7 @@ _HELP = {
     "momentum": "SGD momentum (0 for plain SGD)",
     "clip": "clip gradients by global norm to this bound (optax.clip_by_global_norm)",
     "clip_value": "clip every gradient entry to [-v, v] (optax.clip)",
+    "weight_decay": "decoupled weight decay (adam: optax.adamw; sgd, rmsprop: optax.add_decayed_weights)",
     "schedule": "learning-rate schedule: constant, cosine or warmup_cosine",
     "warmup_steps": "warm-up steps of warmup_cosine",
     "steps": "total optimizer steps of the run (a --resume stops at the same step)",

@@ -52,6 +52,29 @@ def embed_backward(table: Array, ids: Array, dxs: Array) -> Array:
 # --------------------------------------------------------------------------- dropout
 
 
+class DropoutDraw(NamedTuple):
+    """A dropout key with its own rate, given where a ``dropout_key`` goes: the rate of a
+    population member under ``vmap`` (a traced scalar) instead of the model's ``spec.dropout``.
+    Rate 0 draws multipliers of exactly 1 (the model without dropout)."""
+
+    key: Array
+    rate: Array  # () the dropout probability
+
+
+def dropout_parts(dropout_key, rate: float):
+    """``(key, rate)`` of a plain key (the model's ``rate``) or of a :class:`DropoutDraw`."""
+    if isinstance(dropout_key, DropoutDraw):
+        return dropout_key.key, dropout_key.rate
+    return dropout_key, rate
+
+
+def fold_dropout(dropout_key, data: int | Array):
+    """``jax.random.fold_in`` of a dropout key (plain or a :class:`DropoutDraw`, rate kept)."""
+    if isinstance(dropout_key, DropoutDraw):
+        return DropoutDraw(jax.random.fold_in(dropout_key.key, data), dropout_key.rate)
+    return jax.random.fold_in(dropout_key, data)
+
+
 def dropout_mask(key, rate: float, shape: tuple[int, ...], dtype) -> Array:
     """Inverted-dropout multiplier: ``0`` with probability ``rate``, else ``1 / (1 - rate)``."""
     keep = 1.0 - rate

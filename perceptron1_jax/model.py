@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS
-from perceptron1_jax.layers import dropout_mask, embed_forward, head_forward, recurrent_forward
+from perceptron1_jax.layers import dropout_mask, dropout_parts, embed_forward, head_forward, recurrent_forward
 from perceptron1_jax.scan import time_mask
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 
@@ -76,7 +76,9 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
 
     ``xs: (B, T, I)`` floats or ``(B, T)`` token ids; ``lengths: (B,)`` or None; ``dropout_key``
     None (no dropout) or a key: layer ``k >= 1``'s input uses ``split(key, L)[k]``, the head's
-    input ``split(key, L)[0]``. ``carries0``: None or per layer ``{direction: carry tuple}``
+    input ``split(key, L)[0]``, at the rate ``spec.dropout`` (or the rate of a
+    :class:`~perceptron1_jax.layers.DropoutDraw`, a key with its own rate). ``carries0``: None or
+    per layer ``{direction: carry tuple}``
     (zeros where missing). ``save``: keep the tapes for :func:`perceptron1_jax.bptt.explicit_model`;
     ``lean=k``: keep a carry every ``k`` steps instead.
 
@@ -87,11 +89,12 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
     inputs = embed_forward(params["embed"], xs) if spec.tokens else xs
     x_tm = jnp.swapaxes(inputs, 0, 1)
     mask_tm = time_mask(lengths, x_tm.shape[0])
-    drop = dropout_key is not None and spec.dropout > 0
+    dropout_key, rate = dropout_parts(dropout_key, spec.dropout)
+    drop = dropout_key is not None and (not isinstance(rate, (int, float)) or rate > 0)
     keys = jax.random.split(dropout_key, len(spec.layers)) if drop else None
     layer_masks, finals, tapes = [], [], []
     for k, layer in enumerate(spec.layers):
-        mask = dropout_mask(keys[k], spec.dropout, x_tm.shape, dtype) if drop and k > 0 else None
+        mask = dropout_mask(keys[k], rate, x_tm.shape, dtype) if drop and k > 0 else None
         if mask is not None:
             x_tm = x_tm * mask
         x_tm, layer_finals, layer_tapes = recurrent_forward(
@@ -106,7 +109,7 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
     else:
         last = finals[-1]
         features = jnp.concatenate([last[d][0] for d in spec.layers[-1].directions], axis=-1)
-    head_mask = dropout_mask(keys[0], spec.dropout, features.shape, dtype) if drop else None
+    head_mask = dropout_mask(keys[0], rate, features.shape, dtype) if drop else None
     if head_mask is not None:
         features = features * head_mask
     outputs = head_forward(params["head"], features)

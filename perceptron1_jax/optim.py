@@ -1,8 +1,15 @@
 """Optimizers as optax chains, chosen by name: SGD (with momentum), Adam, RMSProp, with optional
-gradient clipping (global norm or by value) and learning-rate schedules. Nothing hand-written."""
+gradient clipping (global norm or by value), decoupled weight decay and learning-rate schedules.
+Nothing hand-written.
+
+The rates and bounds may be traced scalars (a population's members each train with their own,
+under ``vmap``): the checks below apply to Python numbers, and the chain's structure depends only
+on which options are set, never on their traced values.
+"""
 
 from __future__ import annotations
 
+import jax
 import optax
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -15,7 +22,7 @@ def learning_rate(lr: float, schedule: str = "constant", total_steps: int = 1, w
     ``cosine`` decays from ``lr`` to 0 over ``total_steps``; ``warmup_cosine`` ramps linearly from 0
     over ``warmup_steps`` first.
     """
-    if not lr > 0:
+    if _concrete(lr) and not lr > 0:
         raise ValueError(f"lr: expected a positive learning rate, got {lr}")
     if schedule == "constant":
         return lr
@@ -36,32 +43,52 @@ def make_optimizer(
     schedule: str = "constant",
     total_steps: int = 1,
     warmup_steps: int = 0,
+    weight_decay: float = 0.0,
 ) -> optax.GradientTransformation:
-    """``optax.chain(clip..., optimizer)``.
+    """``optax.chain(clip..., [decay], optimizer)``.
 
     Args:
       name: ``"sgd"`` (with ``momentum``; 0 for plain SGD), ``"adam"`` or ``"rmsprop"``.
       clip: clip by global norm (``optax.clip_by_global_norm``) when set.
       clip_value: clip every entry to ``[-clip_value, clip_value]`` (``optax.clip``) when set.
+      weight_decay: decoupled weight decay ``W``: Adam becomes ``optax.adamw(lr, weight_decay=W)``
+        (``u = -lr (adam(g) + W p)``); SGD and RMSProp get ``optax.add_decayed_weights(W)`` before
+        their update (``g + W p`` is what they scale). 0 (the default) adds nothing to the chain.
     """
     rate = learning_rate(lr, schedule, total_steps, warmup_steps)
+    _check_at_least("momentum", momentum, 0, "a value >= 0")
+    _check_at_least("weight_decay", weight_decay, 0, "a value >= 0")
+    decays = not _concrete(weight_decay) or weight_decay > 0
     if name == "sgd":
-        if momentum < 0:
-            raise ValueError(f"momentum: expected a value >= 0, got {momentum}")
-        core = optax.sgd(rate, momentum=momentum or None)
+        core = optax.sgd(rate, momentum=None if _concrete(momentum) and momentum == 0 else momentum)
     elif name == "adam":
-        core = optax.adam(rate)
+        core = optax.adamw(rate, weight_decay=weight_decay) if decays else optax.adam(rate)
     elif name == "rmsprop":
         core = optax.rmsprop(rate)
     else:
         raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {name!r}")
     parts = []
     if clip is not None:
-        if not clip > 0:
-            raise ValueError(f"clip: expected a positive global-norm bound, got {clip}")
+        _check_positive("clip", clip, "a positive global-norm bound")
         parts.append(optax.clip_by_global_norm(clip))
     if clip_value is not None:
-        if not clip_value > 0:
-            raise ValueError(f"clip_value: expected a positive bound, got {clip_value}")
+        _check_positive("clip_value", clip_value, "a positive bound")
         parts.append(optax.clip(clip_value))
+    if decays and name != "adam":
+        parts.append(optax.add_decayed_weights(weight_decay))
     return optax.chain(*parts, core)
+
+
+def _concrete(value) -> bool:
+    """Whether ``value`` is a number known now (not a traced scalar of a population's step)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _check_positive(name: str, value, expected: str) -> None:
+    if _concrete(value) and not value > 0:
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+
+
+def _check_at_least(name: str, value, low: float, expected: str) -> None:
+    if _concrete(value) and not value >= low:
+        raise ValueError(f"{name}: expected {expected}, got {value}")

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from perceptron1_jax.layers import fold_dropout
 from perceptron1_jax.model import scored_units
 from perceptron1_jax.spec import ModelSpec
 
@@ -63,18 +66,51 @@ def data_parallel(value_and_grad, spec: ModelSpec, mesh: Mesh):
     size = mesh.shape[AXIS]
 
     def local(params, xs, targets, dropout_key, lengths):
-        if dropout_key is not None and size > 1:
-            dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
-        loss, grads, outputs = value_and_grad(params, xs, targets, dropout_key, lengths)
-        weight = scored_units(spec, xs, lengths).astype(loss.dtype)
-        total, summed, units = jax.lax.psum((loss * weight, jax.tree.map(lambda g: g * weight, grads), weight), AXIS)
-        return total / units, jax.tree.map(lambda g: (g / units).astype(g.dtype), summed), outputs
+        weighted = _weighted_slice(value_and_grad, spec, size, jax.lax.axis_index(AXIS), params, xs, targets,
+                                   dropout_key, lengths)
+        return (*_global_mean(jax.lax.psum(weighted[:3], AXIS)), weighted[3])
 
     split = P(AXIS)
     # check_vma=False: the zero initial carries the scans start from are per-device values that the
     # varying-axis check would otherwise ask to be cast; the psum makes loss and gradients replicated.
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), split, split, P(), split), out_specs=(P(), P(), split),
                          check_vma=False)
+
+
+def split_like_mesh(value_and_grad, spec: ModelSpec, size: int):
+    """``value_and_grad`` computed as :func:`data_parallel` over ``size`` devices computes it,
+    on one device: the batch cut into ``size`` consecutive slices (``vmap``), each slice's
+    dropout masks drawn from ``fold_in(key, slice index)``, the weighted means combined. A
+    population member split off on its own device trains exactly as the single run whose batch
+    ``data_parallel`` splits over ``size`` devices (its dropout masks are those)."""
+
+    def split(params, xs, targets, dropout_key, lengths):
+        def cut(a):
+            return None if a is None else a.reshape(size, a.shape[0] // size, *a.shape[1:])
+
+        weighted = jax.vmap(partial(_weighted_slice, value_and_grad, spec, size),
+                            in_axes=(0, None, 0, 0, None, 0))(jnp.arange(size), params, cut(xs), cut(targets),
+                                                              dropout_key, cut(lengths))
+        outputs = weighted[3].reshape(-1, *weighted[3].shape[2:])
+        return (*_global_mean(jax.tree.map(lambda a: jnp.sum(a, axis=0), weighted[:3])), outputs)
+
+    return split
+
+
+def _weighted_slice(value_and_grad, spec, size, index, params, xs, targets, dropout_key, lengths):
+    """One slice's ``(loss * w, grads * w, w, outputs)``, ``w`` the units it scores; its dropout
+    masks from ``fold_in(key, index)`` when there is more than one slice."""
+    if dropout_key is not None and size > 1:
+        dropout_key = fold_dropout(dropout_key, index)
+    loss, grads, outputs = value_and_grad(params, xs, targets, dropout_key, lengths)
+    weight = scored_units(spec, xs, lengths).astype(loss.dtype)
+    return loss * weight, jax.tree.map(lambda g: g * weight, grads), weight, outputs
+
+
+def _global_mean(sums):
+    """``(loss, grads)`` from the summed ``(loss * w, grads * w, w)`` (gradients in their dtype)."""
+    total, summed, units = sums
+    return total / units, jax.tree.map(lambda g: (g / units).astype(g.dtype), summed)
 
 
 def _global(tree, sharding: NamedSharding):

@@ -8,6 +8,12 @@
 - :mod:`~perceptron1_jax.training.state`: :class:`RunState`, the stops, signal requests.
 - :mod:`~perceptron1_jax.training.run_folder`: out checks, metrics file, checkpoint writes.
 - :mod:`~perceptron1_jax.training.resume`: resuming and :func:`load_checkpoint`.
+- :mod:`~perceptron1_jax.training.population`: :class:`Population`, its members' grid.
+- :mod:`~perceptron1_jax.training.population_step`: the population's step (``vmap`` of the
+  run's step, members over devices, memory check).
+- :mod:`~perceptron1_jax.training.summary`: a population's statistics over seeds.
+- :mod:`~perceptron1_jax.training.session`: a single run's session (:class:`Loop`).
+- :mod:`~perceptron1_jax.training.population_loop`: a population's session.
 - :mod:`~perceptron1_jax.training.loop`: :func:`train`.
 """
 
@@ -15,14 +21,24 @@ from perceptron1_jax.training.config import TrainConfig, check_config, check_run
 from perceptron1_jax.training.evaluation import describe_eval, evaluate_split
 from perceptron1_jax.training.ingredients import init_run_params, run_data
 from perceptron1_jax.training.loop import train
+from perceptron1_jax.training.population import Population, member_configs
 from perceptron1_jax.training.resume import MismatchError, check_resumable, check_same_data, load_checkpoint
 from perceptron1_jax.training.run_folder import check_out_dir
-from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop, TrainingStopped, WriteFailed
+from perceptron1_jax.training.state import (
+    NonFiniteStop,
+    PopulationState,
+    RunState,
+    SignalStop,
+    TrainingStopped,
+    WriteFailed,
+)
 from perceptron1_jax.training.step import make_train_step, make_truncated_step, run_mesh
 
 __all__ = (
     "MismatchError",
     "NonFiniteStop",
+    "Population",
+    "PopulationState",
     "RunState",
     "SignalStop",
     "TrainConfig",
@@ -40,6 +56,7 @@ __all__ = (
     "load_checkpoint",
     "make_train_step",
     "make_truncated_step",
+    "member_configs",
     "run_data",
     "run_mesh",
     "run_spec",

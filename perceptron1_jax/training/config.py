@@ -46,6 +46,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     clip: float | None = None  # global-norm clipping bound
     clip_value: float | None = None  # per-entry clipping bound
+    weight_decay: float = 0.0  # decoupled weight decay (optax.adamw; add_decayed_weights for SGD, RMSProp)
     schedule: str = "constant"
     warmup_steps: int = 0
     steps: int = 1000  # total optimizer steps of the run (a resumed run stops at the same step)
@@ -205,6 +206,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise ValueError(f"num_train: expected at least batch_size = {cfg.batch_size} examples, got {cfg.num_train}")
     if cfg.warmup_steps < 0 or cfg.momentum < 0:
         raise ValueError(f"warmup_steps/momentum: expected values >= 0, got {cfg.warmup_steps}/{cfg.momentum}")
+    if not (isinstance(cfg.weight_decay, (int, float)) and math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ValueError(f"weight_decay: expected a number >= 0, got {cfg.weight_decay!r}")
 
 
 def _check_combinations(cfg: TrainConfig) -> None:

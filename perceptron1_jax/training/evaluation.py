@@ -3,10 +3,12 @@ logs, and the one-line descriptions and JSON values the log and ``metrics.jsonl`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from perceptron1_jax.data import DataInfo
@@ -23,15 +25,46 @@ def evaluate_split(params, data: Dataset, spec: ModelSpec, chunk: int = EVAL_CHU
     """``{"loss", "accuracy"}`` (classifiers) or ``{"loss"}`` (MSE) on a whole split, no dropout:
     the mean over every scored example (many-to-one) or valid step (many-to-many), computed in
     chunks of ``chunk`` examples."""
-    n = data.xs.shape[0]
+
+    def score(part: Dataset):
+        return evaluate(params, part.xs, part.labels, spec, part.lengths), scored_units(spec, part.xs, part.lengths)
+
+    return {k: float(v) for k, v in _chunked_means(score, data, 0, chunk).items()}
+
+
+def evaluate_members(params, data: Dataset, which, spec: ModelSpec, chunk: int = EVAL_CHUNK) -> dict:
+    """:func:`evaluate_split` of every member of a population at once: ``params`` with a leading
+    member axis, ``data`` with a leading axis over datasets, ``which: (members,)`` each member's
+    dataset; ``{name: (members,) numpy array}``."""
+    which = jnp.asarray(which)
+    return _chunked_means(lambda part: _member_scores(spec)(params, part, which), data, 1, chunk)
+
+
+@functools.lru_cache(maxsize=32)
+def _member_scores(spec: ModelSpec) -> Callable:
+    def one(params, part: Dataset):
+        return evaluate(params, part.xs, part.labels, spec, part.lengths), scored_units(spec, part.xs, part.lengths)
+
+    def members(params, data: Dataset, which):
+        part = Dataset(*(None if a is None else a[which] for a in data))
+        return jax.vmap(one)(params, part)
+
+    return jax.jit(members)
+
+
+def _chunked_means(score: Callable, data: Dataset, axis: int, chunk: int) -> dict:
+    """Means of ``score(part) -> (scores, units)`` over ``data`` cut in chunks of ``chunk``
+    examples along ``axis``, weighted by the units each chunk scores."""
+    n = data.xs.shape[axis]
     totals, count = {}, 0.0
     for start in range(0, n, chunk):
-        part = Dataset(*(None if a is None else a[start:start + chunk] for a in data))
-        scores = evaluate(params, part.xs, part.labels, spec, part.lengths)
-        size = float(scored_units(spec, part.xs, part.lengths))
+        part = Dataset(*(None if a is None else jax.lax.slice_in_dim(a, start, min(start + chunk, n), axis=axis)
+                         for a in data))
+        scores, units = score(part)
+        units = np.asarray(units, np.float64)
         for k, v in scores.items():
-            totals[k] = totals.get(k, 0.0) + float(v) * size
-        count += size
+            totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * units
+        count = count + units
     return {k: v / count for k, v in totals.items()}
 
 

@@ -25,7 +25,12 @@ from perceptron1_jax.training.config import TrainConfig, task_info
 
 def run_keys(cfg: TrainConfig):
     """``(run key, init, train data, eval data, shuffle)`` keys, all from ``cfg.seed``."""
-    key = jax.random.key(cfg.seed)
+    return seed_keys(cfg.seed)
+
+
+def seed_keys(seed):
+    """:func:`run_keys` of the run with seed ``seed`` (an int, or a traced one: a population member's)."""
+    key = jax.random.key(seed)
     return (key, *jax.random.split(key, 4))
 
 
@@ -33,7 +38,12 @@ def dropout_key_of(cfg: TrainConfig, step: int):
     """The dropout key of step ``step`` (a pure function of ``(seed, step)``), None without dropout."""
     if not cfg.dropout:
         return None
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 0xD50), step)
+    return dropout_key_at(run_keys(cfg)[0], step)
+
+
+def dropout_key_at(run_key, step):
+    """The dropout key of step ``step`` of the run whose key is ``run_key`` (traceable)."""
+    return jax.random.fold_in(jax.random.fold_in(run_key, 0xD50), step)
 
 
 def task_datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
@@ -72,12 +82,16 @@ def run_data(cfg: TrainConfig) -> Data:
 def get_batch(data: Dataset, shuffle_key, step, batch_size: int):
     """Minibatch of step ``step``: epoch ``e = step // (n // batch_size)`` walks the permutation
     drawn from ``fold_in(shuffle_key, e)`` (the tail of ``n % batch_size`` examples is dropped)."""
-    n = data.labels.shape[0]
+    index = batch_index(data.labels.shape[0], shuffle_key, step, batch_size)
+    return data.xs[index], data.labels[index], None if data.lengths is None else data.lengths[index]
+
+
+def batch_index(n: int, shuffle_key, step, batch_size: int):
+    """The ``(batch_size,)`` example indices of step ``step`` among ``n`` (see :func:`get_batch`)."""
     per_epoch = n // batch_size
     epoch, position = step // per_epoch, step % per_epoch
     order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
-    index = jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
-    return data.xs[index], data.labels[index], None if data.lengths is None else data.lengths[index]
+    return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
 def init_run_params(key, cfg: TrainConfig, spec: ModelSpec | None = None):
@@ -101,8 +115,9 @@ def initial_params(cfg: TrainConfig, spec: ModelSpec, params=None):
 
 
 def run_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """The optax chain of ``cfg``: optimizer, clipping and learning-rate schedule."""
+    """The optax chain of ``cfg``: optimizer, clipping, weight decay and learning-rate schedule (its
+    rates may be traced scalars: a population member's)."""
     return make_optimizer(
         cfg.optimizer, cfg.lr, momentum=cfg.momentum, clip=cfg.clip, clip_value=cfg.clip_value,
-        schedule=cfg.schedule, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+        schedule=cfg.schedule, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
     )

@@ -1,50 +1,27 @@
-"""The training loop: :func:`train` takes a config to its last step (or its target accuracy),
-evaluating, logging and checkpointing on the way. Each piece it calls lives one floor down:
-the config (:mod:`~perceptron1_jax.training.config`), what the run is made of
-(:mod:`~perceptron1_jax.training.ingredients`), the step (:mod:`~perceptron1_jax.training.step`),
-the scores (:mod:`~perceptron1_jax.training.evaluation`), the state and its stops
-(:mod:`~perceptron1_jax.training.state`), the folder (:mod:`~perceptron1_jax.training.run_folder`)
-and resuming (:mod:`~perceptron1_jax.training.resume`)."""
+"""The training loop: :func:`train` takes a config (or a population of them) to its last step
+(or its target accuracy), evaluating, logging and checkpointing on the way. Each piece it calls
+lives on a floor below: the session it drives (:mod:`~perceptron1_jax.training.session` for a
+single run, :mod:`~perceptron1_jax.training.population_loop` for a population), and under those
+the config, what the run is made of, the step, the scores, the state, the folder and resuming."""
 
 from __future__ import annotations
 
-import dataclasses
-import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from perceptron1_jax.data import Data, chance
-from perceptron1_jax.parallel import first_copy, replicate, shard_batch
-from perceptron1_jax.training.config import TrainConfig, check_config, check_run, task_info
-from perceptron1_jax.training.evaluation import (
-    describe_eval,
-    evaluate_split,
-    format_value,
-    gradient_flow_of,
-    json_scalar,
-)
-from perceptron1_jax.training.ingredients import (
-    dropout_key_of,
-    get_batch,
-    initial_params,
-    on_device,
-    run_data,
-    run_keys,
-)
-from perceptron1_jax.training.resume import resume_from
-from perceptron1_jax.training.run_folder import RunFolder, check_out_dir
-from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop, stop_requests
-from perceptron1_jax.training.step import gradient_agreement, run_mesh, run_step
+from perceptron1_jax.data import Data
+from perceptron1_jax.training.config import TrainConfig
+from perceptron1_jax.training.population import Population
+from perceptron1_jax.training.population_loop import start_population_loop
+from perceptron1_jax.training.session import start_loop
+from perceptron1_jax.training.state import RunState, stop_requests
 
 
 def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, check_grads: bool = True, params=None, data: Data | None = None,
-          mesh: Mesh | None = None) -> RunState:
+          mesh: Mesh | None = None, population: Population | None = None) -> RunState:
     """Train ``cfg`` for ``cfg.steps`` total steps; write metrics/checkpoints under ``out``.
 
     The data is ``cfg``'s task, its files (``cfg.data``/``cfg.classes``), or ``data``: a
@@ -60,13 +37,25 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
     failed write raises :class:`WriteFailed`; an unwritable ``out`` is a ``ValueError`` before
     training. Devices: each step splits the batch over ``mesh`` (default every device of every
     process); only process 0 logs and writes. Details: ``docs/training.md``.
+
+    ``population`` (a :class:`~perceptron1_jax.training.population.Population`): train its
+    members, each exactly as its own single run, as one program (one process; members split over
+    the devices of ``mesh``); returns a :class:`~perceptron1_jax.training.state.PopulationState`
+    (stacked params, each member's status, the ``summary`` over seeds, also in
+    ``out/summary.json``). Details: ``docs/populations.md``.
     """
-    loop = start_loop(cfg, out, resume=resume, progress=progress, log=log, check_grads=check_grads,
-                      params=params, data=data, mesh=mesh)
+    if population is not None:
+        if params is not None:
+            raise ValueError("params: a population starts from its members' seeds, got params")
+        loop = start_population_loop(cfg, population, out, resume=resume, progress=progress, log=log,
+                                     check_grads=check_grads, data=data, mesh=mesh)
+    else:
+        loop = start_loop(cfg, out, resume=resume, progress=progress, log=log, check_grads=check_grads,
+                          params=params, data=data, mesh=mesh)
     cfg, state = loop.cfg, loop.state
     try:
         with stop_requests() as stop:
-            while state.step < cfg.steps:
+            while state.step < cfg.steps and not state.stopped_early:
                 batch, metrics = loop.step()
                 loop.guard(metrics)
                 if state.step % cfg.log_every == 0 or state.step == cfg.steps:
@@ -82,158 +71,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
                 if stop["signal"] is not None:
                     loop.stop_by(stop["signal"])
             loop.folder.save_if_new(state)
+            loop.finish()
     finally:
         loop.close()
     return state
-
-
-@dataclasses.dataclass
-class Loop:
-    """One training session: the run's config, data, step function and folder around its
-    :class:`RunState`, with one method per thing the loop does after a step."""
-
-    cfg: TrainConfig
-    state: RunState
-    data: Data
-    step_fn: Callable
-    shard: Mesh | None  # the mesh each batch is split over (None: the truncated step takes it whole)
-    shuffle_key: jax.Array
-    folder: RunFolder
-    say: Callable[[str], None]
-    bar: object | None = None  # the progress bar (tqdm), if shown
-    nonfinite: int = 0  # consecutive non-finite steps
-    tick: tuple[float, int] = (0.0, 0)  # (time, step) of the last metrics line
-
-    def step(self):
-        """Draw this step's batch and apply one update; returns ``(batch, metrics)``."""
-        state, cfg = self.state, self.cfg
-        batch = get_batch(self.data.train, self.shuffle_key, state.step, cfg.batch_size)
-        fed = batch if self.shard is None else shard_batch(batch, self.shard)
-        state.params, state.opt_state, metrics = self.step_fn(state.params, state.opt_state, fed,
-                                                              dropout_key_of(cfg, state.step))
-        state.step += 1
-        return batch, metrics
-
-    def guard(self, metrics) -> None:
-        """Count a skipped non-finite step (logged); stop after ``max_nonfinite`` in a row."""
-        state, cfg = self.state, self.cfg
-        if bool(metrics["finite"]):
-            self.nonfinite = 0
-            return
-        self.nonfinite += 1
-        self.say(f"step {state.step}: non-finite loss or gradients (loss {float(metrics['loss']):.4g}): "
-                 f"update skipped ({self.nonfinite} in a row)")
-        self.folder.record(state, {"step": state.step, "nonfinite": True})
-        if self.nonfinite >= cfg.max_nonfinite:
-            self.folder.save(state)
-            where = f", checkpointed at step {state.step}" if self.folder.out is not None else ""
-            raise NonFiniteStop(
-                f"step {state.step}: {self.nonfinite} consecutive steps with a non-finite loss or gradient "
-                f"(max_nonfinite {cfg.max_nonfinite}): stopped; the parameters are those of the last "
-                f"finite update{where}", state)
-
-    def log_metrics(self, metrics) -> None:
-        """Record the step's metrics with its rate since the last record; show them."""
-        now, step = time.perf_counter(), self.state.step
-        rate = (step - self.tick[1]) / max(now - self.tick[0], 1e-9)
-        self.tick = (now, step)
-        entry = {"step": step, **{k: json_scalar(v) for k, v in metrics.items() if k != "finite"},
-                 "steps_per_sec": rate}
-        self.folder.record(self.state, entry)
-        accuracy = f", accuracy {format_value(entry['accuracy'], '.3f')}" if "accuracy" in entry else ""
-        if self.bar is not None:
-            self.bar.set_postfix(loss=format_value(entry["loss"], ".4f"), it_s=f"{rate:.0f}",
-                                 **({"acc": format_value(entry["accuracy"], ".3f")} if accuracy else {}))
-        else:
-            self.say(f"step {step}: loss {format_value(entry['loss'], '.4f')}{accuracy}, "
-                     f"grad norm {format_value(entry['grad_norm'], '.3g')}")
-
-    def log_gradient_flow(self, batch) -> None:
-        """Record the ``||dL/dh_t||`` profile (and each step's share of ``dL/dW_h``) on ``batch``."""
-        state = self.state
-        flow = gradient_flow_of(self.cfg, first_copy(state.params), *batch, spec=state.spec)
-        self.folder.record(state, {"step": state.step,
-                                   "gradflow_dh_norm": [json_scalar(v) for v in jax.device_get(flow.dh_norm)],
-                                   "gradflow_recurrent": [json_scalar(v) for v in
-                                                          jax.device_get(flow.recurrent_contribution)]})
-
-    def evaluate_reached_target(self) -> bool:
-        """Evaluate on the held-out split and record it; whether the target accuracy is reached."""
-        state, cfg, info = self.state, self.cfg, self.state.info
-        scores = {k: json_scalar(v) for k, v in evaluate_split(first_copy(state.params), self.data.eval,
-                                                               state.spec).items()}
-        entry = {"step": state.step, "eval_loss": scores["loss"]}
-        if "accuracy" in scores:
-            entry["eval_accuracy"] = scores["accuracy"]
-        self.folder.record(state, entry)
-        self.say(f"step {state.step}: {describe_eval(entry, info)}")
-        if info.classifier and cfg.target > 0 and (scores["accuracy"] or 0) >= cfg.target:
-            self.say(f"reached the target accuracy {cfg.target} at step {state.step}: stopping")
-            state.stopped_early = True
-        return state.stopped_early
-
-    def stop_by(self, signum: int) -> None:
-        """Checkpoint the step reached and raise :class:`SignalStop` for ``signum``."""
-        self.folder.save_if_new(self.state)
-        where = f"; checkpoint of step {self.state.step} in {self.folder.out}: continue with --resume" \
-            if self.folder.out else ""
-        raise SignalStop(f"stopped by {signal.Signals(signum).name} after step {self.state.step}{where}", self.state,
-                         signum)
-
-    def close(self) -> None:
-        """Hand back single-device parameters; close the progress bar and the metrics file."""
-        self.state.params, self.state.opt_state = first_copy((self.state.params, self.state.opt_state))
-        if self.bar is not None:
-            self.bar.close()
-        self.folder.close()
-
-
-def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, check_grads: bool, params, data, mesh
-               ) -> Loop:
-    """Everything :func:`train` checks and builds before its first step, in this order: the
-    config, the folder, the data, the model, the devices, the parameters (or the checkpoint
-    resumed), the step function; an error here stops the run before it trains."""
-    if data is not None and cfg.task is not None and data.info != task_info(cfg.task_spec):
-        cfg = dataclasses.replace(cfg, task=None)  # your data replaces the config's task
-    check_config(cfg)
-    writes = out is not None and jax.process_index() == 0  # only process 0 logs and writes to out
-    if jax.process_index() != 0:
-        log, progress = (lambda message: None), False
-    out = check_out_dir(out) if writes else None if out is None else Path(out)
-    data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
-    spec = check_run(cfg, data)
-    mesh = run_mesh(cfg, mesh)
-    if cfg.bidirectional and data.info.next_token:
-        log(f"warning: bidirectional layers on the next-token data {data.info.source!r} read the token they "
-            "predict (the backward direction sees step t+1): accuracy will not mean prediction")
-    key, _, _, _, k_shuffle = run_keys(cfg)
-    params = initial_params(cfg, spec, params)
-    optimizer, step_fn = run_step(cfg, spec, mesh)
-    state = RunState(params, optimizer.init(params), 0, info=data.info, spec=spec, chance=chance(data))
-    found = resume_from(out, cfg, data.info, spec, writes=writes, log=log) if resume else None
-    if found is not None:
-        state.params, state.opt_state, state.step = found
-    folder = RunFolder(out, writes, cfg=cfg, spec=spec, info=data.info, key=key,
-                       last_saved=None if found is None else state.step)
-    folder.write_description()
-    if check_grads and state.step == 0:
-        batch = get_batch(data.train, k_shuffle, 0, cfg.batch_size)
-        log(f"explicit BPTT vs jax.grad on the first batch: max relative difference "
-            f"{gradient_agreement(cfg, state.params, batch, spec):.1e} ({cfg.dtype})")
-    shard = None if cfg.tbptt_k1 is not None else mesh
-    if shard is not None:  # one copy per device
-        state.params, state.opt_state = replicate((state.params, state.opt_state), shard)
-    folder.open_metrics()
-    bar = _progress_bar(cfg.steps, state.step, progress)
-    return Loop(cfg, state, data, step_fn, shard, k_shuffle, folder, bar.write if bar is not None else log, bar,
-                tick=(time.perf_counter(), state.step))
-
-
-def _progress_bar(total, initial, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency; keep working without it
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)

@@ -16,6 +16,8 @@ from perceptron1_jax.data import DataInfo
 from perceptron1_jax.spec import ModelSpec, spec_from_dict
 from perceptron1_jax.training.config import RESUMABLE_CHANGES, TrainConfig, config_from_dict, run_spec, task_info
 from perceptron1_jax.training.ingredients import init_run_params, run_keys, run_optimizer
+from perceptron1_jax.training.population import Population, check_population
+from perceptron1_jax.training.population_step import init_optimizer_states, member_of
 from perceptron1_jax.training.run_folder import trim_metrics
 
 
@@ -61,17 +63,38 @@ def saved_info(raw: dict, cfg: TrainConfig) -> DataInfo:
 
 def restore(cfg: TrainConfig, raw: dict, spec: ModelSpec | None = None):
     """Params and optax state of ``cfg``'s run (model ``spec``, default ``cfg.model_spec``) rebuilt
-    from a raw checkpoint payload."""
+    from a raw checkpoint payload; a population's stacked over its members."""
     template = init_run_params(run_keys(cfg)[1], cfg, spec)
-    params = serialization.from_state_dict(template, raw["params"])
-    opt_state = serialization.from_state_dict(run_optimizer(cfg).init(params), raw["opt_state"])
+    if raw.get("population") is not None:
+        members = check_population(cfg, Population.from_dict(raw["population"]["population"]))
+        template = jax.tree.map(lambda a: jnp.zeros((len(members), *a.shape), a.dtype), template)
+        params = serialization.from_state_dict(template, raw["params"])
+        opt_template = init_optimizer_states(cfg, members, params, len(members))
+    else:
+        params = serialization.from_state_dict(template, raw["params"])
+        opt_template = run_optimizer(cfg).init(params)
+    opt_state = serialization.from_state_dict(opt_template, raw["opt_state"])
     return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, opt_state)
 
 
+def check_same_population(raw: dict, population: Population | None) -> None:
+    """A checkpoint resumed as the same population (or as a single run, neither being one);
+    a :class:`MismatchError` otherwise."""
+    saved = None if raw.get("population") is None else Population.from_dict(raw["population"]["population"])
+    if saved != population:
+        raise MismatchError(f"population: expected {_describe_population(saved)} as in the checkpoint being "
+                            f"resumed, got {_describe_population(population)}")
+
+
+def _describe_population(population: Population | None) -> str:
+    return "a single run" if population is None else f"the population {population.to_dict()}"
+
+
 def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelSpec, *, writes: bool,
-                log: Callable[[str], None]):
-    """``(params, opt_state, step)`` of the newest good checkpoint in ``out`` (None when it has
-    none), checked to be ``cfg``'s run on data described by ``info`` (:class:`MismatchError`).
+                log: Callable[[str], None], population: Population | None = None):
+    """``(params, opt_state, step, status)`` of the newest good checkpoint in ``out`` (None when it
+    has none), checked to be ``cfg``'s run (or ``population``) on data described by ``info``
+    (:class:`MismatchError`); ``status`` a population's members' status (None for a single run).
     When this process writes the folder, it first removes the temporaries of killed writes and
     afterwards drops the metrics logged past that step (the resumed run logs them again)."""
     if out is None:
@@ -86,7 +109,9 @@ def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelS
         saved = config_from_dict(raw["config"])
         check_resumable(saved, cfg)
         check_same_data(saved_info(raw, saved), info)
-        found = (*restore(cfg, raw, spec), int(raw["step"]))
+        check_same_population(raw, population)
+        found = (*restore(cfg, raw, spec), int(raw["step"]),
+                 None if population is None else raw["population"]["status"])
         log(f"resumed from {raw['path']} at step {found[2]}")
     start = 0 if found is None else found[2]
     dropped = trim_metrics(out / "metrics.jsonl", start) if writes else 0
@@ -95,7 +120,7 @@ def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelS
     return found
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, member: int | None = None) -> dict:
     """Load a checkpoint file, or the newest good one of a run folder (``--out``).
 
     Returns a dict with ``params``, ``opt_state`` (the optax state), ``step``, ``config`` (a
@@ -103,6 +128,11 @@ def load_checkpoint(path) -> dict:
     ``data`` (the :class:`~perceptron1_jax.data.DataInfo` of what it trained on, vocabulary included),
     ``key`` (the run's PRNG key data) and ``path``. Raises
     :class:`~perceptron1_jax.checkpoint.CheckpointError` for a missing, truncated or corrupted file.
+
+    A population's checkpoint: with ``member=k``, member ``k``'s params and optax state shaped as
+    its single run's, its own config (seed and values) and spec; without, the stacked params and
+    state (leading member axis), and also ``members`` (their configs), ``population`` and
+    ``status``. ``member`` on a single run's checkpoint is a ``ValueError``.
     """
     path = Path(path)
     if path.is_dir():
@@ -114,8 +144,23 @@ def load_checkpoint(path) -> dict:
         raw = checkpoint.read_checkpoint(path)
     cfg = config_from_dict(raw["config"])
     spec, info = spec_from_dict(raw["spec"]), saved_info(raw, cfg)
+    members = None
+    if raw.get("population") is not None:
+        members = check_population(cfg, Population.from_dict(raw["population"]["population"]))
+        cfg = dataclasses.replace(cfg, dropout=max(m.dropout for m in members))
     if spec != run_spec(cfg, info):
         raise checkpoint.CheckpointError(f"checkpoint {raw['path']}: its spec {spec} does not match its config")
     params, opt_state = restore(cfg, raw, spec)
-    return {"params": params, "opt_state": opt_state, "step": int(raw["step"]), "config": cfg, "spec": spec,
-            "data": info, "key": raw["key"], "path": raw["path"]}
+    loaded = {"params": params, "opt_state": opt_state, "step": int(raw["step"]), "config": cfg, "spec": spec,
+              "data": info, "key": raw["key"], "path": raw["path"]}
+    if members is None:
+        if member is not None:
+            raise ValueError(f"member: expected no member for the single run {raw['path']}, got {member}")
+        return loaded
+    if member is None:
+        return {**loaded, "members": members, "population": Population.from_dict(raw["population"]["population"]),
+                "status": raw["population"]["status"]}
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < len(members):
+        raise ValueError(f"member: expected 0 to {len(members) - 1} (the members of {raw['path']}), got {member!r}")
+    return {**loaded, "params": member_of(params, member), "opt_state": member_of(opt_state, member),
+            "config": members[member], "spec": run_spec(members[member], info), "member": member}

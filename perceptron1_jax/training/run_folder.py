@@ -68,16 +68,32 @@ class RunFolder:
     ``last_saved`` is the step of the newest checkpoint of this run (None before the first)."""
 
     def __init__(self, out: Path | None, writes: bool, *, cfg: TrainConfig, spec: ModelSpec, info: DataInfo, key,
-                 last_saved: int | None = None):
+                 last_saved: int | None = None, population: dict | None = None):
         self.out, self.writes, self.last_saved = out, writes, last_saved
         self._cfg, self._spec, self._info, self._key = cfg, spec, info, key
+        self._population = population
         self._metrics = None
 
     def write_description(self) -> None:
-        """``config.json`` and ``data.json``: what the run is and what it trains on."""
+        """``config.json`` and ``data.json``: what the run is and what it trains on; for a
+        population, ``population.json`` (its description and, per member, ``member``, ``seed``
+        and every value that differs between members)."""
         if self.writes:
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self._cfg), indent=2, sort_keys=True))
             (self.out / "data.json").write_text(json.dumps(self._info.to_dict(), indent=2, sort_keys=True))
+            if self._population is not None:
+                self.write_json("population.json", self._population)
+
+    def write_json(self, name: str, value) -> None:
+        """``out/name`` as indented JSON (when writing), replaced atomically."""
+        if not self.writes:
+            return
+        tmp = self.out / f".{name}.tmp-{os.getpid()}"
+        try:
+            tmp.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n")
+            os.replace(tmp, self.out / name)
+        except OSError as err:
+            raise WriteFailed(f"cannot write {name} in {self.out}: {err.strerror or err}", None) from err
 
     def open_metrics(self) -> None:
         """Open ``metrics.jsonl`` to append to (a resumed run continues the file)."""
@@ -109,10 +125,11 @@ class RunFolder:
         """Checkpoint ``state`` (when writing); the write is atomic, so a failure leaves the previous one."""
         if not self.writes:
             return
+        params, opt_state, population = state.checkpoint_parts()
         try:
-            checkpoint.save_checkpoint(self.out, step=state.step, params=state.params, opt_state=state.opt_state,
+            checkpoint.save_checkpoint(self.out, step=state.step, params=params, opt_state=opt_state,
                                        key=self._key, config=dataclasses.asdict(self._cfg),
-                                       spec=spec_to_dict(self._spec), data=self._info.to_dict())
+                                       spec=spec_to_dict(self._spec), data=self._info.to_dict(), population=population)
         except OSError as err:
             raise self.failed("cannot write a checkpoint", err, state) from err
         self.last_saved = state.step

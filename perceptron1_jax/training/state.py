@@ -9,6 +9,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
+
 from perceptron1_jax.data import DataInfo
 from perceptron1_jax.spec import ModelSpec
 
@@ -25,6 +27,34 @@ class RunState:
     info: DataInfo | None = None  # what the run trained on
     spec: ModelSpec | None = None  # the model it trained
     chance: float | None = None  # eval accuracy of always guessing the most frequent class
+
+
+    def checkpoint_parts(self):
+        """``(params, opt_state, population)`` as a checkpoint holds them (no population here)."""
+        return self.params, self.opt_state, None
+
+
+@dataclass
+class PopulationState(RunState):
+    """A population's :class:`RunState`: ``params`` and ``opt_state`` with a leading member axis
+    (while training, padded to a multiple of the devices; ``size`` members are real), each
+    member's ``status`` (``stopped``: None, ``"nonfinite"`` or ``"target"``; ``nonfinite``: its
+    consecutive non-finite steps; ``target_step``: the step it first reached the target accuracy)
+    and, once done, the ``summary`` over seeds (``summary.json``)."""
+
+    members: tuple = ()  # the members' TrainConfigs
+    population: Any = None  # the Population
+    status: list = field(default_factory=list)
+    summary: dict | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def checkpoint_parts(self):
+        """The real members' stacked ``(params, opt_state)`` and the population's description and status."""
+        return (*jax.tree.map(lambda a: a[:self.size], (self.params, self.opt_state)),
+                {"population": self.population.to_dict(), "status": self.status})
 
 
 class TrainingStopped(Exception):

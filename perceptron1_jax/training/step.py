@@ -26,8 +26,8 @@ from perceptron1_jax.truncated import run_windows
 
 # The fields of a config that the step's program depends on (with the model and the mesh): the
 # gradient, the optimizer and its schedule, clipping, truncation. Runs that agree on them share one step.
-STEP_FIELDS = ("grad", "compute_dtype", "optimizer", "lr", "momentum", "clip", "clip_value", "schedule", "steps",
-               "warmup_steps", "tbptt_k1", "tbptt_k2")
+STEP_FIELDS = ("grad", "compute_dtype", "optimizer", "lr", "momentum", "clip", "clip_value", "weight_decay",
+               "schedule", "steps", "warmup_steps", "tbptt_k1", "tbptt_k2")
 
 
 def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
@@ -89,17 +89,26 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
 
     @jax.jit
     def train_step(params, opt_state, batch, dropout_key=None):
-        xs, labels, lengths = (*batch, None)[:3]
-        check_mesh(mesh, xs.shape[0], "batch")  # at trace time: a clear error, not XLA's
-        loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths)
-        params, opt_state, grad_norm, clipped, finite = guarded_update(optimizer, cfg.clip, cfg.clip_value, params,
-                                                                       opt_state, grads, loss)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped, "finite": finite}
-        if spec.loss == "cross_entropy":
-            metrics["accuracy"] = batch_accuracy(spec, outputs, labels, lengths)
-        return params, opt_state, metrics
+        check_mesh(mesh, batch[0].shape[0], "batch")  # at trace time: a clear error, not XLA's
+        return update_step(cfg, spec, value_and_grad, optimizer, params, opt_state, batch, dropout_key)
 
     return train_step
+
+
+def update_step(cfg: TrainConfig, spec: ModelSpec, value_and_grad: Callable, optimizer, params, opt_state, batch,
+                dropout_key=None):
+    """One step of :func:`make_train_step` (traceable): ``(params, opt_state, metrics)`` after the
+    loss and gradients of ``value_and_grad(params, xs, labels, dropout_key, lengths)`` and one
+    guarded update. ``cfg.clip``/``cfg.clip_value`` (and the ``optimizer`` built from ``cfg``)
+    may hold traced scalars: a population member's, under ``vmap``."""
+    xs, labels, lengths = (*batch, None)[:3]
+    loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths)
+    params, opt_state, grad_norm, clipped, finite = guarded_update(optimizer, cfg.clip, cfg.clip_value, params,
+                                                                   opt_state, grads, loss)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped, "finite": finite}
+    if spec.loss == "cross_entropy":
+        metrics["accuracy"] = batch_accuracy(spec, outputs, labels, lengths)
+    return params, opt_state, metrics
 
 
 def make_truncated_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = None) -> Callable:
@@ -107,31 +116,34 @@ def make_truncated_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = No
     (:func:`perceptron1_jax.run_windows` on the run's model; unidirectional layers, no dropout, no
     lengths)."""
     apply = jax.jit(partial(guarded_update, optimizer, cfg.clip, cfg.clip_value))
-    spec = spec or cfg.model_spec
+    return partial(truncated_update, cfg, spec or cfg.model_spec, optimizer, apply=apply)
 
-    def train_step(params, opt_state, batch, dropout_key=None):
-        xs, labels = batch[:2]
-        holder = {"opt_state": opt_state, "norms": [], "clipped": [], "finite": []}
 
-        def update(params, loss, grads):
-            new, holder["opt_state"], norm, fired, finite = apply(params, holder["opt_state"], grads, loss)
-            holder["norms"].append(norm)
-            holder["clipped"].append(fired)
-            holder["finite"].append(finite)
-            return new
+def truncated_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_state, batch, dropout_key=None, *,
+                     apply: Callable | None = None):
+    """One step of :func:`make_truncated_step` (traceable, as :func:`update_step`): an update per
+    window by ``apply`` (default: :func:`guarded_update` of ``optimizer``, unjitted)."""
+    apply = apply or partial(guarded_update, optimizer, cfg.clip, cfg.clip_value)
+    xs, labels = batch[:2]
+    holder = {"opt_state": opt_state, "norms": [], "clipped": [], "finite": []}
 
-        params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
-        metrics = {
-            "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
-            "grad_norm": holder["norms"][-1],
-            "clipped": jnp.any(jnp.stack(holder["clipped"])),
-            "finite": jnp.all(jnp.stack(holder["finite"])),
-        }
-        if spec.loss == "cross_entropy":
-            metrics["accuracy"] = evaluate(params, xs, labels, spec)["accuracy"]
-        return params, holder["opt_state"], metrics
+    def update(params, loss, grads):
+        new, holder["opt_state"], norm, fired, finite = apply(params, holder["opt_state"], grads, loss)
+        holder["norms"].append(norm)
+        holder["clipped"].append(fired)
+        holder["finite"].append(finite)
+        return new
 
-    return train_step
+    params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
+    metrics = {
+        "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
+        "grad_norm": holder["norms"][-1],
+        "clipped": jnp.any(jnp.stack(holder["clipped"])),
+        "finite": jnp.all(jnp.stack(holder["finite"])),
+    }
+    if spec.loss == "cross_entropy":
+        metrics["accuracy"] = evaluate(params, xs, labels, spec)["accuracy"]
+    return params, holder["opt_state"], metrics
 
 
 def run_step(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh) -> tuple[optax.GradientTransformation, Callable]:
