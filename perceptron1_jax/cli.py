@@ -22,6 +22,7 @@ import typing
 from pathlib import Path
 
 from perceptron1_jax.training.config import TrainConfig
+from perceptron1_jax.training.population import VARIED, Population
 
 EXIT_USAGE = 2
 EXIT_STATUSES = ("Exit status: 0 done (also when stopped early at the target); 1 a failed write (disk full: the "
@@ -89,6 +90,34 @@ def _base_type(annotation):
     return annotation
 
 
+# Options whose value is itself a comma list (layers), or paths, which may hold commas.
+_COMMAS_ALLOWED = ("layers", "data", "classes")
+
+
+def _float_list(text: str):
+    """``1e-3`` -> 0.001; ``1e-3,3e-3`` -> [0.001, 0.003] (a population's values)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _one_value(kind):
+    """``kind``, refusing a comma list: only the population options vary between members."""
+
+    def parse(text: str):
+        if "," in text:
+            raise argparse.ArgumentTypeError(
+                f"expected one value, got the list {text!r}: a population varies only --seeds, "
+                f"{', '.join('--' + n.replace('_', '-') for n in VARIED)} (this option sets the shapes or the "
+                "program every member shares)")
+        return kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its messages
+    return parse
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from perceptron1_jax.data import TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
@@ -108,11 +137,20 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                 default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})")
             continue
         many = typing.get_origin(kind) is tuple
+        if f.name in VARIED:
+            kind, extra = _float_list, " (a comma list trains a population)"
+        elif many or f.name in _COMMAS_ALLOWED:
+            kind, extra = str, ""
+        else:
+            kind, extra = _one_value(kind), ""
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=str if many else kind, choices=choices.get(f.name),
-            nargs="+" if many else None, metavar="PATH" if many else None,
-            default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})",
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
+            nargs="+" if many else None, metavar="PATH" if many else ("X[,X...]" if f.name in VARIED else None),
+            default=argparse.SUPPRESS, help=f"{_HELP[f.name]}{extra} (default: {default})",
         )
+
+
+_MEMBER_HELP = "of a population's run: this member (0 to members - 1; population.json lists them)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                     f"--classes). {EXIT_STATUSES}",
     )
     _add_config_options(train)
+    train.add_argument("--seeds", type=_one_value(int), help="train a population: this many members per setting, "
+                       "seeds --seed, --seed + 1, ... (with comma lists of --lr, --momentum, --clip, --clip-value, "
+                       "--dropout, --weight-decay: the grid of every list times the seeds; see docs/populations.md)")
     train.add_argument("--config", type=Path, help="TOML file of options (keys as the long options, '_' or '-')")
     train.add_argument("--out", type=Path, help="run folder for metrics, plots, checkpoints (default runs/TASK-CELL)")
     train.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
@@ -145,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its evaluation split")
     evaluate.add_argument("path", type=Path, help="a checkpoint file or a run folder (its newest checkpoint)")
+    evaluate.add_argument("--member", type=int, help=_MEMBER_HELP)
 
     gen = commands.add_parser(
         "generate", help="write text with a language model run (prompt and text to standard output)",
@@ -157,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default: 1)")
     gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: all)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same text")
+    gen.add_argument("--member", type=int, help=_MEMBER_HELP)
 
     pred = commands.add_parser(
         "predict", help="predictions of a run for new inputs (.npz, .csv, text lines or one string)",
@@ -168,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", type=Path, help="an .npz (xs, optional lengths), a .csv series, or a text "
                                                   "file of one example per line")
     source.add_argument("--text", help="one example as a string")
+    pred.add_argument("--member", type=int, help=_MEMBER_HELP)
+    pred.add_argument("--ensemble", action="store_true", help="a population's members together: the mean of their "
+                                                               "probabilities (classifiers) or outputs (regression)")
     pred.add_argument("--json", action="store_true", help='one JSON object per line: "prediction" and, for '
                                                            'classifiers, "probabilities"')
 
@@ -183,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--batch", type=int, default=32)
     flow.add_argument("--spectral-radius", type=float, help="rescale each W_h block to this spectral radius")
     flow.add_argument("--checkpoint", type=Path, help="use the params of a run (file or run folder)")
+    flow.add_argument("--member", type=int, help=_MEMBER_HELP)
     flow.add_argument("--seed", type=int, default=0)
     flow.add_argument("--png", type=Path, default=Path("gradflow.png"), help="where to write the plot")
 
@@ -219,7 +266,9 @@ def _read_toml(path: Path) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
-def _train_config(args) -> TrainConfig:
+def _train_config(args) -> tuple[TrainConfig, Population | None]:
+    """The run's config and, for a population, its :class:`Population` (lists of the varied
+    options, from the command line or a TOML file; ``--seeds``; or the checkpoint resumed)."""
     from perceptron1_jax import checkpoint
     from perceptron1_jax.training import check_resumable, config_from_dict
 
@@ -232,7 +281,7 @@ def _train_config(args) -> TrainConfig:
     if "layers" in given and shorthand:
         raise UsageError(f"--{shorthand[0]}: expected no --cell/--hidden with --layers (it names every layer's "
                          f"cell and size), got --{shorthand[0]} {given[shorthand[0]]}")
-    values, saved = {}, None
+    values, saved, lists = {}, None, {}
     if args.resume and args.out is not None:
         try:
             raw = checkpoint.latest_good_checkpoint(args.out)
@@ -241,16 +290,29 @@ def _train_config(args) -> TrainConfig:
         if raw is not None:
             saved = raw["config"]
             values.update(saved)
+            if raw.get("population") is not None:
+                lists = {k: v for k, v in raw["population"]["population"].items() if v is not None}
     if args.config is not None:
         values.update(_read_toml(args.config))
     values.update(given)
+    given_lists = {name: values[name] for name in (*VARIED, "seeds") if isinstance(values.get(name), list)}
+    if "seeds" in values:  # a TOML key
+        given_lists["seeds"] = values.pop("seeds")
+    if args.seeds is not None:
+        given_lists["seeds"] = args.seeds
+    if given_lists:
+        lists = given_lists
+    for name, value in lists.items():
+        if name != "seeds":
+            values[name] = value[0]  # the config holds the first member's value
     try:
         cfg = config_from_dict(values)
         if saved is not None:
             check_resumable(config_from_dict(saved), cfg)
+        population = Population(**lists) if lists else None
     except (ValueError, TypeError) as err:  # they name the option and both values
         raise UsageError(str(err)) from err
-    return cfg
+    return cfg, population
 
 
 def describe_spec(spec) -> str:
@@ -310,7 +372,9 @@ def cmd_train(args) -> int:
     )
 
     _start_processes(args)
-    cfg = _train_config(args)
+    cfg, population = _train_config(args)
+    if population is not None:
+        return _train_population(args, cfg, population)
     name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
     out = args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}"
     args.out = out
@@ -358,6 +422,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_population(args, cfg: TrainConfig, population: Population) -> int:
+    """``train`` of a population: one program for every member (see docs/populations.md)."""
+    from perceptron1_jax.checkpoint import CheckpointError
+    from perceptron1_jax.training import MismatchError, TrainingStopped, WriteFailed, member_configs, train
+
+    name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
+    out = args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}-population"
+    try:
+        members = len(member_configs(cfg, population))
+        mesh = _train_mesh(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    print(f"perceptron1 train: population of {members} members ({population.seeds} seeds per setting), "
+          f"{'task ' + cfg.task if cfg.task is not None else 'data'}, {cfg.steps} steps; run folder {out}")
+    try:
+        state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
+                      check_grads=not args.no_gradcheck, mesh=mesh, population=population)
+    except TrainingStopped as stop:
+        print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except (CheckpointError, MismatchError, ValueError) as err:  # bad members, data, memory, resume mismatch
+        raise UsageError(str(err)) from err
+    print(f"summary: {out / 'summary.json'} ({len(state.summary['settings'])} settings over "
+          f"{population.seeds} seeds)")
+    return 0
+
+
 def _plot_or_hint(label: str, draw) -> None:
     """Print where ``draw(plotting_module)`` wrote its PNG, or how to get matplotlib."""
     try:
@@ -368,12 +459,25 @@ def _plot_or_hint(label: str, draw) -> None:
         print(f"{label}: not drawn (matplotlib missing): pip install 'perceptron1_jax[plot]'")
 
 
-def _load_run(path):
+def _load_run(path, member=None):
     from perceptron1_jax.checkpoint import CheckpointError
     from perceptron1_jax.runs import load_run
 
     try:
-        return load_run(path)
+        return load_run(path, member=member)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from err
+    except ValueError as err:  # "member: ..." -> "--member: ..."
+        message = str(err)
+        raise UsageError(f"--{message}" if message.startswith("member:") else message) from err
+
+
+def _load_members(path):
+    from perceptron1_jax.checkpoint import CheckpointError
+    from perceptron1_jax.runs import load_members
+
+    try:
+        return load_members(path)
     except (CheckpointError, ValueError) as err:
         raise UsageError(str(err)) from err
 
@@ -382,7 +486,7 @@ def cmd_eval(args) -> int:
     from perceptron1_jax.data import chance
     from perceptron1_jax.training import check_same_data, describe_eval, evaluate_split, run_data
 
-    run = _load_run(args.path)
+    run = _load_run(args.path, args.member)
     try:
         data = run_data(run.config)
         check_same_data(run.info, data.info)
@@ -400,7 +504,7 @@ def cmd_eval(args) -> int:
 def cmd_generate(args) -> int:
     from perceptron1_jax.generate import generate
 
-    run = _load_run(args.run)
+    run = _load_run(args.run, args.member)
     try:
         text = generate(run, args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
                         seed=args.seed, warn=lambda message: print(f"perceptron1: warning: {message}", file=sys.stderr))
@@ -415,12 +519,22 @@ def cmd_generate(args) -> int:
 def cmd_predict(args) -> int:
     import json
 
-    from perceptron1_jax.prediction import file_inputs, predict_examples, prediction_records, text_inputs
+    from perceptron1_jax.prediction import (
+        ensemble_predictions,
+        file_inputs,
+        predict_examples,
+        prediction_records,
+        text_inputs,
+    )
 
-    run = _load_run(args.run)
+    if args.ensemble and args.member is not None:
+        raise UsageError(f"--ensemble: expected either --ensemble or --member, got --member {args.member} too")
+    runs = _load_members(args.run) if args.ensemble else [_load_run(args.run, args.member)]
+    run = runs[0]
     try:
         inputs = file_inputs(run, args.data) if args.data is not None else text_inputs(run, [args.text])
-        records = prediction_records(run, predict_examples(run, *inputs))
+        result = ensemble_predictions(runs, *inputs) if args.ensemble else predict_examples(run, *inputs)
+        records = prediction_records(run, result)
     except ValueError as err:
         raise UsageError(str(err)) from err
     names = run.info.class_names
@@ -505,9 +619,14 @@ def cmd_gradflow(args) -> int:
         from perceptron1_jax.checkpoint import CheckpointError
 
         try:
-            loaded = load_checkpoint(args.checkpoint)
+            loaded = load_checkpoint(args.checkpoint, member=args.member)
         except CheckpointError as err:
             raise UsageError(str(err)) from err
+        except ValueError as err:
+            raise UsageError(f"--{err}") from err
+        if "members" in loaded:
+            raise UsageError(f"--member: expected a member 0 to {len(loaded['members']) - 1} of the population in "
+                             f"{loaded['path']}, got none")
         cfg = loaded["config"]
         runs.append((cfg, loaded["params"], f"{cfg.layers or cfg.cell} (step {loaded['step']})", loaded["spec"]))
     else:

@@ -64,6 +64,16 @@ def predict_examples(run: Run, xs, lengths=None) -> Predictions:
                        None if lengths is None else np.asarray(lengths))
 
 
+def ensemble_predictions(runs: list[Run], xs, lengths=None) -> Predictions:
+    """The members' mean: of their softmax probabilities (classifiers; the class the mean ranks
+    first) or of their outputs (regression), each member's from :func:`predict_examples`."""
+    each = [predict_examples(run, xs, lengths) for run in runs]
+    if runs[0].info.classifier:
+        mean = np.mean([p.probabilities for p in each], axis=0)
+        return Predictions(mean.argmax(-1), mean, each[0].lengths)
+    return Predictions(np.mean([p.predictions for p in each], axis=0), None, each[0].lengths)
+
+
 def prediction_records(run: Run, result: Predictions) -> list[dict]:
     """One dict per example, in input order (see the module doc); many-to-many predictions are cut
     to each example's length."""

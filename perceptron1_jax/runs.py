@@ -30,8 +30,24 @@ class Run(NamedTuple):
         return Vocabulary(self.info.vocab)
 
 
-def load_run(path) -> Run:
-    """The run in ``path`` (a run folder: its newest good checkpoint; or a checkpoint file).
+def load_run(path, member: int | None = None) -> Run:
+    """The run in ``path`` (a run folder: its newest good checkpoint; or a checkpoint file); of a
+    population, member ``member``'s (needed: a ``ValueError`` without it).
     Raises :class:`~perceptron1_jax.checkpoint.CheckpointError` for a missing or bad file."""
+    loaded = load_checkpoint(path, member=member)
+    if "members" in loaded:
+        raise ValueError(f"member: expected a member 0 to {len(loaded['members']) - 1} of the population in "
+                         f"{loaded['path']}, got none")
+    return _run_of(loaded)
+
+
+def load_members(path) -> list[Run]:
+    """Every member of the population in ``path`` as a :class:`Run` (a single run: itself alone)."""
     loaded = load_checkpoint(path)
+    if "members" not in loaded:
+        return [_run_of(loaded)]
+    return [_run_of(load_checkpoint(loaded["path"], member=k)) for k in range(len(loaded["members"]))]
+
+
+def _run_of(loaded: dict) -> Run:
     return Run(loaded["params"], loaded["spec"], loaded["data"], loaded["config"], loaded["step"], loaded["path"])

@@ -75,8 +75,8 @@ def check_population(cfg: TrainConfig, population: Population) -> tuple[TrainCon
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             raise ValueError(f"population.{name}: expected one or more finite numbers, got {values!r}")
     members = member_configs(cfg, population)
-    for member in members:
-        check_config(member)
+    for _, indices in settings(members):  # the seed changes nothing that a check reads
+        check_config(members[indices[0]])
     if cfg.tbptt_k1 is not None and any(m.dropout for m in members):
         raise ValueError("population.dropout: truncated BPTT trains without dropout, got dropout values "
                          f"{sorted({m.dropout for m in members})}")

@@ -211,21 +211,23 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
         raise ValueError("population: runs in one process (process 0)")
     writes = out is not None
     out = check_out_dir(out) if writes else None
-    pdata = population_data(members, data)
-    check_run(members[0], member_split(pdata, 0))
-    spec = population_spec(cfg, members, pdata.info)
+    shapes = population_data(members, data, shapes_only=True)  # a task's data is drawn after the memory check
+    spec = population_spec(cfg, members, shapes.info)
     layout = population_layout(cfg, len(members), mesh)
     on_members, replicated = member_shardings(layout)
     step_fn = make_population_step(cfg, members, spec, layout)
     member_args = jax.device_put((
-        jnp.asarray(np.concatenate([pdata.which, np.repeat(pdata.which[:1], layout.padded - layout.size)])),
+        jnp.asarray(np.concatenate([shapes.which, np.repeat(shapes.which[:1], layout.padded - layout.size)])),
         jnp.asarray([m.seed for m in members] + [members[0].seed] * (layout.padded - layout.size), jnp.int32),
         hyper_values(members, layout.padded, jnp.dtype(cfg.dtype))), on_members)
-    pdata = pdata._replace(train=jax.device_put(pdata.train, replicated), eval=jax.device_put(pdata.eval, replicated))
     abstract = _abstract_state(cfg, members, spec, layout)
     active = jax.ShapeDtypeStruct((layout.padded,), jnp.bool_, sharding=on_members)
-    step_fn = check_memory(step_fn, (*abstract, active, *member_args, pdata.train,
+    train_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), shapes.train)
+    step_fn = check_memory(step_fn, (*abstract, active, *member_args, train_shapes,
                                      jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)), layout)
+    pdata = population_data(members, data) if isinstance(shapes.train.xs, jax.ShapeDtypeStruct) else shapes
+    check_run(members[0], member_split(pdata, 0))
+    pdata = pdata._replace(train=jax.device_put(pdata.train, replicated), eval=jax.device_put(pdata.eval, replicated))
     params, opt_state = init_population(cfg, members, spec, layout)
     status = [{"stopped": None, "nonfinite": 0, "target_step": None} for _ in members]
     step = 0

@@ -30,7 +30,7 @@ from perceptron1_jax.layers import DropoutDraw
 from perceptron1_jax.parallel import AXIS, check_mesh, data_parallel, make_mesh, split_like_mesh
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.tasks import Dataset
-from perceptron1_jax.training.config import TrainConfig, run_spec
+from perceptron1_jax.training.config import TrainConfig, run_spec, task_info
 from perceptron1_jax.training.ingredients import (
     batch_index,
     dropout_key_at,
@@ -90,11 +90,20 @@ def describe_layout(layout: Layout) -> str:
     return f"batch split over {devices}" if layout.mesh.size > 1 else f"vmap on {devices}"
 
 
-def population_data(members: tuple[TrainConfig, ...], data: Data | None = None) -> PopulationData:
+def population_data(members: tuple[TrainConfig, ...], data: Data | None = None, *,
+                    shapes_only: bool = False) -> PopulationData:
     """Every member's data, each distinct dataset once: ``data`` (made in Python) for all, or
     each seed's :func:`~perceptron1_jax.training.ingredients.run_data`, shared by the seeds whose
-    data come out the same (files without a seeded split)."""
+    data come out the same (files without a seeded split). ``shapes_only``: a task's data as
+    ``jax.ShapeDtypeStruct`` leaves, nothing drawn (what the memory check needs)."""
     dtype = jnp.dtype(members[0].dtype)
+    if shapes_only and data is None and members[0].task is not None:
+        seeds = list(dict.fromkeys(m.seed for m in members))
+        train, evaluation = jax.eval_shape(lambda: tuple(run_data(members[0])[:2]))
+        stacked = [Dataset(*(None if a is None else jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype)
+                             for a in split)) for split in (train, evaluation)]
+        return PopulationData(*stacked, task_info(members[0].task_spec),
+                              np.asarray([seeds.index(m.seed) for m in members], np.int32))
     if data is not None:
         loaded = [on_device(data, dtype)]
         which = [0] * len(members)
