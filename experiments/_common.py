@@ -19,6 +19,8 @@ import sysconfig
 import matplotlib
 
 matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -38,6 +40,93 @@ def parse_args(description: str, text: bool = False) -> argparse.Namespace:
     if text:
         parser.add_argument("--text", type=pathlib.Path, help="train on this text file instead")
     return parser.parse_args()
+
+
+SEEDS = 5  # members per setting of every comparison (2 with --quick)
+
+
+def seeds_for(quick: bool) -> int:
+    return 2 if quick else SEEDS
+
+
+def train_population(out: pathlib.Path, name: str, seeds: int, vary: dict | None = None, params=None, data=None,
+                     **config) -> p1.training.PopulationState:
+    """One quiet population (``seeds`` per setting of ``vary``'s lists, e.g. ``{"lr": (1e-3, 3e-3)}``);
+    returns its :class:`~perceptron1_jax.training.PopulationState`. The run folder is
+    ``out/runs/name``. ``data``: files (``TrainConfig.data``) or a :class:`perceptron1_jax.data.Data`;
+    ``params``: the members' initial params stacked (see :func:`stacked`)."""
+    if data is not None and not isinstance(data, Data):  # file paths
+        config["data"], data = data, None
+    cfg = p1.TrainConfig(**config)
+    population = p1.Population(seeds=seeds, **(vary or {}))
+    print(f"  training {name}: {seeds} seeds" + "".join(f" x {k} {list(v)}" for k, v in (vary or {}).items())
+          + ", " + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)
+    run_dir = out / "runs" / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: no checkpoints or metrics of an older one
+    return p1.train(cfg, run_dir, progress=False, log=lambda _: None, check_grads=False, params=params, data=data,
+                    population=population)
+
+
+def stacked(make, members) -> dict:
+    """``make(member_config)`` for every member, stacked on a leading member axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *[make(m) for m in members])
+
+
+def member_records(state, k: int, key: str | None = None) -> list[dict]:
+    """Member ``k``'s records (those holding ``key``, if given), in step order."""
+    return [r for r in state.history if r.get("member") == k and (key is None or key in r)]
+
+
+def member_values(state, key: str) -> list[list]:
+    """Per member, the values of ``key`` over its records."""
+    return [[r[key] for r in member_records(state, k, key)] for k in range(state.size)]
+
+
+def setting_members(state, **values) -> list[int]:
+    """The members whose varied options have ``values`` (e.g. ``lr=1e-3``)."""
+    return [k for k, m in enumerate(state.members) if all(getattr(m, n) == v for n, v in values.items())]
+
+
+def spread(values) -> tuple[float, float]:
+    """``(mean, sample standard deviation)`` of the finite numbers in ``values`` (std 0 for one)."""
+    found = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
+    if not found.size:
+        return float("nan"), float("nan")
+    return float(found.mean()), float(found.std(ddof=1)) if found.size > 1 else 0.0
+
+
+def pm(values, digits: int = 3) -> str:
+    """``0.912 ± 0.012`` over ``values`` (a table cell)."""
+    mean, std = spread(values)
+    return "none" if np.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def reached(state, members: list[int]) -> str:
+    """``3/5``: how many of ``members`` reached the target accuracy."""
+    return f"{sum(state.status[k]['target_step'] is not None for k in members)}/{len(members)}"
+
+
+def band(ax, state, key: str, members: list[int], label: str, **style) -> None:
+    """The mean of ``key`` over ``members`` against the step, with a band from the smallest to the
+    largest member (steps every member logged; a frozen member holds its last value)."""
+    series = []
+    for k in members:
+        rows = member_records(state, k, key)
+        series.append({r["step"]: r[key] for r in rows})
+    steps = sorted(set().union(*series))
+    if not steps:
+        return
+    values = np.full((len(series), len(steps)), np.nan)
+    for i, points in enumerate(series):
+        last = np.nan
+        for j, step in enumerate(steps):
+            if step in points:
+                last = np.nan if points[step] is None else points[step]
+            values[i, j] = last
+    mean = np.nanmean(values, axis=0)
+    line = ax.plot(steps, mean, label=f"{label} (mean of {len(members)})", **style)[0]
+    ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2,
+                    lw=0)
 
 
 def train_run(out: pathlib.Path, name: str, params=None, data=None, **config) -> p1.train.__class__:

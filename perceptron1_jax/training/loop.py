@@ -42,13 +42,13 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
     members, each exactly as its own single run, as one program (one process; members split over
     the devices of ``mesh``); returns a :class:`~perceptron1_jax.training.state.PopulationState`
     (stacked params, each member's status, the ``summary`` over seeds, also in
-    ``out/summary.json``). Details: ``docs/populations.md``.
+    ``out/summary.json``); ``params``, if given, are the members' initial parameters stacked on a
+    leading member axis (member ``k`` trains as the single run given ``params[k]``). Details:
+    ``docs/populations.md``.
     """
     if population is not None:
-        if params is not None:
-            raise ValueError("params: a population starts from its members' seeds, got params")
         loop = start_population_loop(cfg, population, out, resume=resume, progress=progress, log=log,
-                                     check_grads=check_grads, data=data, mesh=mesh)
+                                     check_grads=check_grads, data=data, mesh=mesh, params=params)
     else:
         loop = start_loop(cfg, out, resume=resume, progress=progress, log=log, check_grads=check_grads,
                           params=params, data=data, mesh=mesh)

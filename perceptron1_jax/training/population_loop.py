@@ -200,7 +200,7 @@ def _mean(values):
 
 
 def start_population_loop(cfg: TrainConfig, population: Population, out, *, resume: bool, progress: bool, log,
-                          check_grads: bool, data, mesh) -> PopulationLoop:
+                          check_grads: bool, data, mesh, params=None) -> PopulationLoop:
     """Everything :func:`~perceptron1_jax.training.loop.train` checks and builds before a
     population's first step: the config and every member, the folder, the data, the model, the
     layout on the devices, the compiled step and its memory, the parameters (or the checkpoint
@@ -228,7 +228,7 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
     pdata = population_data(members, data) if isinstance(shapes.train.xs, jax.ShapeDtypeStruct) else shapes
     check_run(members[0], member_split(pdata, 0))
     pdata = pdata._replace(train=jax.device_put(pdata.train, replicated), eval=jax.device_put(pdata.eval, replicated))
-    params, opt_state = init_population(cfg, members, spec, layout)
+    params, opt_state = init_population(cfg, members, spec, layout, params)
     status = [{"stopped": None, "nonfinite": 0, "target_step": None} for _ in members]
     step = 0
     found = resume_from(out, cfg, pdata.info, spec, writes=writes, log=log, population=population) if resume else None

@@ -213,12 +213,24 @@ def make_population_step(cfg: TrainConfig, members: tuple[TrainConfig, ...], spe
     return jax.jit(batched)
 
 
-def init_population(cfg: TrainConfig, members: tuple[TrainConfig, ...], spec: ModelSpec, layout: Layout):
+def init_population(cfg: TrainConfig, members: tuple[TrainConfig, ...], spec: ModelSpec, layout: Layout,
+                    params=None):
     """``(params, opt_state)`` stacked over ``layout.padded`` members: member ``k``'s are those
-    its single run starts from (padding members copy member 0's)."""
-    rows = list(members) + [members[0]] * (layout.padded - len(members))
-    params = [init_run_params(seed_keys(m.seed)[1], m, spec) for m in rows]
-    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
+    its single run starts from (padding members copy member 0's), or ``params[k]`` of the
+    members' stacked ``params`` (checked: a ``ValueError`` naming the expected shapes)."""
+    if params is None:
+        params = [init_run_params(seed_keys(m.seed)[1], m, spec) for m in members]
+        params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
+    else:
+        template = init_run_params(seed_keys(members[0].seed)[1], members[0], spec)
+        if jax.tree.structure(params) != jax.tree.structure(template) or any(
+                a.shape != (len(members), *b.shape) or a.dtype != b.dtype
+                for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))):
+            raise ValueError(f"params: expected the members' params stacked on a leading axis of {len(members)} "
+                             f"(each as init_model gives them for {spec}), got "
+                             f"{jax.tree.map(lambda a: (a.shape, str(a.dtype)), params)}")
+        params = jax.tree.map(jnp.asarray, params)
+    params = pad_members(params, layout.padded)
     return params, init_optimizer_states(cfg, members, params, layout.padded)
 
 
