@@ -106,9 +106,9 @@ def reached(state, members: list[int]) -> str:
     return f"{sum(state.status[k]['target_step'] is not None for k in members)}/{len(members)}"
 
 
-def band(ax, state, key: str, members: list[int], label: str, **style) -> None:
-    """The mean of ``key`` over ``members`` against the step, with a band from the smallest to the
-    largest member (steps every member logged; a frozen member holds its last value)."""
+def band(ax, state, key: str, members: list[int], label: str, transform=None, **style) -> None:
+    """The mean of ``key`` (through ``transform``, e.g. nats to bits) over ``members`` against the
+    step, with a band from the smallest to the largest member (a frozen member holds its last value)."""
     series = []
     for k in members:
         rows = member_records(state, k, key)
@@ -123,6 +123,8 @@ def band(ax, state, key: str, members: list[int], label: str, **style) -> None:
             if step in points:
                 last = np.nan if points[step] is None else points[step]
             values[i, j] = last
+    if transform is not None:
+        values = transform(values)
     mean = np.nanmean(values, axis=0)
     line = ax.plot(steps, mean, label=f"{label} (mean of {len(members)})", **style)[0]
     ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2,

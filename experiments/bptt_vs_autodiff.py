@@ -4,8 +4,9 @@ Reads the newest checkpoint of every run under ``<out>/runs/`` (written by the o
 run them first), casts the parameters to float64, and compares the explicit BPTT gradient with
 ``jax.grad`` of the plain ``lax.scan`` loss on a batch of the run's own task or files (runs on
 data made in Python are skipped). When no run exists
-yet (a fresh clone), it first trains a short run per cell. Table: the largest relative error per
-run (max |explicit - autodiff| / max |autodiff| over every parameter).
+yet (a fresh clone), it first trains a short population per cell. A population's run is checked
+member by member (with ``--quick``, member 0 only). Table: the largest relative error per run over
+its members (max |explicit - autodiff| / max |autodiff| over every parameter).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import main_guard, train_run, write_table
+from _common import main_guard, seeds_for, train_population, write_table
 
 import perceptron1_jax as p1
 from perceptron1_jax.checkpoint import list_checkpoints
@@ -36,8 +37,8 @@ def main(quick: bool = False, out=None, seed: int = 0, batch: int = 32):
     found = sorted(d for d in runs_dir.iterdir() if list_checkpoints(d)) if runs_dir.is_dir() else []
     if not found:
         for cell in ("elman", "lstm", "gru"):
-            train_run(out, f"bptt-vs-autodiff-{cell}", task="three_step", cell=cell, hidden=8 if quick else 32,
-                      steps=5 if quick else 200, seed=seed)
+            train_population(out, f"bptt-vs-autodiff-{cell}", seeds_for(quick), task="three_step", cell=cell,
+                             hidden=8 if quick else 32, steps=5 if quick else 200, seed=seed)
         found = sorted(d for d in runs_dir.iterdir() if list_checkpoints(d))
     found = [d for d in found if _has_data(p1.load_checkpoint(d)["config"])]
     if quick:  # one model per task or data source: each new shape costs a float64 compile
@@ -49,7 +50,7 @@ def main(quick: bool = False, out=None, seed: int = 0, batch: int = 32):
     previous = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", True)
     try:
-        rows = _compare(found, seed, batch)
+        rows = _compare(found, seed, batch, quick)
     finally:
         jax.config.update("jax_enable_x64", previous)
     write_table(out, "bptt_vs_autodiff", rows, "Explicit BPTT vs jax.grad on the experiments' final models (float64)")
@@ -60,24 +61,30 @@ def main(quick: bool = False, out=None, seed: int = 0, batch: int = 32):
     return rows
 
 
-def _compare(found, seed, batch):
+def _compare(found, seed, batch, quick):
     rows = []
     for run_dir in found:
-        loaded = p1.load_checkpoint(run_dir)
-        cfg, spec = loaded["config"], loaded["spec"]
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), loaded["params"])
-        if cfg.task is not None:
-            data = cfg.task_spec.make(jax.random.key(seed + 99), batch, cfg.time, jnp.float64)
-        else:  # the first examples of the run's own files (refused by name if they changed since)
-            files = run_data(dataclasses.replace(cfg, dtype="float64"))
-            check_same_data(loaded["data"], files.info)
-            data = jax.tree.map(lambda a: a[:batch], files.train)
-        loss, ours = p1.model_bptt(params, data.xs, data.labels, spec, data.lengths)
-        reference = jax.grad(p1.model_loss)(params, data.xs, data.labels, spec, data.lengths)
+        whole = p1.load_checkpoint(run_dir)
+        members = [None] if "members" not in whole else range(1 if quick else len(whole["members"]))
+        errors, losses = [], []
+        for member in members:
+            loaded = whole if member is None else p1.load_checkpoint(run_dir, member=member)
+            cfg, spec = loaded["config"], loaded["spec"]
+            params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), loaded["params"])
+            if cfg.task is not None:
+                data = cfg.task_spec.make(jax.random.key(seed + 99), batch, cfg.time, jnp.float64)
+            else:  # the first examples of the run's own files (refused by name if they changed since)
+                files = run_data(dataclasses.replace(whole["config"], dtype="float64"))  # a population's: seed 0's
+                check_same_data(loaded["data"], files.info)
+                data = jax.tree.map(lambda a: a[:batch], files.train)
+            loss, ours = p1.model_bptt(params, data.xs, data.labels, spec, data.lengths)
+            reference = jax.grad(p1.model_loss)(params, data.xs, data.labels, spec, data.lengths)
+            errors.append(max_relative_error(ours, reference))
+            losses.append(float(loss))
         source = cfg.task or pathlib.Path((cfg.data or cfg.classes)[0]).name
         rows.append({"run": run_dir.name, "task": source, "cell": cfg.layers or cfg.cell, "seq_len": data.xs.shape[1],
-                     "step": loaded["step"], "loss": float(loss),
-                     "max_relative_error": max_relative_error(ours, reference)})
+                     "step": whole["step"], "members_checked": len(errors), "loss_mean": float(np.mean(losses)),
+                     "max_relative_error": max(errors)})
     return rows
 
 

@@ -36,7 +36,8 @@ def main(quick: bool = False, out=None, seed: int = 0, task: str = "copy", seq_l
                                  eval_every=max(steps // 20, 1), target_accuracy=0.0)
         states[label] = state
         evals = member_values(state, "eval_accuracy")
-        norms = [np.asarray([np.nan if v is None else v for v in vs], float) for vs in member_values(state, "grad_norm")]
+        norms = [np.asarray([np.nan if v is None else v for v in vs], float)
+                 for vs in member_values(state, "grad_norm")]
         losses = member_values(state, "loss")
         rows.append({
             "run": label, "seeds": state.size,

@@ -13,8 +13,17 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import main_guard, member_values, pm, publish, reached, seeds_for, setting_members, spread, \
-    train_population
+from _common import (
+    main_guard,
+    member_values,
+    pm,
+    publish,
+    reached,
+    seeds_for,
+    setting_members,
+    spread,
+    train_population,
+)
 
 from perceptron1_jax.tasks import TASKS
 

@@ -10,8 +10,7 @@ how many members reached 0.99 and at which step.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from _common import band, main_guard, member_values, pm, publish, seeds_for, setting_members, spread, \
-    train_population
+from _common import band, main_guard, member_values, pm, publish, seeds_for, setting_members, spread, train_population
 
 GRIDS = {"sgd": (3e-3, 0.03, 0.1), "rmsprop": (1e-3, 3e-3), "adam": (1e-3, 3e-3)}
 

@@ -18,6 +18,7 @@ from _common import flow_axes, main_guard, pm, publish, reached, seeds_for, spre
 
 import perceptron1_jax as p1
 from perceptron1_jax import tasks
+from perceptron1_jax.training.population_step import member_of
 
 
 def _rates(profiles):
@@ -42,7 +43,7 @@ def main(quick: bool = False, out=None, seed: int = 0, lag: int = 50, hidden: in
         finals = [[r["eval_accuracy"] for r in state.history if r.get("member") == k and "eval_accuracy" in r][-1]
                   for k in range(state.size)]
         for stage, weights in (("init", init), ("trained", state.params)):
-            profiles = [np.asarray(p1.gradient_flow(jax.tree.map(lambda a: a[k], weights), data.xs, data.labels,
+            profiles = [np.asarray(p1.gradient_flow(member_of(weights, k), data.xs, data.labels,
                                                     state.spec)[0]["fwd"].dh_norm) for k in range(state.size)]
             label = f"{cell}, {stage}"
             cells_panel[label] = np.exp(np.mean(np.log(np.maximum(profiles, 1e-300)), axis=0))  # geometric mean

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceptron1_jax.data import chance
-from perceptron1_jax.training.config import TrainConfig, check_config, check_run
+from perceptron1_jax.training.config import TrainConfig, check_config, check_run, task_info
 from perceptron1_jax.training.evaluation import describe_eval, evaluate_members, gradient_flow_of, json_scalar
 from perceptron1_jax.training.ingredients import get_batch, init_run_params, seed_keys
 from perceptron1_jax.training.population import Population, check_population, member_table
@@ -205,6 +205,8 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
     population's first step: the config and every member, the folder, the data, the model, the
     layout on the devices, the compiled step and its memory, the parameters (or the checkpoint
     resumed)."""
+    if data is not None and cfg.task is not None and data.info != task_info(cfg.task_spec):
+        cfg = dataclasses.replace(cfg, task=None)  # your data replaces the config's task
     check_config(cfg)
     members = check_population(cfg, population)
     if jax.process_index() != 0:

@@ -120,8 +120,10 @@ def population_data(members: tuple[TrainConfig, ...], data: Data | None = None, 
             which.append(by_seed[member.seed])
     infos = {d.info for d in loaded}
     if len(infos) > 1:
-        raise ValueError("data: the seeds' data differ in their description (classes, vocabulary); a population "
-                         "needs one model for every member")
+        raise ValueError(f"data: the seeds' splits of {loaded[0].info.source} have different vocabularies (each "
+                         "built from its own seeded training split), so their members would be different models; "
+                         "a population needs one: give the data from Python (train(cfg, data=load_data(...), "
+                         "population=...)) to share one split")
 
     def stack(part):
         return Dataset(*(None if parts[0] is None else jnp.stack(parts)
