@@ -27,8 +27,9 @@ from perceptron1_jax.training.population import VARIED, Population
 EXIT_USAGE = 2
 EXIT_STATUSES = ("Exit status: 0 done (also when stopped early at the target); 1 a failed write (disk full: the "
                  "previous checkpoint is intact) or an internal error; 2 bad usage, options, data or out folder; 3 "
-                 "stopped after --max-nonfinite consecutive non-finite steps; 143 (SIGTERM) or 130 (SIGINT, Ctrl-C) "
-                 "stopped by a signal after checkpointing the step reached (continue with --resume).")
+                 "stopped after --max-nonfinite consecutive non-finite steps (a population: every member); 143 "
+                 "(SIGTERM) or 130 (SIGINT, Ctrl-C) stopped by a signal after checkpointing the step reached "
+                 "(continue with --resume).")
 
 
 class UsageError(Exception):
@@ -359,24 +360,18 @@ def _train_mesh(args):
 def cmd_train(args) -> int:
     import jax
 
-    from perceptron1_jax.checkpoint import CheckpointError
     from perceptron1_jax.training import (
-        MismatchError,
-        TrainingStopped,
-        WriteFailed,
         check_out_dir,
         check_run,
         run_data,
         run_mesh,
-        train,
     )
 
     _start_processes(args)
     cfg, population = _train_config(args)
     if population is not None:
         return _train_population(args, cfg, population)
-    name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
-    out = args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}"
+    out = _out_folder(args, cfg)
     args.out = out
     writer = jax.process_index() == 0
     try:
@@ -394,14 +389,9 @@ def cmd_train(args) -> int:
         f"examples of {data.train.xs.shape[1]} steps, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
         f"{cfg.steps} steps, gradients from {cfg.grad}, batch split over {mesh.size} {mesh.devices.flat[0].platform} "
         f"device{'s' if mesh.size > 1 else ''}{processes}; run folder {out}")
-    try:
-        state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-                      check_grads=not args.no_gradcheck, data=data, mesh=mesh)
-    except TrainingStopped as stop:
-        print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
-        return stop.exit_status
-    except (CheckpointError, MismatchError) as err:  # --resume onto a newer format, other data, ...
-        raise UsageError(str(err)) from err
+    state, status = _train_until_done(args, cfg, out, data=data, mesh=mesh)
+    if state is None:
+        return status
     evals = [h for h in state.history if "eval_loss" in h]
     if not writer:
         return 0
@@ -422,13 +412,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _out_folder(args, cfg: TrainConfig, suffix: str = "") -> Path:
+    """``--out``, by default ``runs/<task or first file>-<cell><suffix>``."""
+    name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
+    return args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}{suffix}"
+
+
+def _train_until_done(args, cfg: TrainConfig, out: Path, *, usage_errors: tuple = (), **kwargs):
+    """``(state, None)`` of :func:`~perceptron1_jax.training.train`, or ``(None, exit status)``
+    when it stopped (its message printed); a checkpoint it cannot resume is a usage error."""
+    from perceptron1_jax.checkpoint import CheckpointError
+    from perceptron1_jax.training import MismatchError, TrainingStopped, WriteFailed, train
+
+    try:
+        return train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
+                     check_grads=not args.no_gradcheck, **kwargs), None
+    except TrainingStopped as stop:
+        print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
+        return None, stop.exit_status
+    except (CheckpointError, MismatchError, *usage_errors) as err:  # --resume onto a newer format, other data, ...
+        raise UsageError(str(err)) from err
+
+
 def _train_population(args, cfg: TrainConfig, population: Population) -> int:
     """``train`` of a population: one program for every member (see docs/populations.md)."""
-    from perceptron1_jax.checkpoint import CheckpointError
-    from perceptron1_jax.training import MismatchError, TrainingStopped, WriteFailed, member_configs, train
+    from perceptron1_jax.training import member_configs
 
-    name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
-    out = args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}-population"
+    out = _out_folder(args, cfg, "-population")
     try:
         members = len(member_configs(cfg, population))
         mesh = _train_mesh(args)
@@ -436,14 +446,10 @@ def _train_population(args, cfg: TrainConfig, population: Population) -> int:
         raise UsageError(str(err)) from err
     print(f"perceptron1 train: population of {members} members ({population.seeds} seeds per setting), "
           f"{'task ' + cfg.task if cfg.task is not None else 'data'}, {cfg.steps} steps; run folder {out}")
-    try:
-        state = train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-                      check_grads=not args.no_gradcheck, mesh=mesh, population=population)
-    except TrainingStopped as stop:
-        print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
-        return stop.exit_status
-    except (CheckpointError, MismatchError, ValueError) as err:  # bad members, data, memory, resume mismatch
-        raise UsageError(str(err)) from err
+    state, status = _train_until_done(args, cfg, out, mesh=mesh, population=population,
+                                      usage_errors=(ValueError,))  # bad members, data, memory
+    if state is None:
+        return status
     print(f"summary: {out / 'summary.json'} ({len(state.summary['settings'])} settings over "
           f"{population.seeds} seeds)")
     return 0

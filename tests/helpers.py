@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +75,16 @@ def random_model(seed, spec, batch, time, *, dtype=jnp.float64, with_lengths=Fal
         targets = jnp.asarray(rng.integers(0, spec.num_outputs, steps), jnp.int32)
     lengths = jnp.asarray(rng.integers(1, time + 1, (batch,)), jnp.int32) if with_lengths else None
     return params, xs, targets, lengths
+
+
+def wait_for_metrics(out, proc, enough, timeout=120, what="the records"):
+    """Poll ``out/metrics.jsonl`` until ``enough(its text)`` holds, while ``proc`` (a training
+    subprocess) runs: an ``AssertionError`` with its stderr if it ends first, or after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and enough(metrics.read_text()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout} s")

@@ -21,4 +21,6 @@ def test_signatures():
     assert params_of(p1.loss)[:5] == ["params", "xs", "labels", "cell", "lengths"]
     assert params_of(p1.bptt)[:5] == ["params", "xs", "labels", "cell", "lengths"]
     assert "return_extras" in params_of(p1.bptt)
-    assert params_of(p1.load_checkpoint) == ["path"]
+    assert params_of(p1.load_checkpoint) == ["path", "member"]  # p1.load_checkpoint(run, member=k) (#18)
+    assert "population" in params_of(p1.train)
+    assert params_of(p1.Population) == ["seeds", "lr", "momentum", "clip", "clip_value", "dropout", "weight_decay"]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
+from helpers import wait_for_metrics
 
 from perceptron1_jax import checkpoint
 from perceptron1_jax.cli import main
@@ -134,14 +135,7 @@ def _start(out, *extra):
 
 
 def _wait_for_step(out, proc, step, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        metrics = out / "metrics.jsonl"
-        if metrics.exists() and metrics.read_text().count("\n") >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} within {timeout} s")
+    wait_for_metrics(out, proc, lambda text: text.count("\n") >= step, timeout, f"step {step}")
 
 
 def test_sigterm_from_outside_exits_143_and_sigkill_at_any_moment_loses_nothing(tmp_path):

@@ -30,6 +30,22 @@ def quiet(cfg, **kwargs):
     return p1.train(cfg, None, progress=False, log=lambda _: None, check_grads=False, **kwargs)
 
 
+COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def collectives_between_members() -> list[str]:
+    """The collective operations in the compiled step of the first case's population (members
+    split over every device): there should be none."""
+    from perceptron1_jax.training.population_loop import start_population_loop
+
+    cfg, population = CASES["2 seeds x 2 learning rates"]
+    loop = start_population_loop(cfg, population, None, resume=False, progress=False, log=lambda _: None,
+                                 check_grads=False, data=None, mesh=make_mesh(jax.devices()))
+    text = loop.step_fn.as_text()
+    loop.close()
+    return [name for name in COLLECTIVES if name in text]
+
+
 def worst_differences() -> dict:
     """Needs float64 on (``jax_enable_x64``)."""
     mesh = make_mesh(jax.devices())
@@ -49,4 +65,4 @@ def worst_differences() -> dict:
 
 if __name__ == "__main__":
     jax.config.update("jax_enable_x64", True)
-    print(json.dumps(worst_differences()))
+    print(json.dumps({**worst_differences(), "collectives": collectives_between_members()}))
