@@ -308,3 +308,19 @@ def test_a_toml_config_can_hold_the_lists_and_the_seeds(tmp_path, capsys):
     assert main(["train", *ARGS, "--out", str(tmp_path / "run"), "--resume", "--steps", "4"]) == 0  # the saved one
     assert p1.load_checkpoint(tmp_path / "run")["step"] == 4 and "population of 4 members" in capsys.readouterr().out
 
+
+
+def test_the_population_benchmark_prints_its_table(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "population.py")
+    spec = importlib.util.spec_from_file_location("population_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(module.parse(["--quick", "--out", str(tmp_path)]))
+    names = [r["contender"] for r in result["rows"]]
+    assert names == ["single run (train's default)", "single run, 1 device", "population of 2",
+                     "population of 2, 1 device"]
+    assert all(r["member_steps_per_sec"] > 0 for r in result["rows"]) and result["rows"][0]["vs_single"] == 1.0
+    table = (tmp_path / "population.md").read_text()
+    assert "| member-steps/s |" in table and table.count("| lstm |") == 4
