@@ -59,8 +59,9 @@ def train_population(out: pathlib.Path, name: str, seeds: int, vary: dict | None
         config["data"], data = data, None
     cfg = p1.TrainConfig(**config)
     population = p1.Population(seeds=seeds, **(vary or {}))
+    shown = {k: f"{len(v)} files" if isinstance(v, tuple) and len(v) > 3 else v for k, v in config.items()}
     print(f"  training {name}: {seeds} seeds" + "".join(f" x {k} {list(v)}" for k, v in (vary or {}).items())
-          + ", " + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)
+          + ", " + ", ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
     run_dir = out / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: no checkpoints or metrics of an older one
     return p1.train(cfg, run_dir, progress=False, log=lambda _: None, check_grads=False, params=params, data=data,

@@ -187,7 +187,8 @@ def make_population_step(cfg: TrainConfig, members: tuple[TrainConfig, ...], spe
     value_and_grad = make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype)
     if layout.mesh.size > 1 and not layout.split:
         value_and_grad = data_parallel(value_and_grad, spec, layout.mesh)
-    elif layout.mesh.size > 1 and uses_dropout:  # the masks of the single run on this many devices
+    elif layout.mesh.size > 1 and uses_dropout and cfg.batch_size % layout.mesh.size == 0:
+        # the masks of the single run on this many devices (a batch they cannot split: one device's)
         value_and_grad = split_like_mesh(value_and_grad, spec, layout.mesh.size)
 
     def member(params, opt_state, active, which, seed, hyper, train, step):
