@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 
 from perceptron1_jax.training.config import TrainConfig
-from perceptron1_jax.training.population import VARIED, Population
+from perceptron1_jax.training.population import VARIED, Population, check_population
 
 EXIT_USAGE = 2
 EXIT_STATUSES = ("Exit status: 0 done (also when stopped early at the target); 1 a failed write (disk full: the "
@@ -311,8 +311,14 @@ def _train_config(args) -> tuple[TrainConfig, Population | None]:
         if saved is not None:
             check_resumable(config_from_dict(saved), cfg)
         population = Population(**lists) if lists else None
+        if population is not None:
+            check_population(cfg, population)
     except (ValueError, TypeError) as err:  # they name the option and both values
-        raise UsageError(str(err)) from err
+        message = str(err)
+        if message.startswith("population."):  # "population.seeds: ..." -> "--seeds: ..."
+            name, _, rest = message.removeprefix("population.").partition(":")
+            message = f"--{name.replace('_', '-')}:{rest}"
+        raise UsageError(message) from err
     return cfg, population
 
 

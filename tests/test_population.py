@@ -270,6 +270,13 @@ def test_a_program_option_given_as_a_list_is_refused(option, value, capsys):
     assert len(err) == 1 and option in err[0] and "a population varies only --seeds, --lr" in err[0]
 
 
+def test_a_bad_population_option_is_named_as_typed(capsys):
+    assert main(["train", *ARGS, "--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "perceptron1: error: --seeds: expected a positive int, got 0"
+    assert main(["train", *ARGS, "--lr", "0.1,-2"]) == 2
+    assert capsys.readouterr().err.strip() == "perceptron1: error: lr: expected a positive number, got -2.0"
+
+
 def test_the_command_line_trains_evaluates_and_predicts_with_members(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *ARGS, "--lr", "0.02,0.05", "--seeds", "2", "--steps", "20", "--eval-every", "10",
