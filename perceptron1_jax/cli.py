@@ -72,12 +72,13 @@ _HELP = {
     "bidirectional": "every layer also reads the sequence backwards (outputs [h_fwd, h_bwd])",
     "dropout": "inverted dropout rate on each layer's input after the first and on the head's input",
     "embed_size": "embedding size of token inputs (default: the task's, or 32 for data)",
-    "data": "train on your data: one .npz (xs, labels or targets, ...), one .csv series, or text files "
-            "(language modelling)",
+    "data": "train on your data: one .npz (xs, labels or targets, ...), one .csv series, one .ts file (the "
+            "UCR/UEA archives' format), or text files (language modelling)",
     "classes": "text classification: one file of lines per class (one example per line)",
     "tokens": "text tokens: chars or words (default: chars for --data text, words for --classes)",
     "val_fraction": "evaluation split of data without one (language modelling: the end of the text)",
     "max_vocab": "text: keep the most frequent tokens (ids, <unk> included; default: all)",
+    "missing": ".ts files: a missing value ('?' or NaN) is an error, or read as zero",
     "max_nonfinite": "stop with exit status 3 after this many consecutive steps with a non-finite loss or gradient "
                      "(each such step is skipped)",
     "compute_dtype": "mixed precision: forward and backward in bfloat16, parameters and the update in float32",
@@ -120,14 +121,14 @@ def _one_value(kind):
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from perceptron1_jax.data import TOKENIZERS
+    from perceptron1_jax.data import MISSING, TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
     from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES
 
     choices = {"task": list(TASKS), "cell": ["elman", "lstm", "gru"], "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),
-               "tokens": list(TOKENIZERS), "compute_dtype": list(COMPUTE_DTYPES)}
+               "tokens": list(TOKENIZERS), "compute_dtype": list(COMPUTE_DTYPES), "missing": list(MISSING)}
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

@@ -25,6 +25,7 @@ from perceptron1_jax.data import (
     tokenize,
 )
 from perceptron1_jax.data.arrays import NPZ_KEYS, check_lengths, check_xs, read_npz
+from perceptron1_jax.data.ts import read_ts
 from perceptron1_jax.model import model_apply
 from perceptron1_jax.runs import Run
 
@@ -103,8 +104,9 @@ def _encode(run: Run, tokenized: list[list[str]]) -> Inputs:
 
 
 def file_inputs(run: Run, path) -> Inputs:
-    """The examples of a file for ``run``: ``.npz`` (``xs``, optional ``lengths``), ``.csv`` (windows
-    of the run's ``seq_len`` rows) or text (one example per non-blank line)."""
+    """The examples of a file for ``run``: ``.npz`` (``xs``, optional ``lengths``), ``.ts`` (its
+    series; unequal lengths padded, with ``lengths``), ``.csv`` (windows of the run's ``seq_len``
+    rows) or text (one example per non-blank line)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -115,6 +117,10 @@ def file_inputs(run: Run, path) -> Inputs:
         lengths = None if "lengths" not in arrays else check_lengths(str(path), "lengths", arrays["lengths"], xs)
         _check_input_size(run, xs, str(path))
         return Inputs(xs, lengths)
+    if suffix == ".ts":
+        found = read_ts(path, run.config.missing)  # its labels, if any, are not read
+        _check_input_size(run, found["xs"], str(path))
+        return Inputs(found["xs"], found["lengths"])
     if suffix == ".csv":
         if run.spec.tokens or run.spec.many_to_many:
             raise DataError(f"{path}: expected text or .npz inputs for this model (a CSV feeds series models), "

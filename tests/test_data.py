@@ -99,7 +99,8 @@ def test_token_ids_and_many_to_many_labels():
      r"array 'labels': expected 3 examples \(as 'xs'\), got shape \(2,\)"),
     ({"xs": np.ones((2, 4, 2)), "labels": np.zeros((2, 5), int)}, r"array 'labels': expected shape \(2,\) or \(2, 4\)"),
     ({"xs": np.ones((2, 4, 2)), "labels": [0, -1]},
-     r"array 'labels': expected class ids in \[0\), got -1 at index \(1,\)"),
+     r"array 'labels': expected class ids in \[0, 1\) \(the classes counted as the largest id \+ 1\), got -1 at "
+     r"index \(1,\)"),
     ({"xs": np.ones((2, 4, 2)), "labels": [0, 5], "num_classes": 3},
      r"array 'labels': expected class ids in \[0, 3\), got 5 at index \(1,\)"),
     ({"xs": np.ones((2, 4, 2)), "labels": [0.0, 1.5]},

@@ -1,6 +1,6 @@
 """Your own data: ``.npz`` arrays, text for language modelling, text classification (one file of
-lines per class) and CSV time series, each checked on load and returned as a :class:`Data`
-(training split, evaluation split, :class:`DataInfo`).
+lines per class), CSV time series and the UCR/UEA archives' ``.ts`` files, each checked on load
+and returned as a :class:`Data` (training split, evaluation split, :class:`DataInfo`).
 
 :func:`load_data` picks the source the way ``perceptron1 train --data/--classes`` does.
 """
@@ -13,11 +13,12 @@ from perceptron1_jax.data.arrays import from_arrays, load_npz
 from perceptron1_jax.data.series import DEFAULT_SERIES_SEQ_LEN, load_csv, read_csv, series_windows
 from perceptron1_jax.data.source import Data, DataError, DataInfo, chance
 from perceptron1_jax.data.text import DEFAULT_LM_SEQ_LEN, encode_lines, load_classes, load_text, read_lines
+from perceptron1_jax.data.ts import MISSING, check_missing, load_ts, read_ts
 from perceptron1_jax.data.vocab import TOKENIZERS, UNK, Vocabulary, check_tokenizer, detokenize, tokenize
 
 
 def source_kind(data=None, classes=None) -> str:
-    """``"npz"``, ``"csv"``, ``"text"`` (language modelling) or ``"classes"`` for these paths."""
+    """``"npz"``, ``"csv"``, ``"ts"``, ``"text"`` (language modelling) or ``"classes"`` for these paths."""
     if (data is None) == (classes is None):
         raise ValueError("data/classes: expected exactly one of data (npz, csv or text files) or classes (one "
                          f"text file per class), got data={data!r}, classes={classes!r}")
@@ -25,7 +26,7 @@ def source_kind(data=None, classes=None) -> str:
         return "classes"
     paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
     suffixes = {p.suffix.lower() for p in paths}
-    for kind in ("npz", "csv"):
+    for kind in ("npz", "csv", "ts"):
         if f".{kind}" in suffixes:
             if len(paths) != 1:
                 raise ValueError(f"data: expected one .{kind} file, got {len(paths)} files")
@@ -34,20 +35,26 @@ def source_kind(data=None, classes=None) -> str:
 
 
 def load_data(data=None, classes=None, *, tokens: str | None = None, seq_len: int | None = None,
-              val_fraction: float = 0.1, seed: int = 0, max_vocab: int | None = None) -> Data:
-    """Load ``data`` (an ``.npz``, a ``.csv`` or text files for language modelling) or ``classes``
+              val_fraction: float = 0.1, seed: int = 0, max_vocab: int | None = None,
+              missing: str = "error") -> Data:
+    """Load ``data`` (an ``.npz``, a ``.csv``, a ``.ts`` or text files for language modelling) or ``classes``
     (one text file per class). ``tokens``: ``"chars"`` or ``"words"`` for text (default chars for
     language modelling, words for classes); ``seq_len``: window length (text: default
     :data:`DEFAULT_LM_SEQ_LEN`; CSV: :data:`DEFAULT_SERIES_SEQ_LEN`; classes: longest line); ``seed``
-    draws the random evaluation split. Missing files, bad values and options raise
+    draws the random evaluation split; ``missing``: a ``.ts`` file's missing values are an error
+    (``"error"``) or read as 0 (``"zero"``). Missing files, bad values and options raise
     :class:`DataError` (a ``ValueError``) naming them."""
     kind = source_kind(data, classes)
+    check_missing(missing)
+    if missing != "error" and kind != "ts":
+        raise ValueError(f"missing: expected the default 'error' for a {kind} source (only .ts files mark missing "
+                         f"values), got {missing!r}")
     if tokens is not None:
         check_tokenizer(tokens)
-        if kind in ("npz", "csv"):
+        if kind in ("npz", "csv", "ts"):
             raise ValueError(f"tokens: expected no tokenizer for a .{kind} file (only text is tokenized), "
                              f"got {tokens!r}")
-    if max_vocab is not None and kind in ("npz", "csv"):
+    if max_vocab is not None and kind in ("npz", "csv", "ts"):
         raise ValueError(f"max_vocab: expected no vocabulary limit for a .{kind} file, got {max_vocab}")
     paths = classes if classes is not None else data
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -58,6 +65,10 @@ def load_data(data=None, classes=None, *, tokens: str | None = None, seq_len: in
         if seq_len is not None:
             raise ValueError(f"seq_len: expected none for a .npz file (its arrays fix the time axis), got {seq_len}")
         return load_npz(paths[0], val_fraction=val_fraction, seed=seed)
+    if kind == "ts":
+        if seq_len is not None:
+            raise ValueError(f"seq_len: expected none for a .ts file (its series fix the time axis), got {seq_len}")
+        return load_ts(paths[0], val_fraction=val_fraction, seed=seed, missing=missing)
     if kind == "csv":
         return load_csv(paths[0], seq_len=seq_len or DEFAULT_SERIES_SEQ_LEN, val_fraction=val_fraction, seed=seed)
     if kind == "text":
@@ -70,6 +81,7 @@ def load_data(data=None, classes=None, *, tokens: str | None = None, seq_len: in
 __all__ = (
     "DEFAULT_LM_SEQ_LEN",
     "DEFAULT_SERIES_SEQ_LEN",
+    "MISSING",
     "TOKENIZERS",
     "UNK",
     "Data",
@@ -77,6 +89,7 @@ __all__ = (
     "DataInfo",
     "Vocabulary",
     "chance",
+    "check_missing",
     "check_tokenizer",
     "detokenize",
     "encode_lines",
@@ -86,8 +99,10 @@ __all__ = (
     "load_data",
     "load_npz",
     "load_text",
+    "load_ts",
     "read_csv",
     "read_lines",
+    "read_ts",
     "series_windows",
     "source_kind",
     "tokenize",

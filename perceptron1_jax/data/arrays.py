@@ -73,8 +73,9 @@ def _check_labels(where: str, name: str, labels, xs: np.ndarray, num_classes: in
         raise DataError(f"{where}: array {name!r}: expected integer class ids, got dtype {labels.dtype}")
     bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
     if bad.any():
-        bound = "" if num_classes is None else f", {num_classes}"
-        raise DataError(f"{where}: array {name!r}: expected class ids in [0{bound}), got {labels[bad][0]:g} at "
+        bound = f"{num_classes}" if num_classes is not None else \
+            f"{max(int(labels.max()), 0) + 1}) (the classes counted as the largest id + 1"
+        raise DataError(f"{where}: array {name!r}: expected class ids in [0, {bound}), got {labels[bad][0]:g} at "
                         f"index {_first(bad)}")
     return labels.astype(np.int32)
 

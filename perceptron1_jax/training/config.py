@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perceptron1_jax import validate
-from perceptron1_jax.data import Data, DataInfo, check_tokenizer
+from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer
 from perceptron1_jax.data.source import check_val_fraction
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
 from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers
@@ -69,6 +69,7 @@ class TrainConfig:
     tokens: str | None = None  # text: "chars" or "words" (None: chars for data, words for classes)
     val_fraction: float = 0.1  # evaluation split of data without one (the last part of a text)
     max_vocab: int | None = None  # text: keep the most frequent tokens (ids, <unk> included)
+    missing: str = "error"  # .ts files: a missing value ("?", "NaN") is an "error" or read as "zero"
     max_nonfinite: int = 10  # stop (exit status 3) after this many consecutive non-finite steps
     compute_dtype: str | None = None  # "bfloat16": forward and backward in bfloat16, float32 parameters
 
@@ -171,6 +172,7 @@ def _check_source(cfg: TrainConfig) -> None:
     if cfg.tokens is not None:
         check_tokenizer(cfg.tokens)
     check_val_fraction(cfg.val_fraction)
+    check_missing(cfg.missing)
     if cfg.max_vocab is not None and not (isinstance(cfg.max_vocab, int) and cfg.max_vocab >= 2):
         raise ValueError(f"max_vocab: expected an int >= 2 (ids, <unk> included), got {cfg.max_vocab!r}")
 

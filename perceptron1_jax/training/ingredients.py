@@ -74,7 +74,7 @@ def run_data(cfg: TrainConfig) -> Data:
     if cfg.data is None and cfg.classes is None:
         raise ValueError("data: this run trained on data given in Python (train(..., data=...)); give it again")
     loaded = load_data(cfg.data, cfg.classes, tokens=cfg.tokens, seq_len=cfg.seq_len, val_fraction=cfg.val_fraction,
-                       seed=cfg.seed, max_vocab=cfg.max_vocab)
+                       seed=cfg.seed, max_vocab=cfg.max_vocab, missing=cfg.missing)
     return on_device(loaded, jnp.dtype(cfg.dtype))
 
 
