@@ -457,7 +457,8 @@ def _train_population(args, cfg: TrainConfig, population: Population) -> int:
                                       usage_errors=(ValueError,))  # bad members, data, memory
     if state is None:
         return status
-    print(f"summary: {out / 'summary.json'} ({len(state.summary['settings'])} settings over "
+    settings = len(state.summary['settings'])
+    print(f"summary: {out / 'summary.json'} ({settings} setting{'s' if settings != 1 else ''} over "
           f"{population.seeds} seeds)")
     return 0
 
