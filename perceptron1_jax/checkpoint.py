@@ -29,6 +29,7 @@ MAGIC = b"P1JXCKPT"
 VERSION = 2
 FORMAT = f"perceptron1_jax/{VERSION}"
 _NAME = re.compile(r"^ckpt_(\d{8})\.msgpack$")
+BEST = "best.msgpack"  # the checkpoint of the best evaluation loss (keep_best)
 _FORMAT = re.compile(r"^perceptron1_jax/(\d+)$")
 
 
@@ -62,8 +63,11 @@ def list_checkpoints(out_dir) -> list[Path]:
 
 
 def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, spec: dict | None = None,
-                    data: dict | None = None, population: dict | None = None, keep: int = 3) -> Path:
-    """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files.
+                    data: dict | None = None, population: dict | None = None, best: dict | None = None,
+                    keep: int = 3) -> Path:
+    """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files;
+    with ``best`` (``{"step", "eval_loss"}``), write ``best.msgpack`` instead (:data:`BEST`: never
+    pruned, never what a resume starts from).
 
     ``population``: a population's description and its members' status (JSON); its ``params``
     and ``opt_state`` then carry a leading member axis.
@@ -84,12 +88,13 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
             "spec": json.dumps(spec, sort_keys=True),
             "data": json.dumps(data, sort_keys=True),
             "population": json.dumps(population, sort_keys=True),
+            "best": json.dumps(best, sort_keys=True),
             "key": np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key),
             "params": serialization.to_state_dict(params),
             "opt_state": serialization.to_state_dict(opt_state),
         }
     )
-    target = checkpoint_path(folder, step)
+    target = folder / BEST if best is not None else checkpoint_path(folder, step)
     tmp = folder / f".{target.name}.tmp-{os.getpid()}"
     try:
         write_file(tmp, MAGIC + hashlib.sha256(payload).digest() + payload)
@@ -98,8 +103,9 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(folder)
-    for old in list_checkpoints(folder)[keep:]:
-        old.unlink()
+    if best is None:
+        for old in list_checkpoints(folder)[keep:]:
+            old.unlink()
     return target
 
 
@@ -158,6 +164,7 @@ def read_checkpoint(path) -> dict:
     raw["spec"] = json.loads(raw["spec"]) if "spec" in raw else None
     raw["data"] = json.loads(raw["data"]) if "data" in raw else None
     raw["population"] = json.loads(raw["population"]) if "population" in raw else None
+    raw["best"] = json.loads(raw["best"]) if "best" in raw else None
     raw["path"] = str(path)
     return raw
 

@@ -82,6 +82,8 @@ _HELP = {
     "max_nonfinite": "stop with exit status 3 after this many consecutive steps with a non-finite loss or gradient "
                      "(each such step is skipped)",
     "compute_dtype": "mixed precision: forward and backward in bfloat16, parameters and the update in float32",
+    "keep_best": "also keep best.msgpack in --out: the checkpoint of the lowest evaluation loss (eval, predict "
+                 "and generate read it as a file)",
 }
 
 

@@ -75,6 +75,11 @@ def test_a_bad_population_is_refused_by_name(population, message):
         check_population(TINY, population)
 
 
+def test_keep_best_is_refused_for_a_population():
+    with pytest.raises(ValueError, match="keep_best: a population keeps its periodic checkpoints only"):
+        check_population(dataclasses.replace(TINY, keep_best=True), Population(seeds=2))
+
+
 # --------------------------------------------------------------------------- exactly a single run
 
 

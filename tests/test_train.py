@@ -256,3 +256,25 @@ def test_runs_of_one_program_share_one_step():
     fresh = make_train_step(TINY, _optimizer(TINY), spec, mesh)(params, _optimizer(TINY).init(params), batch)
     shared = step(params, optimizer.init(params), batch)
     assert_trees_close(shared[0], fresh[0], rtol=0, atol=0)
+
+
+def test_keep_best_keeps_the_checkpoint_of_the_lowest_evaluation_loss_across_a_resume(tmp_path):
+    cfg = dataclasses.replace(TINY, keep_best=True, steps=60, eval_every=5, checkpoint_every=20, lr=0.2,
+                              target_accuracy=0.0)
+    straight = tmp_path / "straight"
+    _run(cfg, straight)
+    evals = [r for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    best = min(evals, key=lambda r: r["eval_loss"])
+    saved = checkpoint.read_checkpoint(straight / checkpoint.BEST)
+    assert saved["best"] == {"step": best["step"], "eval_loss": best["eval_loss"]} and saved["step"] == best["step"]
+    assert best["step"] < 60  # the last step is not the best: lr 0.2 overshoots (else the test shows nothing)
+    loaded = load_checkpoint(straight / checkpoint.BEST)
+    again = _run(dataclasses.replace(cfg, steps=best["step"], keep_best=False))
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(loaded["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert load_checkpoint(straight)["step"] == 60  # the newest periodic checkpoint is still what resumes
+    split = tmp_path / "split"
+    _run(dataclasses.replace(cfg, steps=30), split)
+    _run(cfg, split, resume=True)
+    assert checkpoint.read_checkpoint(split / checkpoint.BEST)["best"] == saved["best"]
+    assert len(list(split.glob("ckpt_*.msgpack"))) == 3 and (split / "ckpt_00000060.msgpack").exists()  # kept 3

@@ -25,7 +25,7 @@ DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = ("bfloat16",)  # mixed precision: float32 parameters (bptt.in_compute_dtype)
 # Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
 RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every",
-                     "max_nonfinite")
+                     "max_nonfinite", "keep_best")
 DEFAULT_TARGETS = {"three_step": 0.99, "adding": 0.9, "copy": 0.99, "parity": 0.99, "chars": 0.55}
 DEFAULT_EMBED = 32  # embedding size of a token-id data source without --embed-size
 
@@ -72,6 +72,7 @@ class TrainConfig:
     missing: str = "error"  # .ts files: a missing value ("?", "NaN") is an "error" or read as "zero"
     max_nonfinite: int = 10  # stop (exit status 3) after this many consecutive non-finite steps
     compute_dtype: str | None = None  # "bfloat16": forward and backward in bfloat16, float32 parameters
+    keep_best: bool = False  # also keep best.msgpack: the checkpoint of the lowest evaluation loss
 
     def __post_init__(self):
         for name in ("data", "classes"):  # one path or a list (TOML, JSON) -> a tuple of str
@@ -219,8 +220,9 @@ def _check_combinations(cfg: TrainConfig) -> None:
                          f"{cfg.compute_dtype} with tbptt_k1={cfg.tbptt_k1}")
     if cfg.tbptt_k2 is not None and cfg.tbptt_k1 is None:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
-    if not isinstance(cfg.bidirectional, bool):
-        raise ValueError(f"bidirectional: expected true or false, got {cfg.bidirectional!r}")
+    for name in ("bidirectional", "keep_best"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name}: expected true or false, got {getattr(cfg, name)!r}")
     if cfg.embed_size is not None and cfg.task is not None and cfg.task_spec.vocab_size is None:
         raise ValueError(f"embed_size: expected a token task (chars), got the float-input task {cfg.task!r}")
 

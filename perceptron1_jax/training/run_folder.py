@@ -65,14 +65,16 @@ class RunFolder:
     """What a run writes: its description, metrics and checkpoints, into ``out`` when ``writes``
     (process 0 of a run with a folder); otherwise metrics go only to the run's history.
 
-    ``last_saved`` is the step of the newest checkpoint of this run (None before the first)."""
+    ``last_saved`` is the step of the newest checkpoint of this run (None before the first);
+    ``best_loss`` the evaluation loss that ``best.msgpack`` holds (None before the first)."""
 
     def __init__(self, out: Path | None, writes: bool, *, cfg: TrainConfig, spec: ModelSpec, info: DataInfo, key,
-                 last_saved: int | None = None, population: dict | None = None):
+                 last_saved: int | None = None, population: dict | None = None, best_loss: float | None = None):
         self.out, self.writes, self.last_saved = out, writes, last_saved
         self._cfg, self._spec, self._info, self._key = cfg, spec, info, key
         self._population = population
         self._metrics = None
+        self.best_loss = best_loss  # the evaluation loss of best.msgpack (a resumed run's: saved_best_loss)
 
     def write_description(self) -> None:
         """``config.json`` and ``data.json``: what the run is and what it trains on; for a
@@ -134,7 +136,32 @@ class RunFolder:
             raise self.failed("cannot write a checkpoint", err, state) from err
         self.last_saved = state.step
 
+    def save_best(self, state: RunState, eval_loss: float | None) -> None:
+        """Write ``best.msgpack`` when ``eval_loss`` (finite) is below every earlier evaluation's."""
+        if not self.writes or eval_loss is None or (self.best_loss is not None and eval_loss >= self.best_loss):
+            return
+        params, opt_state, _ = state.checkpoint_parts()
+        try:
+            checkpoint.save_checkpoint(self.out, step=state.step, params=params, opt_state=opt_state, key=self._key,
+                                       config=dataclasses.asdict(self._cfg), spec=spec_to_dict(self._spec),
+                                       data=self._info.to_dict(), best={"step": state.step, "eval_loss": eval_loss})
+        except OSError as err:
+            raise self.failed("cannot write the best checkpoint", err, state) from err
+        self.best_loss = eval_loss
+
     def save_if_new(self, state: RunState) -> None:
         """:meth:`save` unless the newest checkpoint is already of this step."""
         if self.last_saved != state.step:
             self.save(state)
+
+
+def saved_best_loss(out: Path | None) -> float | None:
+    """The evaluation loss of ``out/best.msgpack`` (None without a readable one)."""
+    path = None if out is None else out / checkpoint.BEST
+    if path is None or not path.exists():
+        return None
+    try:
+        return checkpoint.read_checkpoint(path)["best"]["eval_loss"]
+    except (checkpoint.CheckpointError, KeyError, TypeError):
+        return None
+

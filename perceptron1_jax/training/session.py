@@ -34,7 +34,7 @@ from perceptron1_jax.training.ingredients import (
     run_keys,
 )
 from perceptron1_jax.training.resume import resume_from
-from perceptron1_jax.training.run_folder import RunFolder, check_out_dir
+from perceptron1_jax.training.run_folder import RunFolder, check_out_dir, saved_best_loss
 from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop
 from perceptron1_jax.training.step import gradient_agreement, run_mesh, run_step
 
@@ -119,6 +119,8 @@ class Loop:
             entry["eval_accuracy"] = scores["accuracy"]
         self.folder.record(state, entry)
         self.say(f"step {state.step}: {describe_eval(entry, info)}")
+        if cfg.keep_best:
+            self.folder.save_best(state, entry["eval_loss"])
         if info.classifier and cfg.target > 0 and (scores["accuracy"] or 0) >= cfg.target:
             self.say(f"reached the target accuracy {cfg.target} at step {state.step}: stopping")
             state.stopped_early = True
@@ -170,7 +172,8 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
     if found is not None:
         state.params, state.opt_state, state.step, _ = found
     folder = RunFolder(out, writes, cfg=cfg, spec=spec, info=data.info, key=key,
-                       last_saved=None if found is None else state.step)
+                       last_saved=None if found is None else state.step,
+                       best_loss=saved_best_loss(out) if found is not None and writes else None)
     folder.write_description()
     if check_grads and state.step == 0:
         batch = get_batch(data.train, k_shuffle, 0, cfg.batch_size)
