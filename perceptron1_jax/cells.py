@@ -53,6 +53,11 @@ class Cell(NamedTuple):
     full_dzh: Callable[[Array, Array | None], Array]  # (dzx, dzh_part) -> dzh, shape (..., G*H)
 
 
+def hidden_size_of(cell: Cell, params: Params) -> int:
+    """``H`` of a cell's params (``W_x: (I, G*H)``; minGRU and minLSTM have no ``W_h``)."""
+    return params["W_x"].shape[1] // cell.num_gates
+
+
 def project_inputs(cell: Cell, params: Params, xs: Array) -> Array:
     """Input projection for every step at once: ``xs (..., I) -> xs W_x + b_x (..., G*H)``."""
     return xs @ params["W_x"] + params[cell.input_bias]
@@ -314,4 +319,112 @@ GRU = Cell(
     full_dzh=_gru_full_dzh,
 )
 
-CELLS: dict[str, Cell] = {c.name: c for c in (ELMAN, LSTM, GRU)}
+# --------------------------------------------------------------------------- minGRU and minLSTM
+
+
+def _min_shapes(blocks: int):
+    def shapes(input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        return {"W_x": (input_size, blocks * hidden_size), "b": (blocks * hidden_size,)}
+
+    return shapes
+
+
+def _min_init(blocks: int):
+    def init(key, input_size, hidden_size, dtype=jnp.float32) -> Params:
+        """``W_x`` LeCun normal, ``b`` zeros (no recurrent matrix: the gates read ``x`` alone)."""
+        w_x = jax.nn.initializers.lecun_normal()(key, (input_size, blocks * hidden_size), dtype)
+        return {"W_x": w_x, "b": jnp.zeros((blocks * hidden_size,), dtype)}
+
+    return init
+
+
+def _mingru_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple[Array, Array]]:
+    """minGRU step (Feng et al. 2024, sequential mode), blocks ``[z, h~]`` of ``zx = x W_x + b``.
+
+    Forward:  ``z = sigmoid(zx_z)``,  ``h~ = zx_h~``,  ``h' = (1 - z) * h + z * h~``: linear in ``h``,
+    no matrix product in the time loop.  Residuals: ``(z, h~)``.
+    """
+    (h,) = carry
+    z_pre, candidate = jnp.split(zx, 2, axis=-1)
+    z = jax.nn.sigmoid(z_pre)
+    return ((1.0 - z) * h + z * candidate,), (z, candidate)
+
+
+def _mingru_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dcarry: Carry):
+    """minGRU backward, elementwise:
+
+    ``dzx_z = dh' * (h~ - h) * z (1 - z)``,  ``dzx_h~ = dh' * z``,  ``dh = dh' * (1 - z)``.
+    """
+    (h_prev,) = carry_prev
+    (dh,) = dcarry
+    z, candidate = residuals
+    dzx = jnp.concatenate([dh * (candidate - h_prev) * z * (1.0 - z), dh * z], axis=-1)
+    return dzx, None, (dh * (1.0 - z),)
+
+
+def _minlstm_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple[Array, Array, Array]]:
+    """minLSTM step (Feng et al. 2024, sequential mode), blocks ``[f, i, h~]`` of ``zx = x W_x + b``.
+
+    Forward:  ``f = sigmoid(zx_f)``,  ``i = sigmoid(zx_i)``,  ``h~ = zx_h~``,
+    ``f' = f / (f + i)``,  ``i' = i / (f + i)``,  ``h' = f' * h + i' * h~``.  Residuals: ``(f, i, h~)``.
+    """
+    (h,) = carry
+    f_pre, i_pre, candidate = jnp.split(zx, 3, axis=-1)
+    f, i = jax.nn.sigmoid(f_pre), jax.nn.sigmoid(i_pre)
+    total = f + i
+    return ((f * h + i * candidate) / total,), (f, i, candidate)
+
+
+def _minlstm_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dcarry: Carry):
+    """minLSTM backward, elementwise, with ``s = f + i``:
+
+    ``df' = dh' * h``,  ``di' = dh' * h~``;  ``df = (df' - di') * i / s^2``,  ``di = (di' - df') * f / s^2``;
+    ``dzx_f = df * f (1 - f)``,  ``dzx_i = di * i (1 - i)``,  ``dzx_h~ = dh' * i / s``;  ``dh = dh' * f / s``.
+    """
+    (h_prev,) = carry_prev
+    (dh,) = dcarry
+    f, i, candidate = residuals
+    total = f + i
+    diff = (dh * h_prev - dh * candidate) / (total * total)
+    dzx = jnp.concatenate([diff * i * f * (1.0 - f), -diff * f * i * (1.0 - i), dh * i / total], axis=-1)
+    return dzx, None, (dh * f / total,)
+
+
+def _input_param_grads(xs: Array, h_prev: Array, dzx: Array, dzh_part) -> Params:
+    """minGRU and minLSTM (no ``W_h``): ``dW_x = X^T dZx``, ``db = sum dZx`` over a block of steps."""
+    return {"W_x": jnp.einsum("tbi,tbg->ig", xs, dzx), "b": jnp.sum(dzx, axis=(0, 1))}
+
+
+def _no_recurrent_matrix(dzx: Array, dzh_part) -> Array:
+    """No ``zh = h W_h``: its gradient is zero (the recurrence is elementwise)."""
+    return jnp.zeros_like(dzx)
+
+
+MINGRU = Cell(
+    name="mingru",
+    num_gates=2,
+    carry_size=1,
+    input_bias="b",
+    param_shapes=_min_shapes(2),
+    init=_min_init(2),
+    step=_mingru_step,
+    backward_step=_mingru_backward,
+    param_grads=_input_param_grads,
+    full_dzh=_no_recurrent_matrix,
+)
+
+MINLSTM = Cell(
+    name="minlstm",
+    num_gates=3,
+    carry_size=1,
+    input_bias="b",
+    param_shapes=_min_shapes(3),
+    init=_min_init(3),
+    step=_minlstm_step,
+    backward_step=_minlstm_backward,
+    param_grads=_input_param_grads,
+    full_dzh=_no_recurrent_matrix,
+)
+
+
+CELLS: dict[str, Cell] = {c.name: c for c in (ELMAN, LSTM, GRU, MINGRU, MINLSTM)}

@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 _HELP = {
     "task": "task to train on (see --help of 'train' for the list)",
-    "cell": "recurrent cell: elman, lstm or gru",
+    "cell": "recurrent cell: elman, lstm, gru, mingru or minlstm (Feng et al. 2024)",
     "hidden": "hidden size",
     "seq_len": "sequence length / lag (default: the task's)",
     "batch_size": "minibatch size",
@@ -123,12 +123,13 @@ def _one_value(kind):
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from perceptron1_jax.cells import CELLS
     from perceptron1_jax.data import MISSING, TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
     from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES
 
-    choices = {"task": list(TASKS), "cell": ["elman", "lstm", "gru"], "optimizer": list(OPTIMIZERS),
+    choices = {"task": list(TASKS), "cell": list(CELLS), "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),
                "tokens": list(TOKENIZERS), "compute_dtype": list(COMPUTE_DTYPES), "missing": list(MISSING)}
     defaults = TrainConfig()
@@ -154,6 +155,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+CELL_NAMES = ("elman", "lstm", "gru", "mingru", "minlstm")  # perceptron1_jax.cells.CELLS, without importing JAX
 _MEMBER_HELP = "of a population's run: this member (0 to members - 1; population.json lists them)"
 
 
@@ -226,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gradient flow: the norm of dL/dh_t for every step of one explicit BPTT pass on a "
                     "batch of a task, at initialization or from a checkpoint.",
     )
-    flow.add_argument("--cell", choices=["elman", "lstm", "gru", "all"], default="all")
+    flow.add_argument("--cell", choices=[*CELL_NAMES, "all"], default="all",
+                      help="a cell, or all: elman, lstm and gru (default: all)")
     flow.add_argument("--task", choices=sorted(TASKS), default="copy")
     flow.add_argument("--seq-len", type=int, default=100)
     flow.add_argument("--hidden", type=int, default=64)
@@ -247,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench_parser)
 
     check = commands.add_parser("gradcheck", help="explicit BPTT vs jax.grad on random params (float64)")
-    check.add_argument("--cell", choices=["elman", "lstm", "gru", "all"], default="all")
+    check.add_argument("--cell", choices=[*CELL_NAMES, "all"], default="all", help="a cell, or all of them")
     check.add_argument("--batch", type=int, default=4)
     check.add_argument("--seq-len", type=int, default=12)
     check.add_argument("--input", type=int, default=3)
@@ -594,7 +597,7 @@ def _gradcheck_table(args) -> int:
     from perceptron1_jax.diagnostics import max_relative_error
 
     rng = np.random.default_rng(args.seed)
-    cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]
+    cells = list(CELL_NAMES) if args.cell == "all" else [args.cell]
     print(f"explicit BPTT vs jax.grad, float64, batch {args.batch}, time {args.seq_len}, input {args.input}, "
           f"hidden {args.hidden}, classes {args.classes}, "
           f"{'many-to-many' if args.many_to_many else 'many-to-one'}{', random lengths' if args.lengths else ''}")
@@ -646,7 +649,7 @@ def cmd_gradflow(args) -> int:
         cfg = loaded["config"]
         runs.append((cfg, loaded["params"], f"{cfg.layers or cfg.cell} (step {loaded['step']})", loaded["spec"]))
     else:
-        cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]
+        cells = ["elman", "lstm", "gru"] if args.cell == "all" else [args.cell]  # the cells with a W_h
         for cell in cells:
             try:
                 cfg = check_config(TrainConfig(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
@@ -657,7 +660,11 @@ def cmd_gradflow(args) -> int:
             params = init_run_params(run_keys(cfg)[1], cfg)
             label = f"{cell} at init"
             if args.spectral_radius is not None:
-                params = set_spectral_radius(params, args.spectral_radius)
+                try:
+                    params = set_spectral_radius(params, args.spectral_radius)
+                except ValueError as err:  # a cell without W_h
+                    raise UsageError(f"--spectral-radius: {cell} has no recurrent matrix W_h to rescale "
+                                     "(its recurrence is elementwise)") from err
                 label += f", spectral radius {args.spectral_radius:g}"
             runs.append((cfg, params, label, cfg.model_spec))
     profiles = {}

@@ -120,6 +120,9 @@ def set_spectral_radius(params, radius: float):
         raise ValueError(f"radius: expected a positive spectral radius, got {radius}")
 
     def rescale(cell_params):
+        if "W_h" not in cell_params:
+            raise ValueError("params: expected cells with a recurrent matrix W_h (elman, lstm, gru), got one "
+                             f"without (keys {sorted(cell_params)}: minGRU or minLSTM, an elementwise recurrence)")
         w_h = np.asarray(cell_params["W_h"], np.float64)
         hidden = w_h.shape[0]
         blocks = []

@@ -26,6 +26,17 @@ from perceptron1_jax.spec import ModelSpec
 _GATES = {"elman": None, "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
 
+def _check_interop_cell(cell: str, where: str) -> None:
+    """The cells Flax and PyTorch have: a ``ValueError`` for minGRU and minLSTM (theirs do not exist)."""
+    if cell not in _GATES:
+        raise ValueError(f"cell: expected one of {list(_GATES)} ({where} has no {cell} cell), got {cell!r}")
+
+
+def _check_interop_spec(spec: ModelSpec, where: str) -> None:
+    for layer in spec.layers:
+        _check_interop_cell(layer.cell, where)
+
+
 def _blocks(w, n):
     return jnp.split(w, n, axis=-1)
 
@@ -33,6 +44,7 @@ def _blocks(w, n):
 def to_flax(cell: str, cell_params: dict) -> dict:
     """Our ``params["cell"]`` -> the ``params`` collection of the matching Flax linen cell."""
     spec = validate.get_cell(cell)
+    _check_interop_cell(cell, "Flax linen")
     validate.check_params({"cell": cell_params}, spec, need_readout=False)
     p = cell_params
     if cell == "elman":
@@ -59,6 +71,7 @@ def to_flax(cell: str, cell_params: dict) -> dict:
 def from_flax(cell: str, flax_params: dict) -> dict:
     """The ``params`` collection of a Flax linen cell -> our ``params["cell"]``."""
     validate.get_cell(cell)
+    _check_interop_cell(cell, "Flax linen")
     f = flax_params
     if cell == "elman":
         return {"W_x": f["i"]["kernel"], "W_h": f["h"]["kernel"], "b": f["i"]["bias"]}
@@ -116,6 +129,7 @@ def from_torch(state_dict, spec: ModelSpec, *, rnn: str = "rnn", embedding: str 
     a missing, unexpected or misshaped entry raises ``ValueError`` naming the key.
     """
     spec = validate.check_spec(spec)
+    _check_interop_spec(spec, "PyTorch")
     expected = _torch_keys(spec, rnn, embedding, head)
     if not hasattr(state_dict, "keys"):
         raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
@@ -161,6 +175,7 @@ def to_torch(params, spec: ModelSpec, *, rnn: str = "rnn", embedding: str = "emb
     ``from_torch(to_torch(params))`` gives ``params`` back exactly.
     """
     spec = validate.check_spec(spec)
+    _check_interop_spec(spec, "PyTorch")
     validate.check_model_params(params, spec)
     params = jax.tree.map(np.array, params)  # writable NumPy copies
     out = {}

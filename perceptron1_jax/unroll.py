@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from perceptron1_jax import validate
+from perceptron1_jax.cells import hidden_size_of
 from perceptron1_jax.layers import direction_forward
 from perceptron1_jax.scan import (  # the unroll's input-projection branch, by the name the issues use
     hoist_input_projection,  # noqa: F401
@@ -29,7 +30,7 @@ def _unroll(cell_name: str, cell_params, xs, lengths, carry0):
     cell = validate.get_cell(cell_name)
     batch, time, _ = xs.shape
     if carry0 is None:
-        carry0 = zero_carry(cell, batch, cell_params["W_h"].shape[0], xs.dtype)
+        carry0 = zero_carry(cell, batch, hidden_size_of(cell, cell_params), xs.dtype)
     hs_tm, final, _ = direction_forward(cell, cell_params, jnp.swapaxes(xs, 0, 1), carry0, time_mask(lengths, time),
                                         lengths, reverse=False, save=False)
     return jnp.swapaxes(hs_tm, 0, 1), final

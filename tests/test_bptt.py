@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import perceptron1_jax as p1
 from perceptron1_jax.bptt import explicit_value_and_grad
-from perceptron1_jax.cells import CELLS, cell_step
+from perceptron1_jax.cells import CELLS, cell_step, hidden_size_of
 from perceptron1_jax.losses import cross_entropy
 from perceptron1_jax.model import readout
 from perceptron1_jax.scan import public_carry
@@ -86,7 +86,7 @@ def _loss_with_hidden_perturbation(cell, params, xs, labels, lengths, eps, many_
     gradient in ``eps`` is the total dL/dh_t."""
     spec = CELLS[cell]
     batch, time, _ = xs.shape
-    hidden = params["cell"]["W_h"].shape[0]
+    hidden = hidden_size_of(spec, params["cell"])
     carry = tuple(jnp.zeros((batch, hidden), xs.dtype) for _ in range(spec.carry_size))
     hs = []
     for t in range(time):

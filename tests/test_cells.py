@@ -27,11 +27,14 @@ def test_backward_step_equals_vjp_of_step(x64, cell, batch, input_size, hidden):
     carry = tuple(jnp.asarray(rng.standard_normal((batch, hidden))) for _ in range(spec.carry_size))
     zx = project_inputs(spec, cell_params, xs[:, 0])
 
+    recurrent = "W_h" in cell_params  # minGRU and minLSTM have none: their dzh is zero
+    w_h = cell_params["W_h"] if recurrent else jnp.zeros((hidden, spec.num_gates * hidden), zx.dtype)
+
     def forward(zx, carry, w_h):
-        new_carry, _ = spec.step({**cell_params, "W_h": w_h}, carry, zx)
+        new_carry, _ = spec.step({**cell_params, "W_h": w_h} if recurrent else cell_params, carry, zx)
         return new_carry
 
-    new_carry, vjp = jax.vjp(forward, zx, carry, cell_params["W_h"])
+    new_carry, vjp = jax.vjp(forward, zx, carry, w_h)
     _, residuals = spec.step(cell_params, carry, zx)
     dcarry = tuple(jnp.asarray(rng.standard_normal((batch, hidden))) for _ in range(spec.carry_size))
     dzx, dzh_part, dprev = spec.backward_step(cell_params, carry, new_carry, residuals, dcarry)
@@ -47,7 +50,7 @@ def _flax_carry(cell, carry):
     return (carry[1], carry[0]) if cell == "lstm" else carry[0]
 
 
-@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("cell", sorted(FLAX_CELLS))
 def test_step_equals_flax_cells_with_mapped_weights(x64, cell):
     params, xs, _, _ = random_problem(1, cell, 3, 1, 4, 5, 2)
     cell_params = params["cell"]
@@ -61,7 +64,7 @@ def test_step_equals_flax_cells_with_mapped_weights(x64, cell):
         assert_trees_close(new_carry, _flax_carry(cell, ours), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("cell", sorted(FLAX_CELLS))
 def test_flax_round_trip(cell):
     module = FLAX_CELLS[cell][0](features=3)
     x = jnp.arange(1.0, 5.0).reshape(2, 2)
@@ -81,6 +84,9 @@ def test_init_shapes_dtypes_and_defaults(cell, dtype):
     assert {k: v.shape for k, v in params["cell"].items()} == expected
     assert params["readout"]["W"].shape == (4, 5) and params["readout"]["b"].shape == (5,)
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(params))
+    if cell in ("mingru", "minlstm"):  # no W_h; zero biases
+        np.testing.assert_array_equal(np.asarray(params["cell"]["b"], np.float64), 0.0)
+        return
     w_h = np.asarray(params["cell"]["W_h"], np.float64)
     for k in range(gates):  # each gate block of W_h is orthogonal
         block = w_h[:, 4 * k : 4 * (k + 1)]
@@ -101,3 +107,34 @@ def test_init_is_a_pure_function_of_the_key():
     assert not np.allclose(a["cell"]["W_x"], c["cell"]["W_x"])
     legacy = p1.init_params(jax.random.PRNGKey(3), "gru", 2, 3, 4)
     assert legacy["cell"]["W_x"].shape == (2, 9)
+
+
+def test_mingru_and_minlstm_have_no_recurrent_matrix_and_say_so_where_one_is_needed():
+    from perceptron1_jax.cli import CELL_NAMES
+    from perceptron1_jax.interop import to_flax
+
+    assert set(CELL_NAMES) == set(CELLS)
+    for cell in ("mingru", "minlstm"):
+        params = p1.init_params(jax.random.key(0), cell, 3, 4, 2)
+        assert set(params["cell"]) == {"W_x", "b"} and params["cell"]["W_x"].shape == (3, CELLS[cell].num_gates * 4)
+        with pytest.raises(ValueError, match="params: expected cells with a recurrent matrix W_h"):
+            p1.set_spectral_radius(params, 0.9)
+        with pytest.raises(ValueError, match=f"cell: expected one of \\['elman', 'lstm', 'gru'\\] \\(Flax linen has "
+                                             f"no {cell} cell\\)"):
+            to_flax(cell, params["cell"])
+
+
+def test_mingru_is_linear_in_h_with_gates_from_x_alone(x64):
+    """h' = (1 - z) h + z h~ with z and h~ from x: doubling h's deviation from h~ doubles h' - h~."""
+    params = p1.init_params(jax.random.key(1), "mingru", 3, 4, 2, dtype=jnp.float64)["cell"]
+    params = {**params, "b": params["b"] + 0.3}
+    x = jax.random.normal(jax.random.key(2), (2, 3), jnp.float64)
+    h = jax.random.normal(jax.random.key(3), (2, 4), jnp.float64)
+    zx = project_inputs(CELLS["mingru"], params, x)
+    z, candidate = jax.nn.sigmoid(zx[:, :4]), zx[:, 4:]
+    (new,), _ = CELLS["mingru"].step(params, (h,), zx)
+    np.testing.assert_allclose(new, (1 - z) * h + z * candidate, rtol=1e-14)
+    minlstm = p1.init_params(jax.random.key(1), "minlstm", 3, 4, 2, dtype=jnp.float64)["cell"]
+    (new_l,), _ = CELLS["minlstm"].step(minlstm, (h,), jnp.concatenate([zx, zx[:, :4]], axis=-1))
+    f, i = jax.nn.sigmoid(zx[:, :4]), jax.nn.sigmoid(zx[:, 4:])
+    np.testing.assert_allclose(new_l, (f * h + i * zx[:, :4]) / (f + i), rtol=1e-14)

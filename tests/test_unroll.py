@@ -7,7 +7,7 @@ import pytest
 from helpers import assert_trees_close, random_problem
 
 import perceptron1_jax as p1
-from perceptron1_jax.cells import CELLS, cell_step
+from perceptron1_jax.cells import CELLS, cell_step, hidden_size_of
 
 CELL_NAMES = sorted(CELLS)
 
@@ -16,7 +16,7 @@ def python_loop_unroll(cell, params, xs, lengths=None, carry=None):
     """Reference: step the cell one time step at a time in Python (haiku's static_unroll)."""
     spec = CELLS[cell]
     batch, time, _ = xs.shape
-    hidden = params["cell"]["W_h"].shape[0]
+    hidden = hidden_size_of(spec, params["cell"])
     if carry is None:
         carry = tuple(jnp.zeros((batch, hidden), xs.dtype) for _ in range(spec.carry_size))
     hs = []
