@@ -16,7 +16,8 @@ def test_specs_are_hashable_and_lists_become_tuples():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: p1.LayerSpec("rnn", 4), "cell: expected one of \\['elman', 'gru', 'lstm', 'mingru', 'minlstm'\\], got 'rnn'"),
+    (lambda: p1.LayerSpec("rnn", 4),
+     "cell: expected one of \\['elman', 'gru', 'lstm', 'mingru', 'minlstm'\\], got 'rnn'"),
     (lambda: p1.LayerSpec("gru", 0), "hidden_size: expected a positive int, got 0"),
     (lambda: p1.LayerSpec("gru", 2.5), "hidden_size: expected a positive int, got float 2.5"),
     (lambda: p1.LayerSpec("gru", 4, bidirectional=1), "bidirectional: expected True or False, got int 1"),
