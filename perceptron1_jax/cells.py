@@ -400,31 +400,15 @@ def _no_recurrent_matrix(dzx: Array, dzh_part) -> Array:
     return jnp.zeros_like(dzx)
 
 
-MINGRU = Cell(
-    name="mingru",
-    num_gates=2,
-    carry_size=1,
-    input_bias="b",
-    param_shapes=_min_shapes(2),
-    init=_min_init(2),
-    step=_mingru_step,
-    backward_step=_mingru_backward,
-    param_grads=_input_param_grads,
-    full_dzh=_no_recurrent_matrix,
-)
+def _min_cell(name: str, blocks: int, step, backward_step) -> Cell:
+    """A cell whose gates read ``x`` alone (``blocks`` column blocks of ``W_x``, no ``W_h``)."""
+    return Cell(name=name, num_gates=blocks, carry_size=1, input_bias="b", param_shapes=_min_shapes(blocks),
+                init=_min_init(blocks), step=step, backward_step=backward_step, param_grads=_input_param_grads,
+                full_dzh=_no_recurrent_matrix)
 
-MINLSTM = Cell(
-    name="minlstm",
-    num_gates=3,
-    carry_size=1,
-    input_bias="b",
-    param_shapes=_min_shapes(3),
-    init=_min_init(3),
-    step=_minlstm_step,
-    backward_step=_minlstm_backward,
-    param_grads=_input_param_grads,
-    full_dzh=_no_recurrent_matrix,
-)
+
+MINGRU = _min_cell("mingru", 2, _mingru_step, _mingru_backward)
+MINLSTM = _min_cell("minlstm", 3, _minlstm_step, _minlstm_backward)
 
 
 CELLS: dict[str, Cell] = {c.name: c for c in (ELMAN, LSTM, GRU, MINGRU, MINLSTM)}
