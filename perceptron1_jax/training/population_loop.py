@@ -230,11 +230,11 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
     pdata = population_data(members, data) if isinstance(shapes.train.xs, jax.ShapeDtypeStruct) else shapes
     check_run(members[0], member_split(pdata, 0))
     pdata = pdata._replace(train=jax.device_put(pdata.train, replicated), eval=jax.device_put(pdata.eval, replicated))
-    params, opt_state = init_population(cfg, members, spec, layout, params)
-    status = [{"stopped": None, "nonfinite": 0, "target_step": None} for _ in members]
-    step = 0
     found = resume_from(out, cfg, pdata.info, spec, writes=writes, log=log, population=population) if resume else None
-    if found is not None:
+    if found is None:  # fresh members from their seeds (or the given params)
+        params, opt_state = init_population(cfg, members, spec, layout, params)
+        step, status = 0, [{"stopped": None, "nonfinite": 0, "target_step": None} for _ in members]
+    else:
         params, opt_state = pad_members((found[0], found[1]), layout.padded)
         step, status = found[2], found[3]
     state = PopulationState(*jax.device_put((params, opt_state), on_members), step, info=pdata.info, spec=spec,
