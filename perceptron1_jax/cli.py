@@ -73,10 +73,12 @@ _HELP = {
     "dropout": "inverted dropout rate on each layer's input after the first and on the head's input",
     "embed_size": "embedding size of token inputs (default: the task's, or 32 for data)",
     "data": "train on your data: one .npz (xs, labels or targets, ...), one .csv series, one .ts file (the "
-            "UCR/UEA archives' format), or text files (language modelling)",
+            "UCR/UEA archives' format), aeon:NAME (a dataset shipped inside aeon's package: its TRAIN file, and "
+            "its TEST file as --test; pip install 'perceptron1_jax[archives]'), or text files (language modelling)",
     "classes": "text classification: one file of lines per class (one example per line)",
     "tokens": "text tokens: chars or words (default: chars for --data text, words for --classes)",
-    "val_fraction": "evaluation split of data without one (language modelling: the end of the text)",
+    "val_fraction": "evaluation split of data without one (language modelling: the end of the text); with --test, "
+                    "the validation split (0: none, the last checkpoint is tested)",
     "max_vocab": "text: keep the most frequent tokens (ids, <unk> included; default: all)",
     "missing": ".ts files: a missing value ('?' or NaN) is an error, or read as zero",
     "max_nonfinite": "stop with exit status 3 after this many consecutive steps with a non-finite loss or gradient "
@@ -84,6 +86,13 @@ _HELP = {
     "compute_dtype": "mixed precision: forward and backward in bfloat16, parameters and the update in float32",
     "keep_best": "also keep best.msgpack in --out: the checkpoint of the lowest evaluation loss (eval, predict "
                  "and generate read it as a file)",
+    "test": "a test split of the same kind as --data/--classes, never seen in training: evaluations use a "
+            "validation split carved from the training data (--val-fraction, stratified by class; 0: none), "
+            "the best checkpoint is kept (--keep-best) and scored once on the test split at the end "
+            "(--data aeon:NAME sets it to NAME's TEST file)",
+    "standardize": "standardize each input feature by the training split's mean and standard deviation, saved "
+                   "with the run and applied by eval, predict and the test split (default: on for .ts files and "
+                   "aeon:NAME, off otherwise)",
 }
 
 
@@ -138,8 +147,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         kind = _base_type(hints[f.name])
         default = getattr(defaults, f.name)
         if kind is bool:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
-                                default=argparse.SUPPRESS, help=f"{_HELP[f.name]} (default: {default})")
+            optional = kind is not hints[f.name]  # bool | None: --name / --no-name, unset by default
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
+                                action=argparse.BooleanOptionalAction if optional else "store_true",
+                                help=_HELP[f.name] if optional else f"{_HELP[f.name]} (default: {default})")
             continue
         many = typing.get_origin(kind) is tuple
         if f.name in VARIED:
@@ -190,8 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--num-processes", type=int, help="how many processes take part (with --coordinator)")
     scale.add_argument("--process-id", type=int, help="this process's index, 0 to --num-processes - 1")
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its evaluation split")
-    evaluate.add_argument("path", type=Path, help="a checkpoint file or a run folder (its newest checkpoint)")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its evaluation split or on a file")
+    evaluate.add_argument("path", type=Path, help="a checkpoint file or a run folder (its newest checkpoint; with "
+                                                  "--data, its best.msgpack when it kept one)")
+    evaluate.add_argument("--data", type=Path, nargs="+", metavar="PATH",
+                          help="score this labelled file instead (any kind the run trained on; .ts, .npz, .csv, "
+                               "text; aeon:NAME for its TEST file), standardized as the run's inputs were")
+    evaluate.add_argument("--step", type=int, help="the checkpoint of this step in the run folder")
     evaluate.add_argument("--member", type=int, help=_MEMBER_HELP)
 
     gen = commands.add_parser(
@@ -397,8 +413,11 @@ def cmd_train(args) -> int:
     say = print if writer else (lambda *a, **k: None)
     what = f"task {cfg.task}" if cfg.task is not None else f"data {data.info.source} ({data.info.kind})"
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-    say(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {data.eval.xs.shape[0]} evaluation "
-        f"examples of {data.train.xs.shape[1]} steps, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
+    split = f"{data.eval.xs.shape[0]} evaluation" if data.test is None else \
+        f"{data.eval.xs.shape[0]} validation / {data.test.xs.shape[0]} test"
+    scaled = ", inputs standardized" if data.info.input_mean is not None else ""
+    say(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {split} examples of "
+        f"{data.train.xs.shape[1]} steps{scaled}, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
         f"{cfg.steps} steps, gradients from {cfg.grad}, batch split over {mesh.size} {mesh.devices.flat[0].platform} "
         f"device{'s' if mesh.size > 1 else ''}{processes}; run folder {out}")
     state, status = _train_until_done(args, cfg, out, data=data, mesh=mesh)
@@ -420,6 +439,12 @@ def cmd_train(args) -> int:
             else:
                 verdict = f" ({chance})"
         print(f"final: step {last['step']}, {describe_eval(last, state.info)}{verdict}")
+    if state.test is not None:
+        from perceptron1_jax.training import describe_test
+
+        which = "the best validation loss" if evals else "no validation split: the last step"
+        print(f"final: test split, checkpoint of step {state.test['test_checkpoint_step']} ({which}): "
+              f"{describe_test(state.test, state.info)}")
     _plot_or_hint("loss curve", lambda plotting: plotting.plot_metrics(out / "metrics.jsonl", out / "metrics.png"))
     return 0
 
@@ -502,22 +527,51 @@ def _load_members(path):
 
 
 def cmd_eval(args) -> int:
-    from perceptron1_jax.data import chance
+    from perceptron1_jax.data import chance, load_heldout
     from perceptron1_jax.training import check_same_data, describe_eval, evaluate_split, run_data
 
-    run = _load_run(args.path, args.member)
-    try:
-        data = run_data(run.config)
-        check_same_data(run.info, data.info)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-    scores = evaluate_split(run.params, data.eval, run.spec)
+    run = _load_run(_eval_checkpoint(args), args.member)
+    if args.data is not None:
+        try:
+            split = load_heldout(args.data, run.info, seq_len=run.config.seq_len, missing=run.config.missing)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        info, what, baseline = run.info, f"data {', '.join(map(str, args.data))}", ""
+    else:
+        try:
+            data = run_data(run.config)
+            check_same_data(run.info, data.info)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        if data.eval.xs.shape[0] == 0:
+            raise UsageError(f"{args.path}: its run has no evaluation split (val_fraction 0): give --data PATH")
+        split, info = data.eval, data.info
+        baseline = f" (chance {chance(data):.3f})" if data.info.classifier else ""
+        what = f"task {run.config.task}" if run.config.task is not None else f"data {data.info.source}"
+    scores = evaluate_split(run.params, split, run.spec)
     entry = {"eval_loss": scores["loss"], "eval_accuracy": scores.get("accuracy")}
-    baseline = f" (chance {chance(data):.3f})" if data.info.classifier else ""
-    what = f"task {run.config.task}" if run.config.task is not None else f"data {data.info.source}"
-    print(f"{run.path}: step {run.step}, {what}, model {describe_spec(run.spec)}: "
-          f"{describe_eval(entry, data.info)}{baseline}")
+    print(f"{run.path}: step {run.step}, {what} ({split.xs.shape[0]} examples), model {describe_spec(run.spec)}: "
+          f"{describe_eval(entry, info)}{baseline}")
     return 0
+
+
+def _eval_checkpoint(args) -> Path:
+    """The checkpoint ``eval`` reads: ``--step N``'s, else with ``--data`` the run's best (when it
+    kept one), else the path given (a run folder: its newest)."""
+    from perceptron1_jax.checkpoint import BEST, checkpoint_path
+
+    if args.step is not None:
+        if not args.path.is_dir():
+            raise UsageError(f"--step: expected a run folder to pick the checkpoint of step {args.step} from, got "
+                             f"the file {args.path}")
+        path = checkpoint_path(args.path, args.step)
+        if not path.is_file():
+            raise UsageError(f"--step: expected a step with a checkpoint in {args.path}, got {args.step} "
+                             f"(no {path.name})")
+        return path
+    if args.data is not None and args.path.is_dir() and (args.path / BEST).is_file():
+        return args.path / BEST
+    return args.path
 
 
 def cmd_generate(args) -> int:

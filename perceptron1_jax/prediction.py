@@ -9,7 +9,6 @@ for regression) and, for classifiers, ``"probabilities"``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -25,6 +24,8 @@ from perceptron1_jax.data import (
     tokenize,
 )
 from perceptron1_jax.data.arrays import NPZ_KEYS, check_lengths, check_xs, read_npz
+from perceptron1_jax.data.heldout import resolve_paths
+from perceptron1_jax.data.standardize import standardize_inputs
 from perceptron1_jax.data.ts import read_ts
 from perceptron1_jax.model import model_apply
 from perceptron1_jax.runs import Run
@@ -46,8 +47,9 @@ class Predictions(NamedTuple):
 def predict_examples(run: Run, xs, lengths=None) -> Predictions:
     """Run the model of ``run`` on ``xs`` (``(n, time, features)`` floats or ``(n, time)`` token
     ids, with optional ``lengths (n,)``), in chunks; classifiers give class ids and softmax
-    probabilities, regression models their outputs."""
-    xs = np.asarray(xs)
+    probabilities, regression models their outputs. Float inputs are standardized first with the
+    run's saved statistics when it trained on standardized inputs (give raw inputs here)."""
+    xs = standardize_inputs(np.asarray(xs), lengths, run.info)
     dtype = run.params["head"]["W"].dtype
     preds, probs = [], []
     for start in range(0, xs.shape[0], CHUNK):
@@ -105,11 +107,10 @@ def _encode(run: Run, tokenized: list[list[str]]) -> Inputs:
 
 def file_inputs(run: Run, path) -> Inputs:
     """The examples of a file for ``run``: ``.npz`` (``xs``, optional ``lengths``), ``.ts`` (its
-    series; unequal lengths padded, with ``lengths``), ``.csv`` (windows of the run's ``seq_len``
-    rows) or text (one example per non-blank line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    series; unequal lengths padded, with ``lengths``; ``aeon:NAME``: its TEST file), ``.csv``
+    (windows of the run's ``seq_len`` rows) or text (one example per non-blank line). The inputs
+    are raw: :func:`predict_examples` standardizes them."""
+    path = resolve_paths(str(path))[0]
     suffix = path.suffix.lower()
     if suffix == ".npz":
         arrays = read_npz(path, NPZ_KEYS)  # labels or targets may be there; they are not read

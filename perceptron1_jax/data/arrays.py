@@ -118,11 +118,14 @@ def _positive(where: str, name: str, value) -> int | None:
 
 def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, labels_val=None, targets_val=None,
                 lengths_val=None, num_classes=None, vocab_size=None, val_fraction: float = 0.1, seed: int = 0,
-                name: str = "arrays") -> Data:
+                name: str = "arrays", stratify: bool = False) -> Data:
     """Check numpy arrays and make them a :class:`~perceptron1_jax.data.Data` (see the module doc).
 
     ``num_classes`` / ``vocab_size`` default to the largest label / token id (of both splits) + 1.
-    ``name`` is how errors name the source (a file name for :func:`load_npz`).
+    ``name`` is how errors name the source (a file name for :func:`load_npz`). ``stratify``: the
+    random split keeps each class's share (many-to-one labels; see
+    :func:`~perceptron1_jax.data.source.split_indices`); ``val_fraction`` 0 keeps every example
+    for training (an empty evaluation split).
     """
     where = name
     if (labels is None) == (targets is None):
@@ -178,7 +181,8 @@ def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, lab
     everything = Dataset(xs, ys, lengths)
     if xs_val is not None:
         return Data(everything, Dataset(xs_val, ys_val, lengths_val), info)
-    train_index, val_index = split_indices(xs.shape[0], val_fraction, seed, where)
+    strata = ys if stratify and info.classifier and not many_to_many else None
+    train_index, val_index = split_indices(xs.shape[0], val_fraction, seed, where, strata)
     return Data(take(everything, train_index), take(everything, val_index), info)
 
 
@@ -207,6 +211,6 @@ def read_npz(path, known=NPZ_KEYS) -> dict:
     return arrays
 
 
-def load_npz(path, *, val_fraction: float = 0.1, seed: int = 0) -> Data:
+def load_npz(path, *, val_fraction: float = 0.1, seed: int = 0, stratify: bool = False) -> Data:
     """An ``.npz`` file of the arrays of :func:`from_arrays` (see :func:`read_npz`)."""
-    return from_arrays(**read_npz(path), val_fraction=val_fraction, seed=seed, name=str(path))
+    return from_arrays(**read_npz(path), val_fraction=val_fraction, seed=seed, name=str(path), stratify=stratify)

@@ -38,6 +38,8 @@ class DataInfo:
     class_names: tuple[str, ...] | None = None  # text classification: one name per class (its file)
     columns: tuple[str, ...] | None = None  # CSV series: the column names
     source: str = ""  # where the data came from, for humans
+    input_mean: tuple[float, ...] | None = None  # standardized float inputs: each feature's training mean
+    input_std: tuple[float, ...] | None = None  # ... and standard deviation (inputs become (x - mean) / std)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -72,11 +74,14 @@ class DataInfo:
 
 
 class Data(NamedTuple):
-    """A source's two splits and its description."""
+    """A source's splits and its description: ``eval`` is what every evaluation during training
+    scores (the validation split when there is a ``test``); ``test`` (or None) is scored once, at
+    the end of a run, and never before."""
 
     train: Dataset
     eval: Dataset
     info: DataInfo
+    test: Dataset | None = None
 
 
 def take(data: Dataset, index) -> Dataset:
@@ -84,20 +89,43 @@ def take(data: Dataset, index) -> Dataset:
     return Dataset(*(None if a is None else a[index] for a in data))
 
 
-def split_indices(n: int, val_fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of ``n`` examples: ``(train, val)`` index arrays, each sorted and
-    non-empty (``round(n * val_fraction)`` validation examples, at least 1)."""
-    check_val_fraction(val_fraction)
-    n_val = max(1, round(n * val_fraction))
-    if n - n_val < 1:
-        raise DataError(f"{what}: expected at least 2 examples to split into training and validation, got {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def split_indices(n: int, val_fraction: float, seed: int, what: str, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of ``n`` examples: ``(train, val)`` index arrays, each sorted
+    (``round(n * val_fraction)`` validation examples, at least 1; none for ``val_fraction`` 0).
+
+    ``labels`` (``(n,)`` class ids): stratified by class: class ``c`` of ``n_c`` examples gives
+    ``round(n_c * val_fraction)`` of them (at least 1 when ``n_c >= 2``; a class of one example
+    stays in training), so each class keeps its share in both parts."""
+    check_val_fraction(val_fraction, allow_zero=True)
+    rng = np.random.default_rng(seed)
+    if val_fraction == 0:
+        if n < 1:
+            raise DataError(f"{what}: expected at least 1 example to train on, got none")
+        return np.arange(n), np.arange(0)
+    if labels is None:
+        n_val = max(1, round(n * val_fraction))
+        if n - n_val < 1:
+            raise DataError(f"{what}: expected at least 2 examples to split into training and validation, got {n}")
+        order = rng.permutation(n)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    labels = np.asarray(labels)
+    val = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        take_n = min(max(1, round(members.size * val_fraction)), members.size - 1)
+        val.append(members[:take_n])
+    val = np.sort(np.concatenate(val))
+    if val.size == 0:
+        raise DataError(f"{what}: expected a class with at least 2 examples to carve a stratified validation "
+                        f"split from, got {n} examples of {np.unique(labels).size} classes")
+    return np.setdiff1d(np.arange(n), val), val
 
 
-def check_val_fraction(val_fraction) -> float:
-    if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
-        raise ValueError(f"val_fraction: expected a number in (0, 1), got {val_fraction!r}")
+def check_val_fraction(val_fraction, allow_zero: bool = False) -> float:
+    low = 0 <= val_fraction if allow_zero else 0 < val_fraction
+    if not (isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and low and val_fraction < 1):
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"val_fraction: expected a number in {interval}, got {val_fraction!r}")
     return float(val_fraction)
 
 
@@ -109,7 +137,8 @@ def check_seq_len(seq_len) -> int:
 
 def chance(data: Data) -> float | None:
     """Accuracy of always guessing the most frequent training label, on the evaluation split
-    (classifiers; None for regression). Padded steps of many-to-many labels are not counted."""
+    (classifiers; None for regression or an empty split). Padded steps of many-to-many labels are
+    not counted."""
     if not data.info.classifier:
         return None
 
@@ -120,4 +149,5 @@ def chance(data: Data) -> float | None:
         return labels.ravel()
 
     guess = np.bincount(valid(data.train), minlength=data.info.num_outputs).argmax()
-    return float(np.mean(valid(data.eval) == guess))
+    scored = valid(data.eval)
+    return float(np.mean(scored == guess)) if scored.size else None

@@ -75,7 +75,7 @@ def load_text(paths, *, tokens: str = "chars", seq_len: int = DEFAULT_LM_SEQ_LEN
               max_vocab: int | None = None) -> Data:
     """Language-modelling data from one or more UTF-8 text files (see the module doc)."""
     paths = _paths(paths, "data")
-    seq_len, val_fraction = check_seq_len(seq_len), check_val_fraction(val_fraction)
+    seq_len, val_fraction = check_seq_len(seq_len), check_val_fraction(val_fraction, allow_zero=True)
     texts = []
     for path in paths:
         text = read_text(path)
@@ -83,11 +83,11 @@ def load_text(paths, *, tokens: str = "chars", seq_len: int = DEFAULT_LM_SEQ_LEN
             raise DataError(f"{path}: expected text, got an empty file")
         texts.append(text)
     stream = tokenize("\n".join(texts), tokens)
-    n_val = max(1, int(len(stream) * val_fraction))
-    train_tokens, val_tokens = stream[:-n_val], stream[-n_val:]
+    n_val = max(1, int(len(stream) * val_fraction)) if val_fraction else 0
+    train_tokens, val_tokens = stream[:len(stream) - n_val], stream[len(stream) - n_val:]
     where = describe_paths(paths)
     for part, count in (("training part", len(train_tokens)), (f"last {val_fraction:g} (validation)", n_val)):
-        if count < seq_len + 1:
+        if count < seq_len + 1 and (count or part == "training part"):
             raise DataError(f"{where}: the {part} of the text has {count} {tokens}, expected at least "
                             f"seq_len + 1 = {seq_len + 1}: give more text or a shorter seq_len")
     vocab = Vocabulary.build(train_tokens, max_vocab)
@@ -116,8 +116,9 @@ def encode_lines(lines: Sequence[Sequence[str]], vocab: Vocabulary, seq_len: int
 
 
 def load_classes(paths, *, tokens: str = "words", seq_len: int | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, max_vocab: int | None = None) -> Data:
-    """Classification data from one text file per class, one example per line (see the module doc)."""
+                 seed: int = 0, max_vocab: int | None = None, stratify: bool = False) -> Data:
+    """Classification data from one text file per class, one example per line (see the module doc);
+    ``stratify``: the evaluation split takes ``val_fraction`` of each class's lines."""
     paths = _paths(paths, "classes")
     if len(paths) < 2:
         raise DataError(f"classes: expected at least 2 files (one per class), got {len(paths)}")
@@ -128,7 +129,8 @@ def load_classes(paths, *, tokens: str = "words", seq_len: int | None = None, va
         found = read_lines(path, tokens)
         lines += found
         labels += [label] * len(found)
-    train_index, val_index = split_indices(len(lines), val_fraction, seed, "classes")
+    train_index, val_index = split_indices(len(lines), val_fraction, seed, "classes",
+                                           np.asarray(labels) if stratify else None)
     train_lines = [lines[i] for i in train_index]
     vocab = Vocabulary.build((t for line in train_lines for t in line), max_vocab)
     if seq_len is None:

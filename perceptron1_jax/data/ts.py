@@ -164,12 +164,15 @@ def _numbers(path: Path, number: int, channel: int, field: str, missing: str) ->
     return out
 
 
-def load_ts(path, *, val_fraction: float = 0.1, seed: int = 0, missing: str = "error") -> Data:
+def load_ts(path, *, val_fraction: float = 0.1, seed: int = 0, missing: str = "error", stratify: bool = False,
+            name: str | None = None) -> Data:
     """A classification ``.ts`` file as a :class:`~perceptron1_jax.data.Data`: a seeded random
-    ``val_fraction`` of its series is the evaluation split; the class names are ``@classLabel``'s."""
+    ``val_fraction`` of its series (``stratify``: of each class) is the evaluation split; the class
+    names are ``@classLabel``'s. ``name``: how errors and the run name the source (default the path)."""
     found = read_ts(path, missing)
     if found["labels"] is None:
         raise DataError(f"{path}: expected class labels (@classLabel true ...) to train on, got none")
     data = from_arrays(found["xs"], labels=found["labels"], lengths=found["lengths"],
-                       num_classes=len(found["class_names"]), val_fraction=val_fraction, seed=seed, name=str(path))
+                       num_classes=len(found["class_names"]), val_fraction=val_fraction, seed=seed,
+                       name=name or str(path), stratify=stratify)
     return data._replace(info=dataclasses.replace(data.info, class_names=found["class_names"]))

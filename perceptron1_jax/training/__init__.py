@@ -18,7 +18,7 @@
 """
 
 from perceptron1_jax.training.config import TrainConfig, check_config, check_run, config_from_dict, run_spec
-from perceptron1_jax.training.evaluation import describe_eval, evaluate_split
+from perceptron1_jax.training.evaluation import describe_eval, describe_test, evaluate_split
 from perceptron1_jax.training.ingredients import init_run_params, run_data
 from perceptron1_jax.training.loop import train
 from perceptron1_jax.training.population import Population, member_configs
@@ -51,6 +51,7 @@ __all__ = (
     "check_same_data",
     "config_from_dict",
     "describe_eval",
+    "describe_test",
     "evaluate_split",
     "init_run_params",
     "load_checkpoint",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perceptron1_jax import validate
-from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer
+from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer, is_archive, source_kind
 from perceptron1_jax.data.source import check_val_fraction
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
 from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers
@@ -73,9 +73,11 @@ class TrainConfig:
     max_nonfinite: int = 10  # stop (exit status 3) after this many consecutive non-finite steps
     compute_dtype: str | None = None  # "bfloat16": forward and backward in bfloat16, float32 parameters
     keep_best: bool = False  # also keep best.msgpack: the checkpoint of the lowest evaluation loss
+    test: tuple[str, ...] | None = None  # a test split, scored once at the end by the best checkpoint
+    standardize: bool | None = None  # float inputs by training statistics (None: on for .ts files only)
 
     def __post_init__(self):
-        for name in ("data", "classes"):  # one path or a list (TOML, JSON) -> a tuple of str
+        for name in ("data", "classes", "test"):  # one path or a list (TOML, JSON) -> a tuple of str
             value = getattr(self, name)
             if isinstance(value, (str, Path)):
                 value = (value,)
@@ -83,6 +85,20 @@ class TrainConfig:
                 object.__setattr__(self, name, tuple(str(v) for v in value))
         if self.data is not None or self.classes is not None:
             object.__setattr__(self, "task", None)
+        if self.test is None and self.data is not None and len(self.data) == 1 and is_archive(self.data[0]):
+            object.__setattr__(self, "test", self.data)  # aeon:NAME: its TEST file is the test split
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the run keeps ``best.msgpack`` (``keep_best``, implied by a ``test`` split)."""
+        return self.keep_best or self.test is not None
+
+    @property
+    def standardizes(self) -> bool:
+        """``standardize``, or by default whether the data is a ``.ts`` file (or ``aeon:NAME``)."""
+        if self.standardize is not None:
+            return self.standardize
+        return self.data is not None and source_kind(self.data) == "ts"
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -172,7 +188,13 @@ def _check_source(cfg: TrainConfig) -> None:
         raise ValueError(f"classes: expected either data or classes, got both (data={list(cfg.data)})")
     if cfg.tokens is not None:
         check_tokenizer(cfg.tokens)
-    check_val_fraction(cfg.val_fraction)
+    if cfg.test is not None:
+        if cfg.task is not None:
+            raise ValueError(f"test: expected a run on your data (--data or --classes), got the task {cfg.task!r} "
+                             "(a task's evaluation split is drawn fresh and never trained on)")
+        if not cfg.test or not all(isinstance(p, str) and p for p in cfg.test):
+            raise ValueError(f"test: expected one or more file paths, got {cfg.test!r}")
+    check_val_fraction(cfg.val_fraction, allow_zero=cfg.test is not None)
     check_missing(cfg.missing)
     if cfg.max_vocab is not None and not (isinstance(cfg.max_vocab, int) and cfg.max_vocab >= 2):
         raise ValueError(f"max_vocab: expected an int >= 2 (ids, <unk> included), got {cfg.max_vocab!r}")
@@ -220,6 +242,8 @@ def _check_combinations(cfg: TrainConfig) -> None:
                          f"{cfg.compute_dtype} with tbptt_k1={cfg.tbptt_k1}")
     if cfg.tbptt_k2 is not None and cfg.tbptt_k1 is None:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
+    if cfg.standardize is not None and not isinstance(cfg.standardize, bool):
+        raise ValueError(f"standardize: expected true or false, got {cfg.standardize!r}")
     for name in ("bidirectional", "keep_best"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name}: expected true or false, got {getattr(cfg, name)!r}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from perceptron1_jax.data import DataInfo
 from perceptron1_jax.diagnostics import model_gradient_flow
-from perceptron1_jax.model import evaluate, scored_units
+from perceptron1_jax.model import evaluate, model_apply, scored_units
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.tasks import Dataset
 from perceptron1_jax.training.config import TrainConfig
@@ -68,6 +68,24 @@ def _chunked_means(score: Callable, data: Dataset, axis: int, chunk: int) -> dic
     return {k: v / count for k, v in totals.items()}
 
 
+def ensemble_accuracy(members: list, spec: ModelSpec, chunk: int = EVAL_CHUNK) -> float:
+    """Accuracy of the members' mean softmax probabilities (a classifier's ensemble) on one split;
+    ``members``: ``(params, split)`` per member, the splits holding the same examples and labels
+    (each member's inputs as it reads them: standardized by its own statistics). Padded steps of
+    many-to-many labels are not counted."""
+    labels, lengths = np.asarray(members[0][1].labels), members[0][1].lengths
+    total = 0.0
+    for params, split in members:
+        parts = [jax.nn.softmax(model_apply(params, split.xs[i:i + chunk], spec,
+                                            None if split.lengths is None else split.lengths[i:i + chunk]), axis=-1)
+                 for i in range(0, split.xs.shape[0], chunk)]
+        total = total + np.concatenate([np.asarray(p, np.float64) for p in parts])
+    right = total.argmax(-1) == labels
+    if labels.ndim == 2 and lengths is not None:
+        right = right[np.arange(labels.shape[1])[None, :] < np.asarray(lengths)[:, None]]
+    return float(np.mean(right))
+
+
 def make_evaluate(cfg: TrainConfig, spec: ModelSpec | None = None) -> Callable:
     """``evaluate(params, data) -> {"loss", "accuracy"}`` on a whole split (:func:`evaluate_split`)."""
     spec = spec or cfg.model_spec
@@ -102,3 +120,13 @@ def describe_eval(entry: dict, info: DataInfo) -> str:
         return f"eval loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
     bits = f" ({loss / math.log(2):.3f} bits/{info.tokens[:-1] if info.tokens else 'token'})" if info.next_token else ""
     return f"eval loss {loss:.4f}{bits}, eval accuracy {format_value(entry['eval_accuracy'], '.3f')}"
+
+
+def describe_test(entry: dict, info: DataInfo) -> str:
+    """``test loss 0.1234, test accuracy 0.975`` / ``test loss (MSE) 0.0123 (RMSE 0.111)``."""
+    loss = entry["test_loss"]
+    if loss is None:
+        return "test loss nan (non-finite)"
+    if not info.classifier:
+        return f"test loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
+    return f"test loss {loss:.4f}, test accuracy {format_value(entry['test_accuracy'], '.4f')}"

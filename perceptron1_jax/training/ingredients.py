@@ -62,19 +62,22 @@ def on_device(data: Data, dtype) -> Data:
         array = np.asarray(array)
         return jnp.asarray(array, dtype if np.issubdtype(array.dtype, np.floating) else jnp.int32)
 
-    return Data(Dataset(*map(put, data.train)), Dataset(*map(put, data.eval)), data.info)
+    return Data(Dataset(*map(put, data.train)), Dataset(*map(put, data.eval)), data.info,
+                None if data.test is None else Dataset(*map(put, data.test)))
 
 
 def run_data(cfg: TrainConfig) -> Data:
     """The data of ``cfg``'s run: the task's splits drawn from the seed, or its files loaded
-    (:func:`perceptron1_jax.data.load_data`), on the device in ``cfg.dtype``."""
+    (:func:`perceptron1_jax.data.load_data`: with ``cfg.test``, the test split; standardized when
+    ``cfg.standardizes``), on the device in ``cfg.dtype``."""
     if cfg.task is not None:
         _, _, k_train, k_eval, _ = run_keys(cfg)
         return Data(*task_datasets(cfg, k_train, k_eval), task_info(cfg.task_spec))
     if cfg.data is None and cfg.classes is None:
         raise ValueError("data: this run trained on data given in Python (train(..., data=...)); give it again")
     loaded = load_data(cfg.data, cfg.classes, tokens=cfg.tokens, seq_len=cfg.seq_len, val_fraction=cfg.val_fraction,
-                       seed=cfg.seed, max_vocab=cfg.max_vocab, missing=cfg.missing)
+                       seed=cfg.seed, max_vocab=cfg.max_vocab, missing=cfg.missing, test=cfg.test,
+                       standardize=cfg.standardizes)
     return on_device(loaded, jnp.dtype(cfg.dtype))
 
 

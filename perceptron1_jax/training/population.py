@@ -77,9 +77,6 @@ def check_population(cfg: TrainConfig, population: Population) -> tuple[TrainCon
     members = member_configs(cfg, population)
     for _, indices in settings(members):  # the seed changes nothing that a check reads
         check_config(members[indices[0]])
-    if cfg.keep_best:
-        raise ValueError("keep_best: a population keeps its periodic checkpoints only (a best checkpoint per "
-                         "member is not implemented), got keep_best=True")
     if cfg.tbptt_k1 is not None and any(m.dropout for m in members):
         raise ValueError("population.dropout: truncated BPTT trains without dropout, got dropout values "
                          f"{sorted({m.dropout for m in members})}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from perceptron1_jax.training.config import TrainConfig, check_config, check_run
 from perceptron1_jax.training.evaluation import describe_eval, evaluate_members, gradient_flow_of, json_scalar
 from perceptron1_jax.training.ingredients import get_batch, init_run_params, seed_keys
 from perceptron1_jax.training.population import Population, check_population, member_table
+from perceptron1_jax.training.population_best import BestMembers, test_members
 from perceptron1_jax.training.population_step import (
     Layout,
     PopulationData,
@@ -43,7 +45,7 @@ from perceptron1_jax.training.population_step import (
     population_layout,
     population_spec,
 )
-from perceptron1_jax.training.resume import resume_from
+from perceptron1_jax.training.resume import restore, resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir
 from perceptron1_jax.training.session import Loop, progress_bar
 from perceptron1_jax.training.state import NonFiniteStop, PopulationState
@@ -61,6 +63,7 @@ class PopulationLoop(Loop):
     layout: Layout | None = None
     member_args: tuple = ()  # (which, seeds, hyper) on the mesh
     active: np.ndarray | None = None  # (padded,) bool: the members still training
+    best: BestMembers | None = None  # each member's best checkpoint (keep_best or a test split)
 
     def live(self) -> list[int]:
         return [k for k in range(self.state.size) if self.active[k]]
@@ -146,11 +149,13 @@ class PopulationLoop(Loop):
         """Evaluate every training member; freeze those at the target. True when none is left."""
         state, cfg, info = self.state, self.cfg, self.state.info
         live = self.live()
-        if not live:
+        if not live or self.population_data.eval.xs.shape[1] == 0:
             return state.stopped_early
         real = first_members(state.params, state.size)
         scores = evaluate_members(real, self.population_data.eval, self.population_data.which, state.spec)
         entries = []
+        if self.best is not None:
+            self.best.update(state, {k: json_scalar(scores["loss"][k]) for k in live}, self.folder)
         for k in live:
             entry = {"step": state.step, "member": k, "eval_loss": json_scalar(scores["loss"][k])}
             if "accuracy" in scores:
@@ -172,13 +177,16 @@ class PopulationLoop(Loop):
         """``summary.json``: per setting, over its seeds, the final and best evaluations and the
         step of the target (see :func:`~perceptron1_jax.training.summary.population_summary`)."""
         state = self.state
+        ensembles = {}
+        if self.population_data.test is not None:
+            ensembles = test_members(state, self.population_data, self.best, self.folder)
         records = state.history
         if self.folder.writes and (self.folder.out / "metrics.jsonl").exists():  # a resumed run's earlier ones too
             self.folder.close()
             lines = (self.folder.out / "metrics.jsonl").read_text().splitlines()
             records = [json.loads(line) for line in lines if line.strip()]
         state.summary = population_summary(self.members, records, state.status, self.cfg.target if
-                                           state.info.classifier else 0.0, state.step)
+                                           state.info.classifier else 0.0, state.step, ensembles)
         self.folder.write_json("summary.json", state.summary)
         for line in describe_summary(state.summary):
             self.say(line)
@@ -229,7 +237,7 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
                                      jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)), layout)
     pdata = population_data(members, data) if isinstance(shapes.train.xs, jax.ShapeDtypeStruct) else shapes
     check_run(members[0], member_split(pdata, 0))
-    pdata = pdata._replace(train=jax.device_put(pdata.train, replicated), eval=jax.device_put(pdata.eval, replicated))
+    pdata = pdata._replace(**{p: jax.device_put(getattr(pdata, p), replicated) for p in ("train", "eval", "test")})
     found = resume_from(out, cfg, pdata.info, spec, writes=writes, log=log, population=population) if resume else None
     if found is None:  # fresh members from their seeds (or the given params)
         params, opt_state = init_population(cfg, members, spec, layout, params)
@@ -239,7 +247,7 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
         step, status = found[2], found[3]
     state = PopulationState(*jax.device_put((params, opt_state), on_members), step, info=pdata.info, spec=spec,
                             chance=chance(member_split(pdata, 0)), members=members, population=population,
-                            status=status)
+                            status=status, member_infos=tuple(pdata.member_info(k) for k in range(len(members))))
     key = seed_keys(cfg.seed)[0]
     folder = RunFolder(out, writes, cfg=cfg, spec=spec, info=pdata.info, key=key,
                        last_saved=None if found is None else step,
@@ -254,10 +262,11 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
     log(f"population of {len(members)} members: {describe_layout(layout)}")
     bar = progress_bar(cfg.steps, step, progress)
     active_now = np.asarray([s["stopped"] is None for s in status] + [False] * (layout.padded - layout.size))
+    best = BestMembers.start(cfg.keeps_best or pdata.test is not None, folder, partial(restore, cfg, spec=spec), found)
     return PopulationLoop(cfg, state, member_split(pdata, 0), step_fn, None, None, folder,
                           bar.write if bar is not None else log, bar, tick=(time.perf_counter(), step),
                           members=members, population_data=pdata, layout=layout, member_args=member_args,
-                          active=active_now)
+                          active=active_now, best=best)
 
 
 def _abstract_state(cfg: TrainConfig, members, spec, layout: Layout):

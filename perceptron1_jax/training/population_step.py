@@ -56,14 +56,22 @@ class Layout(NamedTuple):
 
 
 class PopulationData(NamedTuple):
-    """The members' data: ``train``/``eval`` with a leading axis over the distinct datasets
-    (one per seed for a task, whose examples come from the seed; one for files that every seed
-    reads alike), ``which[k]`` the dataset of member ``k``."""
+    """The members' data: ``train``/``eval`` (and ``test``, or None) with a leading axis over the
+    distinct datasets (one per seed for a task, whose examples come from the seed, or for files
+    split by the seed; one for files that every seed reads alike), ``which[k]`` the dataset of
+    member ``k``; ``infos[d]`` dataset ``d``'s description (they differ at most in the
+    standardization statistics of each seed's training split), ``info`` the first's."""
 
     train: Dataset
     eval: Dataset
     info: DataInfo
     which: np.ndarray  # (members,) int
+    test: Dataset | None = None
+    infos: tuple = ()
+
+    def member_info(self, k: int) -> DataInfo:
+        """Member ``k``'s data description (its standardization statistics)."""
+        return self.infos[int(self.which[k])] if self.infos else self.info
 
 
 def population_layout(cfg: TrainConfig, size: int, mesh: Mesh | None = None) -> Layout:
@@ -118,7 +126,7 @@ def population_data(members: tuple[TrainConfig, ...], data: Data | None = None, 
                     same = len(loaded) - 1
                 by_seed[member.seed] = same
             which.append(by_seed[member.seed])
-    infos = {d.info for d in loaded}
+    infos = {dataclasses.replace(d.info, input_mean=None, input_std=None) for d in loaded}
     if len(infos) > 1:
         raise ValueError(f"data: the seeds' splits of {loaded[0].info.source} have different vocabularies (each "
                          "built from its own seeded training split), so their members would be different models; "
@@ -129,7 +137,8 @@ def population_data(members: tuple[TrainConfig, ...], data: Data | None = None, 
         return Dataset(*(None if parts[0] is None else jnp.stack(parts)
                          for parts in zip(*(getattr(d, part) for d in loaded))))
 
-    return PopulationData(stack("train"), stack("eval"), loaded[0].info, np.asarray(which, np.int32))
+    return PopulationData(stack("train"), stack("eval"), loaded[0].info, np.asarray(which, np.int32),
+                          None if loaded[0].test is None else stack("test"), tuple(d.info for d in loaded))
 
 
 def _same_data(a: Data, b: Data) -> bool:
@@ -157,8 +166,11 @@ def pad_members(tree, padded: int):
 def member_split(data: PopulationData, k: int) -> Data:
     """Member ``k``'s :class:`~perceptron1_jax.data.Data` (as its single run loads it)."""
     pick = int(data.which[k])
-    return Data(*(Dataset(*(None if a is None else a[pick] for a in split)) for split in (data.train, data.eval)),
-                data.info)
+
+    def part(split):
+        return None if split is None else Dataset(*(None if a is None else a[pick] for a in split))
+
+    return Data(part(data.train), part(data.eval), data.member_info(k), part(data.test))
 
 
 def population_spec(cfg: TrainConfig, members: tuple[TrainConfig, ...], info: DataInfo) -> ModelSpec:

@@ -162,5 +162,8 @@ def load_checkpoint(path, member: int | None = None) -> dict:
                 "status": raw["population"]["status"]}
     if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < len(members):
         raise ValueError(f"member: expected 0 to {len(members) - 1} (the members of {raw['path']}), got {member!r}")
+    member_data = raw["population"].get("member_data")
+    if member_data is not None:
+        info = DataInfo.from_dict(member_data[member])
     return {**loaded, "params": member_of(params, member), "opt_state": member_of(opt_state, member),
-            "config": members[member], "spec": run_spec(members[member], info), "member": member}
+            "config": members[member], "spec": run_spec(members[member], info), "member": member, "data": info}

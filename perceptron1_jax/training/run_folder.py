@@ -136,18 +136,27 @@ class RunFolder:
             raise self.failed("cannot write a checkpoint", err, state) from err
         self.last_saved = state.step
 
-    def save_best(self, state: RunState, eval_loss: float | None) -> None:
-        """Write ``best.msgpack`` when ``eval_loss`` (finite) is below every earlier evaluation's."""
-        if not self.writes or eval_loss is None or (self.best_loss is not None and eval_loss >= self.best_loss):
-            return
+    def save_best(self, state: RunState, eval_loss: float | None) -> bool:
+        """Whether ``eval_loss`` (finite) is below every earlier evaluation's; if so, write
+        ``best.msgpack`` (when writing) and remember it as the best."""
+        if eval_loss is None or (self.best_loss is not None and eval_loss >= self.best_loss):
+            return False
         params, opt_state, _ = state.checkpoint_parts()
+        self.write_best(state, params, opt_state, None, {"step": state.step, "eval_loss": eval_loss})
+        self.best_loss = eval_loss
+        return True
+
+    def write_best(self, state: RunState, params, opt_state, population: dict | None, best: dict) -> None:
+        """Write ``best.msgpack`` (when writing): ``params`` and ``opt_state`` (a population's
+        stacked, each member's own best) with ``best`` describing them."""
+        if not self.writes:
+            return
         try:
             checkpoint.save_checkpoint(self.out, step=state.step, params=params, opt_state=opt_state, key=self._key,
                                        config=dataclasses.asdict(self._cfg), spec=spec_to_dict(self._spec),
-                                       data=self._info.to_dict(), best={"step": state.step, "eval_loss": eval_loss})
+                                       data=self._info.to_dict(), population=population, best=best)
         except OSError as err:
             raise self.failed("cannot write the best checkpoint", err, state) from err
-        self.best_loss = eval_loss
 
     def save_if_new(self, state: RunState) -> None:
         """:meth:`save` unless the newest checkpoint is already of this step."""

@@ -15,11 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from perceptron1_jax import checkpoint
 from perceptron1_jax.data import Data, chance
 from perceptron1_jax.parallel import first_copy, replicate, shard_batch
 from perceptron1_jax.training.config import TrainConfig, check_config, check_run, task_info
 from perceptron1_jax.training.evaluation import (
     describe_eval,
+    describe_test,
     evaluate_split,
     format_value,
     gradient_flow_of,
@@ -55,6 +57,12 @@ class Loop:
     bar: object | None = None  # the progress bar (tqdm), if shown
     nonfinite: int = 0  # consecutive non-finite steps
     tick: tuple[float, int] = (0.0, 0)  # (time, step) of the last metrics line
+    best: tuple | None = None  # (step, params on the host) of the lowest evaluation loss of this session
+
+    @property
+    def keeps_best(self) -> bool:
+        """The run keeps its best checkpoint: ``keep_best``, or a test split to score it on."""
+        return self.cfg.keeps_best or self.data.test is not None
 
     def step(self):
         """Draw this step's batch and apply one update; returns ``(batch, metrics)``."""
@@ -110,8 +118,12 @@ class Loop:
                                                           jax.device_get(flow.recurrent_contribution)]})
 
     def evaluate_reached_target(self) -> bool:
-        """Evaluate on the held-out split and record it; whether the target accuracy is reached."""
+        """Evaluate on the held-out split (the validation split of a run with a test split) and
+        record it; whether the target accuracy is reached. An empty split (``val_fraction`` 0 with
+        a test split) is never evaluated."""
         state, cfg, info = self.state, self.cfg, self.state.info
+        if self.data.eval.xs.shape[0] == 0:
+            return False
         scores = {k: json_scalar(v) for k, v in evaluate_split(first_copy(state.params), self.data.eval,
                                                                state.spec).items()}
         entry = {"step": state.step, "eval_loss": scores["loss"]}
@@ -119,8 +131,8 @@ class Loop:
             entry["eval_accuracy"] = scores["accuracy"]
         self.folder.record(state, entry)
         self.say(f"step {state.step}: {describe_eval(entry, info)}")
-        if cfg.keep_best:
-            self.folder.save_best(state, entry["eval_loss"])
+        if self.keeps_best and self.folder.save_best(state, entry["eval_loss"]):
+            self.best = (state.step, jax.device_get(first_copy(state.params)))
         if info.classifier and cfg.target > 0 and (scores["accuracy"] or 0) >= cfg.target:
             self.say(f"reached the target accuracy {cfg.target} at step {state.step}: stopping")
             state.stopped_early = True
@@ -135,8 +147,32 @@ class Loop:
                          signum)
 
     def finish(self) -> None:
-        """After the last step and its checkpoint: nothing more for a single run (a population
-        writes its summary)."""
+        """After the last step and its checkpoint: with a test split, score the best checkpoint
+        on it, once (``test_loss``, ``test_accuracy`` and ``test_checkpoint_step`` in
+        ``metrics.jsonl`` and ``state.test``)."""
+        if self.data.test is None:
+            return
+        state = self.state
+        step, params = self.best_params()
+        scores = evaluate_split(params, self.data.test, state.spec)
+        entry = {"step": state.step, "test_loss": json_scalar(scores["loss"]), "test_checkpoint_step": step}
+        if "accuracy" in scores:
+            entry["test_accuracy"] = json_scalar(scores["accuracy"])
+        self.folder.record(state, entry)
+        state.test = entry
+        self.say(f"test split scored once by the checkpoint of step {step}: {describe_test(entry, state.info)}")
+
+    def best_params(self) -> tuple[int, object]:
+        """``(step, params)`` of the lowest evaluation loss: this session's, the run folder's
+        ``best.msgpack`` (a resumed run), or the last step's when nothing was evaluated."""
+        if self.best is not None:
+            return self.best
+        if self.folder.best_loss is not None and self.folder.writes:
+            from perceptron1_jax.training.resume import load_checkpoint
+
+            saved = load_checkpoint(self.folder.out / checkpoint.BEST)
+            return saved["step"], saved["params"]
+        return self.state.step, first_copy(self.state.params)
 
     def close(self) -> None:
         """Hand back single-device parameters; close the progress bar and the metrics file."""

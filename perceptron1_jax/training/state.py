@@ -27,6 +27,7 @@ class RunState:
     info: DataInfo | None = None  # what the run trained on
     spec: ModelSpec | None = None  # the model it trained
     chance: float | None = None  # eval accuracy of always guessing the most frequent class
+    test: dict | None = None  # the test split's scores of the best checkpoint, once the run has a test split
 
 
     def checkpoint_parts(self):
@@ -39,13 +40,15 @@ class PopulationState(RunState):
     """A population's :class:`RunState`: ``params`` and ``opt_state`` with a leading member axis
     (while training, padded to a multiple of the devices; ``size`` members are real), each
     member's ``status`` (``stopped``: None, ``"nonfinite"`` or ``"target"``; ``nonfinite``: its
-    consecutive non-finite steps; ``target_step``: the step it first reached the target accuracy)
+    consecutive non-finite steps; ``target_step``: the step it first reached the target accuracy;
+    with a best checkpoint, ``best_step`` and ``best_loss``: its lowest evaluation loss)
     and, once done, the ``summary`` over seeds (``summary.json``)."""
 
     members: tuple = ()  # the members' TrainConfigs
     population: Any = None  # the Population
     status: list = field(default_factory=list)
     summary: dict | None = None
+    member_infos: tuple = ()  # each member's DataInfo when they differ (standardization per seed's split)
 
     @property
     def size(self) -> int:
@@ -53,8 +56,15 @@ class PopulationState(RunState):
 
     def checkpoint_parts(self):
         """The real members' stacked ``(params, opt_state)`` and the population's description and status."""
-        return (*jax.tree.map(lambda a: a[:self.size], (self.params, self.opt_state)),
-                {"population": self.population.to_dict(), "status": self.status})
+        return (*jax.tree.map(lambda a: a[:self.size], (self.params, self.opt_state)), self.population_parts())
+
+    def population_parts(self) -> dict:
+        """What a checkpoint says of the population: its description, its members' status and,
+        when they differ, each member's data description (``member_data``)."""
+        parts = {"population": self.population.to_dict(), "status": self.status}
+        if len(set(self.member_infos)) > 1:
+            parts["member_data"] = [info.to_dict() for info in self.member_infos]
+        return parts
 
 
 class TrainingStopped(Exception):

@@ -16,6 +16,7 @@ from perceptron1_jax.training.config import TrainConfig
 from perceptron1_jax.training.population import settings, varied_names
 
 SCORES = ("eval_loss", "eval_accuracy")
+TEST_SCORES = ("test_loss", "test_accuracy")  # a run with a test split: each member's best checkpoint's
 
 
 def stats(values) -> dict:
@@ -28,9 +29,10 @@ def stats(values) -> dict:
 
 
 def member_scores(records: list[dict], k: int) -> dict:
-    """Member ``k``'s final and best evaluation scores from the run's records."""
+    """Member ``k``'s final and best evaluation scores (and its test scores) from the run's records."""
     evals = [r for r in records if r.get("member") == k and "eval_loss" in r]
-    scores = {}
+    tests = [r for r in records if r.get("member") == k and "test_loss" in r]
+    scores = {name: tests[-1].get(name) if tests else None for name in TEST_SCORES}
     for name in SCORES:
         values = [r.get(name) for r in evals if r.get(name) is not None]
         scores[f"final_{name}"] = evals[-1].get(name) if evals else None
@@ -42,17 +44,20 @@ def member_scores(records: list[dict], k: int) -> dict:
 
 
 def population_summary(members: tuple[TrainConfig, ...], records: list[dict], status: list[dict], target: float,
-                       steps: int) -> dict:
+                       steps: int, ensembles: dict | None = None) -> dict:
     """The summary of a population trained to step ``steps`` (see the module's docstring);
-    ``target`` 0 for no target accuracy."""
+    ``target`` 0 for no target accuracy; ``ensembles``: the test accuracy of each setting's
+    ensemble, by the setting's first member (``ensemble_test_accuracy``)."""
     per_member = [member_scores(records, k) for k in range(len(members))]
     out = {"members": len(members), "varied": list(varied_names(members)), "steps": steps,
            "target_accuracy": target or None, "settings": []}
     for values, indices in settings(members):
         entry = {**values, "seeds": [members[k].seed for k in indices], "member_ids": indices}
-        for name in ("final_eval_loss", "best_eval_loss", "final_eval_accuracy", "best_eval_accuracy"):
-            if any(per_member[k][name] is not None for k in indices) or "loss" in name:
+        for name in ("final_eval_loss", "best_eval_loss", "final_eval_accuracy", "best_eval_accuracy", *TEST_SCORES):
+            if any(per_member[k][name] is not None for k in indices) or name.endswith("eval_loss"):
                 entry[name] = stats(per_member[k][name] for k in indices)
+        if ensembles and indices[0] in ensembles:
+            entry["ensemble_test_accuracy"] = ensembles[indices[0]]
         entry["stopped_nonfinite"] = sum(status[k]["stopped"] == "nonfinite" for k in indices)
         if target:
             steps_reached = [status[k]["target_step"] for k in indices if status[k]["target_step"] is not None]
@@ -69,11 +74,13 @@ def describe_summary(summary: dict) -> list[str]:
     for entry in summary["settings"]:
         name = ", ".join(f"{k}={entry[k]:g}" for k in summary["varied"]) or "all"
         parts = []
-        for key in ("final_eval_accuracy", "best_eval_accuracy", "final_eval_loss"):
+        for key in ("final_eval_accuracy", "best_eval_accuracy", "final_eval_loss", "test_accuracy", "test_loss"):
             if key in entry and entry[key]["n"]:
                 s = entry[key]
                 parts.append(f"{key.replace('_', ' ')} {s['mean']:.4g} ± {s['std']:.2g} "
                              f"[{s['min']:.4g}, {s['max']:.4g}]")
+        if "ensemble_test_accuracy" in entry:
+            parts.append(f"ensemble test accuracy {entry['ensemble_test_accuracy']:.4g}")
         if "target" in entry:
             t = entry["target"]
             when = f" at step {t['step']['mean']:.0f} ± {t['step']['std']:.0f}" if t["reached"] else ""
