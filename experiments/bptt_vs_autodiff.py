@@ -74,7 +74,7 @@ def _compare(found, seed, batch, quick):
             if cfg.task is not None:
                 data = cfg.task_spec.make(jax.random.key(seed + 99), batch, cfg.time, jnp.float64)
             else:  # the first examples of the run's own files (refused by name if they changed since)
-                files = run_data(dataclasses.replace(whole["config"], dtype="float64"))  # a population's: seed 0's
+                files = run_data(dataclasses.replace(cfg, dtype="float64"))  # a member's own split and statistics
                 check_same_data(loaded["data"], files.info)
                 data = jax.tree.map(lambda a: a[:batch], files.train)
             loss, ours = p1.model_bptt(params, data.xs, data.labels, spec, data.lengths)

@@ -111,22 +111,18 @@ def format_value(value, spec: str) -> str:
     return "nan" if value is None else format(value, spec)
 
 
-def describe_eval(entry: dict, info: DataInfo) -> str:
-    """``eval loss 1.2345 (1.781 bits/token), eval accuracy 0.612`` / ``eval MSE 0.0123 (RMSE 0.111)``."""
-    loss = entry["eval_loss"]
+def describe_eval(entry: dict, info: DataInfo, split: str = "eval", digits: int = 3) -> str:
+    """``eval loss 1.2345 (1.781 bits/token), eval accuracy 0.612`` / ``eval loss (MSE) 0.0123 (RMSE
+    0.111)`` from ``entry``'s ``<split>_loss`` and ``<split>_accuracy``."""
+    loss = entry[f"{split}_loss"]
     if loss is None:
-        return "eval loss nan (non-finite)"
+        return f"{split} loss nan (non-finite)"
     if not info.classifier:
-        return f"eval loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
+        return f"{split} loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
     bits = f" ({loss / math.log(2):.3f} bits/{info.tokens[:-1] if info.tokens else 'token'})" if info.next_token else ""
-    return f"eval loss {loss:.4f}{bits}, eval accuracy {format_value(entry['eval_accuracy'], '.3f')}"
+    return f"{split} loss {loss:.4f}{bits}, {split} accuracy {format_value(entry[f'{split}_accuracy'], f'.{digits}f')}"
 
 
 def describe_test(entry: dict, info: DataInfo) -> str:
-    """``test loss 0.1234, test accuracy 0.975`` / ``test loss (MSE) 0.0123 (RMSE 0.111)``."""
-    loss = entry["test_loss"]
-    if loss is None:
-        return "test loss nan (non-finite)"
-    if not info.classifier:
-        return f"test loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
-    return f"test loss {loss:.4f}, test accuracy {format_value(entry['test_accuracy'], '.4f')}"
+    """``test loss 0.1234, test accuracy 0.9750``: :func:`describe_eval` of the test split's scores."""
+    return describe_eval(entry, info, "test", digits=4)
