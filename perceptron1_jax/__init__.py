@@ -29,6 +29,7 @@ Your own data (npz, text, text classes, CSV), then text and predictions from a t
 
 from perceptron1_jax.bptt import BPTTExtras, ModelExtras, bptt, model_bptt, model_loss_explicit, unroll_bptt
 from perceptron1_jax.cells import CELLS
+from perceptron1_jax.custom_cells import custom_cell, register_cell
 from perceptron1_jax.data import Data, DataError, DataInfo, from_arrays, load_data
 from perceptron1_jax.diagnostics import GradientFlow
 from perceptron1_jax.diagnostics import decay_rate
@@ -67,6 +68,7 @@ __all__ = (
     "TrainConfig",
     "accuracy",
     "bptt",
+    "custom_cell",
     "decay_rate",
     "from_arrays",
     "generate",
@@ -87,6 +89,7 @@ __all__ = (
     "model_loss_explicit",
     "predict",
     "predict_examples",
+    "register_cell",
     "run_windows",
     "set_hoist_input_projection",
     "set_spectral_radius",

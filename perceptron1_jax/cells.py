@@ -51,6 +51,13 @@ class Cell(NamedTuple):
     backward_step: Callable[..., tuple[Array, Array | None, Carry]]
     param_grads: Callable[..., Params]  # (xs, h_prev, dzx, dzh_part) stacked over a block of steps -> grads
     full_dzh: Callable[[Array, Array | None], Array]  # (dzx, dzh_part) -> dzh, shape (..., G*H)
+    projects: bool = True  # the step reads zx = x W_x + b; False: the raw input x (a user cell, zx = x)
+
+
+def input_grads(cell: Cell, params: Params, dzx: Array) -> Array:
+    """``dL/dx`` of steps from their ``dzx``: ``dzx W_x^T``, or ``dzx`` itself for a cell that
+    reads its raw input (``cell.projects`` False)."""
+    return dzx @ params["W_x"].T if cell.projects else dzx
 
 
 def hidden_size_of(cell: Cell, params: Params) -> int:
@@ -59,7 +66,10 @@ def hidden_size_of(cell: Cell, params: Params) -> int:
 
 
 def project_inputs(cell: Cell, params: Params, xs: Array) -> Array:
-    """Input projection for every step at once: ``xs (..., I) -> xs W_x + b_x (..., G*H)``."""
+    """Input projection for every step at once: ``xs (..., I) -> xs W_x + b_x (..., G*H)`` (the
+    inputs unchanged for a cell that reads its raw input)."""
+    if not cell.projects:
+        return xs
     return xs @ params["W_x"] + params[cell.input_bias]
 
 

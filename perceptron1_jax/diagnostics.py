@@ -46,12 +46,19 @@ def _model_gradient_flow(params, xs, targets, spec, lengths, carries0=None):
             h_prev = tapes[d].carries_in[0]  # in the direction's own time order
             if d == "bwd":
                 h_prev = reverse_in_time(h_prev, lengths)
-            dzh = CELLS[layer.cell].full_dzh(b.dzx_tm, b.dzh_part_tm)
-            per_step = jnp.einsum("tbh,tbg->thg", h_prev, dzh)
             per_direction[d] = GradientFlow(loss, jnp.sqrt(jnp.sum(b.dhs_tm**2, axis=(1, 2))),
-                                            jnp.sqrt(jnp.sum(per_step**2, axis=(1, 2))))
+                                            _recurrent_contribution(CELLS[layer.cell], h_prev, b))
         flows.append(per_direction)
     return flows
+
+
+def _recurrent_contribution(cell, h_prev, back) -> Array:
+    """``||h_{t-1}^T dZh_t||`` per step; NaN for a user cell (no ``W_h``: its parameters are not
+    split into input and recurrent weights)."""
+    if not cell.projects:
+        return jnp.full(h_prev.shape[:1], jnp.nan, h_prev.dtype)
+    per_step = jnp.einsum("tbh,tbg->thg", h_prev, cell.full_dzh(back.dzx_tm, back.dzh_part_tm))
+    return jnp.sqrt(jnp.sum(per_step**2, axis=(1, 2)))
 
 
 def model_gradient_flow(params, xs, targets, spec: ModelSpec, lengths=None) -> list:

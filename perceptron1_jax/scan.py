@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from perceptron1_jax.cells import Carry, Cell, Params, project_inputs
+from perceptron1_jax.cells import Carry, Cell, Params, input_grads, project_inputs
 
 Array = jax.Array
 
@@ -211,7 +211,6 @@ def backward_scan(
     time = xs_tm.shape[0]
     block = min(window, time)
     n_full, tail = divmod(time, block)
-    w_x_t = cell_params["W_x"].T
 
     def run_block(state, start, length):
         dcarry, after, acc = state
@@ -240,8 +239,8 @@ def backward_scan(
         (dcarry, after), (dzx, dzh_part, dhs) = lax.scan(step, (dcarry, after), inputs, reverse=True)
         grads = cell.param_grads(take(xs_tm), block_in[0], dzx, dzh_part)
         acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
-        kept = (dzx, dzh_part) if keep_dz else (None, None)
-        return (dcarry, after, acc), (dzx @ w_x_t, dhs) + kept
+        kept = (dzx, dzh_part if cell.projects else None) if keep_dz else (None, None)  # a user cell: no dZh
+        return (dcarry, after, acc), (input_grads(cell, cell_params, dzx), dhs) + kept
 
     # Weight gradients add up over the blocks in at least float32 (bfloat16 compute keeps them exact).
     state = (final_dcarry, final_carry,

@@ -120,6 +120,10 @@ def check_params(params: Any, cell: Cell, need_readout: bool = True) -> Sizes:
     allowed = {"cell", "readout"}
     if not set(params) <= allowed or (need_readout and "readout" not in params):
         raise ValueError(f"params: expected keys {sorted(allowed)}, got {sorted(params)}")
+    if not cell.projects:
+        raise ValueError(f"cell: the single-layer functions read their sizes off W_x, which the user cell "
+                         f"{cell.name!r} need not have: use it in a ModelSpec (LayerSpec({cell.name!r}, hidden) "
+                         "with init_model, model_bptt, model_loss)")
     cell_params = params["cell"]
     w_x = cell_params.get("W_x") if isinstance(cell_params, dict) else None
     if not hasattr(w_x, "shape") or len(w_x.shape) != 2:

@@ -1,0 +1,142 @@
+"""Cells of your own: :func:`custom_cell` turns a step function (and, optionally, its hand-written
+local backward) into a cell record, and :func:`register_cell` makes its name usable everywhere a
+built-in cell's is: ``LayerSpec(name, size)``, stacks, ``bidirectional``, lengths, dropout, both
+heads, many-to-one and many-to-many, :func:`~perceptron1_jax.model_bptt`, ``lean=``, truncated
+BPTT, ``mesh=``, gradient flow and training from Python.
+
+The contract (``B`` batch, ``I`` input size, ``H`` hidden size):
+
+* ``param_shapes(input_size, hidden_size) -> {name: shape}``;
+* ``init(key, input_size, hidden_size, dtype) -> {name: array}`` of those shapes;
+* ``step(params, carry, x) -> new_carry``: ``carry`` a tuple of ``carry_size`` arrays ``(B, H)``,
+  ``carry[0]`` the layer's output ``h``; ``x: (B, I)`` the raw step input;
+* ``backward(params, carry_prev, x, dcarry) -> (dparams, dcarry_prev, dx)`` (optional): the
+  step's local backward. Without it the library derives each step's local backward with
+  ``jax.vjp`` of ``step``; the reverse scan, the carried ``dL/dh``, the lengths and the
+  composition across layers and directions stay the library's own.
+
+In the library's record the step reads its raw input (no input projection outside the loop) and
+keeps it as its residual; each step's parameter gradient is summed over blocks of steps. Shapes
+are checked once, when the cell is made, on a probe (``B = 2``, ``I = 3``, ``H = 4``): a
+``ValueError`` names the cell and the array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from perceptron1_jax.cells import CELLS, Cell
+
+PROBE = {"batch": 2, "input_size": 3, "hidden_size": 4}  # the sizes the shapes are checked on
+
+
+def custom_cell(name: str, param_shapes: Callable, init: Callable, step: Callable, carry_size: int = 1,
+                backward: Callable | None = None) -> Cell:
+    """A cell record from the functions of the contract (see the module doc); checked on a probe."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty string, got {name!r}")
+    for what, fn in (("param_shapes", param_shapes), ("init", init), ("step", step)):
+        if not callable(fn):
+            raise TypeError(f"cell {name!r}: {what}: expected a function, got {type(fn).__name__}")
+    if backward is not None and not callable(backward):
+        raise TypeError(f"cell {name!r}: backward: expected a function or None, got {type(backward).__name__}")
+    if isinstance(carry_size, bool) or not isinstance(carry_size, int) or carry_size < 1:
+        raise ValueError(f"cell {name!r}: carry_size: expected a positive int, got {carry_size!r}")
+    cell = Cell(name=name, num_gates=1, carry_size=carry_size, input_bias="", param_shapes=param_shapes, init=init,
+                step=_library_step(step), backward_step=_library_backward(step, backward),
+                param_grads=_summed_param_grads, full_dzh=_no_dzh, projects=False)
+    check_cell(cell, step, backward)
+    return cell
+
+
+def register_cell(cell: Cell) -> Cell:
+    """Make ``cell`` (from :func:`custom_cell`) usable by its name everywhere a built-in's is; a
+    name already taken (a built-in's included) is a ``ValueError``."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell: expected a cell record from custom_cell, got {type(cell).__name__}")
+    if cell.name in CELLS:
+        raise ValueError(f"cell {cell.name!r}: already registered (registered cells: {sorted(CELLS)}); "
+                         "give the new cell another name")
+    CELLS[cell.name] = cell
+    return cell
+
+
+def _library_step(step: Callable) -> Callable:
+    """The record's step: ``(new_carry, residuals = x)`` from the user's ``step`` of the raw input."""
+
+    def library_step(params, carry, x):
+        return tuple(step(params, carry, x)), x
+
+    return library_step
+
+
+def _library_backward(step: Callable, backward: Callable | None) -> Callable:
+    """The record's local backward: ``(dzx = dx, dzh_part = dparams, dcarry_prev)``, from the
+    user's ``backward`` or from ``jax.vjp`` of ``step`` at the step's own inputs."""
+
+    def library_backward(params, carry_prev, carry, x, dcarry):
+        if backward is None:
+            _, vjp = jax.vjp(lambda p, c, xx: tuple(step(p, c, xx)), params, tuple(carry_prev), x)
+            dparams, dprev, dx = vjp(tuple(dcarry))
+        else:
+            dparams, dprev, dx = backward(params, tuple(carry_prev), x, tuple(dcarry))
+        return dx, dparams, tuple(dprev)
+
+    return library_backward
+
+
+def _summed_param_grads(xs, h_prev, dzx, dparams):
+    """The steps' parameter gradients (each leaf ``(steps, ...)``) summed over the steps."""
+    return jax.tree.map(lambda g: jnp.sum(g, axis=0), dparams)
+
+
+def _no_dzh(dzx, dzh_part):
+    raise ValueError("a user cell has no recurrent pre-activation dZh")
+
+
+def check_cell(cell: Cell, step: Callable, backward: Callable | None) -> None:
+    """Check ``init``, ``step`` and ``backward`` on the probe's shapes (abstractly: nothing runs),
+    raising a ``ValueError`` that names the cell and the first array of the wrong shape."""
+    batch, inputs, hidden = PROBE["batch"], PROBE["input_size"], PROBE["hidden_size"]
+    dtype = jnp.float32
+    shapes = cell.param_shapes(inputs, hidden)
+    if not isinstance(shapes, dict) or not shapes:
+        raise ValueError(f"cell {cell.name!r}: param_shapes: expected a dict of names to shapes, got {shapes!r}")
+    params = {k: jax.ShapeDtypeStruct(tuple(v), dtype) for k, v in shapes.items()}
+    made = jax.eval_shape(lambda k: cell.init(k, inputs, hidden, dtype), jax.random.key(0))
+    _same(cell, "init", "params", made, params)
+    carry = tuple(jax.ShapeDtypeStruct((batch, hidden), dtype) for _ in range(cell.carry_size))
+    x = jax.ShapeDtypeStruct((batch, inputs), dtype)
+    new = jax.eval_shape(step, params, carry, x)
+    if not isinstance(new, (tuple, list)):
+        raise ValueError(f"cell {cell.name!r}: step: expected a tuple of {cell.carry_size} carry arrays, got "
+                         f"{_describe(new)}")
+    _same(cell, "step", "carry", tuple(new), carry)
+    if backward is not None:
+        found = jax.eval_shape(backward, params, carry, x, carry)
+        if not isinstance(found, (tuple, list)) or len(found) != 3:
+            raise ValueError(f"cell {cell.name!r}: backward: expected (dparams, dcarry_prev, dx), got "
+                             f"{_describe(found)}")
+        _same(cell, "backward", "dparams", found[0], params)
+        _same(cell, "backward", "dcarry_prev", tuple(found[1]) if isinstance(found[1], (tuple, list)) else found[1],
+              carry)
+        _same(cell, "backward", "dx", found[2], x)
+
+
+def _same(cell: Cell, fn: str, what: str, found, expected) -> None:
+    """``found`` has ``expected``'s structure, shapes and dtypes, else a ``ValueError`` naming the array."""
+    if jax.tree.structure(found) != jax.tree.structure(expected):
+        raise ValueError(f"cell {cell.name!r}: {fn}: {what}: expected the structure {_describe(expected)}, got "
+                         f"{_describe(found)}")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(found), jax.tree.leaves(expected)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"cell {cell.name!r}: {fn}: {what}{jax.tree_util.keystr(path)}: expected "
+                             f"{b.dtype}{list(b.shape)} (probe: batch {PROBE['batch']}, input {PROBE['input_size']}, "
+                             f"hidden {PROBE['hidden_size']}), got {a.dtype}{list(a.shape)}")
+
+
+def _describe(tree) -> str:
+    return str(jax.tree.map(lambda a: f"{a.dtype}{list(a.shape)}" if hasattr(a, "shape") else repr(a), tree))
