@@ -47,3 +47,13 @@ def test_scaling_script_quick(tmp_path):
     rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"explicit BPTT", "lean (k = sqrt T)", "jax.grad(lax.scan)"}
     assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_the_cells_benchmark_runs_on_a_tiny_size(tmp_path):
+    # A subprocess: the script registers its user cell, which must not leak into this worker's CELLS.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cells.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PERCEPTRON1_NO_REEXEC": "1"})
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads((tmp_path / "cells.json").read_text())
+    assert row["size"] == "B2 I3 H4 T4" and row["indrnn, jax.grad"] > 0 and row["gru / mingru"] > 0
+    assert "| size | gru, explicit BPTT |" in (tmp_path / "cells.md").read_text()
