@@ -126,8 +126,8 @@ def setting_best(state, k):
 
 def published_table(rows: list[dict]) -> str:
     columns = list(rows[0])
-    lines = ["Published test accuracies on the same splits:", "", "| " + " | ".join(columns) + " |",
-             "|" + "---|" * len(columns)]
+    lines = ["Baselines on the same splits (1-NN computed here with aeon; the other rows as published):", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join("n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
                                         for v in row.values()) + " |")
