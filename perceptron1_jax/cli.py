@@ -536,7 +536,7 @@ def cmd_eval(args) -> int:
             split = load_heldout(args.data, run.info, seq_len=run.config.seq_len, missing=run.config.missing)
         except ValueError as err:
             raise UsageError(str(err)) from err
-        info, what, baseline = run.info, f"data {', '.join(map(str, args.data))}", ""
+        info, what, baseline = run.info, f"data {', '.join(map(str, args.data))} ({split.xs.shape[0]} examples)", ""
     else:
         try:
             data = run_data(run.config)
@@ -550,7 +550,7 @@ def cmd_eval(args) -> int:
         what = f"task {run.config.task}" if run.config.task is not None else f"data {data.info.source}"
     scores = evaluate_split(run.params, split, run.spec)
     entry = {"eval_loss": scores["loss"], "eval_accuracy": scores.get("accuracy")}
-    print(f"{run.path}: step {run.step}, {what} ({split.xs.shape[0]} examples), model {describe_spec(run.spec)}: "
+    print(f"{run.path}: step {run.step}, {what}, model {describe_spec(run.spec)}: "
           f"{describe_eval(entry, info)}{baseline}")
     return 0
 

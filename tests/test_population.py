@@ -75,9 +75,17 @@ def test_a_bad_population_is_refused_by_name(population, message):
         check_population(TINY, population)
 
 
-def test_keep_best_is_refused_for_a_population():
-    with pytest.raises(ValueError, match="keep_best: a population keeps its periodic checkpoints only"):
-        check_population(dataclasses.replace(TINY, keep_best=True), Population(seeds=2))
+def test_keep_best_keeps_each_members_own_best(tmp_path, x64):
+    cfg = dataclasses.replace(TINY, keep_best=True, eval_every=5, lr=0.2, dtype="float64")
+    state = _run(cfg, tmp_path / "pop", population=Population(seeds=2))
+    for k in range(2):
+        evals = [r for r in state.history if r.get("member") == k and "eval_loss" in r]
+        best = min(evals, key=lambda r: r["eval_loss"])
+        assert (state.status[k]["best_step"], state.status[k]["best_loss"]) == (best["step"], best["eval_loss"])
+        member = p1.load_checkpoint(tmp_path / "pop" / "best.msgpack", member=k)
+        single = _run(dataclasses.replace(cfg, seed=k, steps=best["step"], keep_best=False))
+        for a, b in zip(jax.tree.leaves(member["params"]), jax.tree.leaves(single.params), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9)  # the member is its single run
 
 
 # --------------------------------------------------------------------------- exactly a single run
