@@ -77,18 +77,23 @@ def main(args) -> dict:
                "user cell: jax.grad / explicit": ms[f"{USER}, jax.grad"] / ms[f"{USER}, explicit BPTT"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    columns = list(rows[0])
-    lines = [f"Machine: {bench.machine_description()}", "", "| " + " | ".join(columns) + " |",
-             "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |"
-              for row in rows]
-    table = "\n".join(lines)
+    table = markdown(rows)
     print(table)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cells.md").write_text(table + "\n")
         (args.out / "cells.json").write_text(json.dumps(rows, indent=2) + "\n")
     return {"rows": rows, "table": table}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a markdown table (ms per step; the ratios to 3 digits) under the machine's line."""
+    columns = list(rows[0])
+    lines = [f"Machine: {bench.machine_description()}; ms per training step (median of interleaved rounds)", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |"
+              for row in rows]
+    return "\n".join(lines)
 
 
 def parse(argv=None):
