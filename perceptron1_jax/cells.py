@@ -54,12 +54,6 @@ class Cell(NamedTuple):
     projects: bool = True  # the step reads zx = x W_x + b; False: the raw input x (a user cell, zx = x)
 
 
-def input_grads(cell: Cell, params: Params, dzx: Array) -> Array:
-    """``dL/dx`` of steps from their ``dzx``: ``dzx W_x^T``, or ``dzx`` itself for a cell that
-    reads its raw input (``cell.projects`` False)."""
-    return dzx @ params["W_x"].T if cell.projects else dzx
-
-
 def hidden_size_of(cell: Cell, params: Params) -> int:
     """``H`` of a cell's params (``W_x: (I, G*H)``; minGRU and minLSTM have no ``W_h``)."""
     return params["W_x"].shape[1] // cell.num_gates

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from perceptron1_jax.cells import Carry, Cell, Params, input_grads, project_inputs
+from perceptron1_jax.cells import Carry, Cell, Params, project_inputs
 
 Array = jax.Array
 
@@ -211,6 +211,7 @@ def backward_scan(
     time = xs_tm.shape[0]
     block = min(window, time)
     n_full, tail = divmod(time, block)
+    w_x_t = cell_params["W_x"].T if cell.projects else None  # a user cell's dZx is dL/dx itself
 
     def run_block(state, start, length):
         dcarry, after, acc = state
@@ -240,7 +241,7 @@ def backward_scan(
         grads = cell.param_grads(take(xs_tm), block_in[0], dzx, dzh_part)
         acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
         kept = (dzx, dzh_part if cell.projects else None) if keep_dz else (None, None)  # a user cell: no dZh
-        return (dcarry, after, acc), (input_grads(cell, cell_params, dzx), dhs) + kept
+        return (dcarry, after, acc), (dzx if w_x_t is None else dzx @ w_x_t, dhs) + kept
 
     # Weight gradients add up over the blocks in at least float32 (bfloat16 compute keeps them exact).
     state = (final_dcarry, final_carry,

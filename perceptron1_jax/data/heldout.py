@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from perceptron1_jax.data.archives import archive_file, is_archive
-from perceptron1_jax.data.arrays import read_npz
+from perceptron1_jax.data.arrays import from_arrays, read_npz
 from perceptron1_jax.data.series import DEFAULT_SERIES_SEQ_LEN, read_csv, series_windows
 from perceptron1_jax.data.source import DataError, DataInfo
 from perceptron1_jax.data.standardize import standardize_split
@@ -91,8 +91,6 @@ def _fits(where: str, info: DataInfo, *, kind: str, many_to_many: bool, features
 
 
 def _npz_split(path: Path, info: DataInfo) -> Dataset:
-    from perceptron1_jax.data.arrays import from_arrays
-
     arrays = read_npz(path)
     extra = sorted(set(arrays) - set(ONE_SPLIT_KEYS))
     if extra:

@@ -35,7 +35,7 @@ from perceptron1_jax.training.ingredients import (
     run_data,
     run_keys,
 )
-from perceptron1_jax.training.resume import resume_from
+from perceptron1_jax.training.resume import load_checkpoint, resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir, saved_best_loss
 from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop
 from perceptron1_jax.training.step import gradient_agreement, run_mesh, run_step
@@ -168,8 +168,6 @@ class Loop:
         if self.best is not None:
             return self.best
         if self.folder.best_loss is not None and self.folder.writes:
-            from perceptron1_jax.training.resume import load_checkpoint
-
             saved = load_checkpoint(self.folder.out / checkpoint.BEST)
             return saved["step"], saved["params"]
         return self.state.step, first_copy(self.state.params)
