@@ -15,7 +15,8 @@ import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 NAMES = ["vanishing_gradients", "clipping", "long_range", "truncation", "optimizers", "flax_nnx", "char_model",
-         "word_model", "sentiment", "bidirectional", "stdlib_chars", "time_series_classification", "bptt_vs_autodiff"]
+         "word_model", "sentiment", "bidirectional", "stdlib_chars", "time_series_classification", "min_rnns",
+         "bptt_vs_autodiff"]
 
 pytestmark = pytest.mark.standard_promotion  # the experiments train with optax
 
