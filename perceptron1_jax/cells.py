@@ -52,6 +52,9 @@ class Cell(NamedTuple):
     param_grads: Callable[..., Params]  # (xs, h_prev, dzx, dzh_part) stacked over a block of steps -> grads
     full_dzh: Callable[[Array, Array | None], Array]  # (dzx, dzh_part) -> dzh, shape (..., G*H)
     projects: bool = True  # the step reads zx = x W_x + b; False: the raw input x (a user cell, zx = x)
+    # A recurrence linear in h, h' = a * h + b: linear(params, zx) -> (a, b), each (B, H); None otherwise.
+    # It opens LayerSpec(..., scan="associative") (perceptron1_jax.associative).
+    linear: Callable[[Params, Array], tuple[Array, Array]] | None = None
 
 
 def hidden_size_of(cell: Cell, params: Params) -> int:
@@ -342,6 +345,18 @@ def _min_init(blocks: int):
     return init
 
 
+def _mingru_gates(zx: Array) -> tuple[Array, Array]:
+    """``(z, h~)`` of the blocks ``[z, h~]`` of ``zx``."""
+    z_pre, candidate = jnp.split(zx, 2, axis=-1)
+    return jax.nn.sigmoid(z_pre), candidate
+
+
+def _mingru_linear(params: Params, zx: Array) -> tuple[Array, Array]:
+    """``h' = a * h + b`` with ``a = 1 - z``, ``b = z * h~``."""
+    z, candidate = _mingru_gates(zx)
+    return 1.0 - z, z * candidate
+
+
 def _mingru_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple[Array, Array]]:
     """minGRU step (Feng et al. 2024, sequential mode), blocks ``[z, h~]`` of ``zx = x W_x + b``.
 
@@ -349,9 +364,9 @@ def _mingru_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple[
     no matrix product in the time loop.  Residuals: ``(z, h~)``.
     """
     (h,) = carry
-    z_pre, candidate = jnp.split(zx, 2, axis=-1)
-    z = jax.nn.sigmoid(z_pre)
-    return ((1.0 - z) * h + z * candidate,), (z, candidate)
+    z, candidate = _mingru_gates(zx)
+    a, b = _mingru_linear(params, zx)
+    return (a * h + b,), (z, candidate)
 
 
 def _mingru_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dcarry: Carry):
@@ -366,6 +381,19 @@ def _mingru_backward(params: Params, carry_prev: Carry, carry: Carry, residuals,
     return dzx, None, (dh * (1.0 - z),)
 
 
+def _minlstm_gates(zx: Array) -> tuple[Array, Array, Array]:
+    """``(f, i, h~)`` of the blocks ``[f, i, h~]`` of ``zx``."""
+    f_pre, i_pre, candidate = jnp.split(zx, 3, axis=-1)
+    return jax.nn.sigmoid(f_pre), jax.nn.sigmoid(i_pre), candidate
+
+
+def _minlstm_linear(params: Params, zx: Array) -> tuple[Array, Array]:
+    """``h' = a * h + b`` with ``a = f' = f / (f + i)``, ``b = i' * h~ = i h~ / (f + i)``."""
+    f, i, candidate = _minlstm_gates(zx)
+    total = f + i
+    return f / total, i * candidate / total
+
+
 def _minlstm_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple[Array, Array, Array]]:
     """minLSTM step (Feng et al. 2024, sequential mode), blocks ``[f, i, h~]`` of ``zx = x W_x + b``.
 
@@ -373,10 +401,8 @@ def _minlstm_step(params: Params, carry: Carry, zx: Array) -> tuple[Carry, tuple
     ``f' = f / (f + i)``,  ``i' = i / (f + i)``,  ``h' = f' * h + i' * h~``.  Residuals: ``(f, i, h~)``.
     """
     (h,) = carry
-    f_pre, i_pre, candidate = jnp.split(zx, 3, axis=-1)
-    f, i = jax.nn.sigmoid(f_pre), jax.nn.sigmoid(i_pre)
-    total = f + i
-    return ((f * h + i * candidate) / total,), (f, i, candidate)
+    a, b = _minlstm_linear(params, zx)
+    return (a * h + b,), _minlstm_gates(zx)
 
 
 def _minlstm_backward(params: Params, carry_prev: Carry, carry: Carry, residuals, dcarry: Carry):
@@ -404,15 +430,15 @@ def _no_recurrent_matrix(dzx: Array, dzh_part) -> Array:
     return jnp.zeros_like(dzx)
 
 
-def _min_cell(name: str, blocks: int, step, backward_step) -> Cell:
+def _min_cell(name: str, blocks: int, step, backward_step, linear) -> Cell:
     """A cell whose gates read ``x`` alone (``blocks`` column blocks of ``W_x``, no ``W_h``)."""
     return Cell(name=name, num_gates=blocks, carry_size=1, input_bias="b", param_shapes=_min_shapes(blocks),
                 init=_min_init(blocks), step=step, backward_step=backward_step, param_grads=_input_param_grads,
-                full_dzh=_no_recurrent_matrix)
+                full_dzh=_no_recurrent_matrix, linear=linear)
 
 
-MINGRU = _min_cell("mingru", 2, _mingru_step, _mingru_backward)
-MINLSTM = _min_cell("minlstm", 3, _minlstm_step, _minlstm_backward)
+MINGRU = _min_cell("mingru", 2, _mingru_step, _mingru_backward, _mingru_linear)
+MINLSTM = _min_cell("minlstm", 3, _minlstm_step, _minlstm_backward, _minlstm_linear)
 
 
 CELLS: dict[str, Cell] = {c.name: c for c in (ELMAN, LSTM, GRU, MINGRU, MINLSTM)}

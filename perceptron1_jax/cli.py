@@ -70,6 +70,8 @@ _HELP = {
     "gradflow_every": "log the ||dL/dh_t|| profile to metrics.jsonl every N steps (0: never)",
     "layers": "stacked layers as cell:size per layer, e.g. lstm:128,lstm:64 (default: one layer of --cell/--hidden)",
     "bidirectional": "every layer also reads the sequence backwards (outputs [h_fwd, h_bwd])",
+    "scan": "how every layer walks time: sequential (lax.scan), or associative (an associative scan of depth log T "
+            "forwards and backwards, for cells linear in h: mingru, minlstm; pays on accelerators)",
     "dropout": "inverted dropout rate on each layer's input after the first and on the head's input",
     "embed_size": "embedding size of token inputs (default: the task's, or 32 for data)",
     "data": "train on your data: one .npz (xs, labels or targets, ...), one .csv series, one .ts file (the "
@@ -136,11 +138,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from perceptron1_jax.data import MISSING, TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
-    from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES
+    from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES, SCANS
 
     choices = {"task": list(TASKS), "cell": list(CELLS), "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),
-               "tokens": list(TOKENIZERS), "compute_dtype": list(COMPUTE_DTYPES), "missing": list(MISSING)}
+               "tokens": list(TOKENIZERS), "compute_dtype": list(COMPUTE_DTYPES), "missing": list(MISSING),
+               "scan": list(SCANS)}
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

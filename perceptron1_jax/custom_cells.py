@@ -13,7 +13,11 @@ The contract (``B`` batch, ``I`` input size, ``H`` hidden size):
 * ``backward(params, carry_prev, x, dcarry) -> (dparams, dcarry_prev, dx)`` (optional): the
   step's local backward. Without it the library derives each step's local backward with
   ``jax.vjp`` of ``step``; the reverse scan, the carried ``dL/dh``, the lengths and the
-  composition across layers and directions stay the library's own.
+  composition across layers and directions stay the library's own;
+* ``linear(params, x) -> (a, b)`` (optional, ``carry_size=1``): the declaration that the step is
+  ``h' = a * h + b`` with ``a, b: (B, H)`` from the step input alone. It opens
+  ``LayerSpec(name, size, scan="associative")`` (:mod:`perceptron1_jax.associative`); the
+  declaration is checked against ``step`` on the probe.
 
 In the library's record the step reads its raw input (no input projection outside the loop) and
 keeps it as its residual; each step's parameter gradient is summed over blocks of steps. Shapes
@@ -27,6 +31,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from perceptron1_jax.cells import CELLS, Cell
 
@@ -34,7 +39,7 @@ PROBE = {"batch": 2, "input_size": 3, "hidden_size": 4}  # the sizes the shapes 
 
 
 def custom_cell(name: str, param_shapes: Callable, init: Callable, step: Callable, carry_size: int = 1,
-                backward: Callable | None = None) -> Cell:
+                backward: Callable | None = None, linear: Callable | None = None) -> Cell:
     """A cell record from the functions of the contract (see the module doc); checked on a probe."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected a non-empty string, got {name!r}")
@@ -45,10 +50,17 @@ def custom_cell(name: str, param_shapes: Callable, init: Callable, step: Callabl
         raise TypeError(f"cell {name!r}: backward: expected a function or None, got {type(backward).__name__}")
     if isinstance(carry_size, bool) or not isinstance(carry_size, int) or carry_size < 1:
         raise ValueError(f"cell {name!r}: carry_size: expected a positive int, got {carry_size!r}")
+    if linear is not None and not callable(linear):
+        raise TypeError(f"cell {name!r}: linear: expected a function or None, got {type(linear).__name__}")
+    if linear is not None and carry_size != 1:
+        raise ValueError(f"cell {name!r}: linear: expected carry_size 1 (h' = a * h + b), got {carry_size}")
     cell = Cell(name=name, num_gates=1, carry_size=carry_size, input_bias="", param_shapes=param_shapes, init=init,
                 step=_library_step(step), backward_step=_library_backward(step, backward),
-                param_grads=_summed_param_grads, full_dzh=_no_dzh, projects=False)
+                param_grads=_summed_param_grads, full_dzh=_no_dzh, projects=False,
+                linear=None if linear is None else (lambda params, x: tuple(linear(params, x))))
     check_cell(cell, step, backward)
+    if linear is not None:
+        check_linear(cell, step)
     return cell
 
 
@@ -124,6 +136,26 @@ def check_cell(cell: Cell, step: Callable, backward: Callable | None) -> None:
         _same(cell, "backward", "dcarry_prev", tuple(found[1]) if isinstance(found[1], (tuple, list)) else found[1],
               carry)
         _same(cell, "backward", "dx", found[2], x)
+
+
+def check_linear(cell: Cell, step: Callable) -> None:
+    """``linear``'s ``(a, b)`` have the carry's shape and ``a * h + b`` equals ``step`` on the probe
+    (random params, state and input, float64 on the host), else a ``ValueError`` naming the cell."""
+    batch, inputs, hidden = PROBE["batch"], PROBE["input_size"], PROBE["hidden_size"]
+    carry = (jax.ShapeDtypeStruct((batch, hidden), jnp.float32),)
+    params = {k: jax.ShapeDtypeStruct(tuple(v), jnp.float32) for k, v in cell.param_shapes(inputs, hidden).items()}
+    found = jax.eval_shape(cell.linear, params, jax.ShapeDtypeStruct((batch, inputs), jnp.float32))
+    if len(found) != 2:
+        raise ValueError(f"cell {cell.name!r}: linear: expected (a, b), got {_describe(found)}")
+    _same(cell, "linear", "(a, b)", found, carry * 2)
+    rng = np.random.default_rng(0)
+    draw = {k: np.asarray(rng.uniform(-1.0, 1.0, v.shape), np.float32) for k, v in params.items()}
+    h, x = (np.asarray(rng.uniform(-1.0, 1.0, shape), np.float32) for shape in ((batch, hidden), (batch, inputs)))
+    a, b = (np.asarray(v, np.float64) for v in cell.linear(draw, x))
+    stepped = np.asarray(tuple(step(draw, (h,), x))[0], np.float64)
+    if not np.allclose(stepped, a * h + b, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"cell {cell.name!r}: linear: expected a * h + b to equal step(params, (h,), x) on the probe, "
+                         f"got a largest difference of {np.max(np.abs(stepped - (a * h + b))):.3g}")
 
 
 def _same(cell: Cell, fn: str, what: str, found, expected) -> None:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from perceptron1_jax.associative import AssociativeTape, associative_backward, associative_forward
 from perceptron1_jax.cells import CELLS, Carry, Cell, Params
 from perceptron1_jax.lean import lean_backward, lean_forward
 from perceptron1_jax.scan import (
@@ -95,16 +96,22 @@ class DirectionTape(NamedTuple):
 
 
 def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm, lengths, *,
-                      reverse: bool, save: bool, lean: int | None = None):
+                      reverse: bool, save: bool, lean: int | None = None, associative: bool = False):
     """Run one direction over ``xs_tm: (T, B, I)``.
 
     Returns ``(hs_tm, final, tape)``: ``hs_tm: (T, B, H)`` the state after every step in the
     original time order, ``final`` the carry after the direction's last step (for the reverse
     direction: after reading back to step 0), ``tape`` what the backward needs (None unless
-    ``save``). ``lean=k`` keeps a carry every ``k`` steps instead of every step.
+    ``save``). ``lean=k`` keeps a carry every ``k`` steps instead of every step; ``associative``
+    runs a linear recurrence as an associative scan (:mod:`perceptron1_jax.associative`).
     """
     x = reverse_in_time(xs_tm, lengths) if reverse else xs_tm
-    if lean is not None:
+    if associative:
+        if lean is not None:
+            raise ValueError(f"lean: expected None for a layer with scan='associative' (it keeps every step; "
+                             f"there are no segments to recompute), got {lean!r}")
+        hs, final, tape = associative_forward(cell, cell_params, x, carry0, mask_tm, save=save)
+    elif lean is not None:
         hs, final, tape = lean_forward(cell, cell_params, x, carry0, mask_tm, lean)
     else:
         final, carries, residuals = scan_forward(cell, cell_params, x, carry0, mask_tm, stack_entering=save)
@@ -126,7 +133,10 @@ def direction_backward(cell: Cell, cell_params: Params, tape, dhs_out_tm, final_
         return a if a is None or not reverse else reverse_in_time(a, lengths)
 
     dhs = flip(dhs_out_tm)
-    if isinstance(tape, DirectionTape):
+    if isinstance(tape, AssociativeTape):
+        back = associative_backward(cell, cell_params, tape, dhs, final_dcarry, mask_tm, keep_dhs=keep_dhs,
+                                    keep_dz=keep_dz)
+    elif isinstance(tape, DirectionTape):
         back = backward_scan(cell, cell_params, tape.xs_tm, tape.carries_in, tape.final, tape.residuals,
                              final_dcarry, dhs, mask_tm, keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
     else:
@@ -154,7 +164,8 @@ def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, len
         if carry0 is None:
             carry0 = zero_carry(cell, batch, layer.hidden_size, xs_tm.dtype)
         hs, finals[d], tapes[d] = direction_forward(cell, params[d], xs_tm, carry0, mask_tm, lengths,
-                                                   reverse=d == "bwd", save=save, lean=lean)
+                                                   reverse=d == "bwd", save=save, lean=lean,
+                                                   associative=layer.scan == "associative")
         outs.append(hs)
     return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)), finals, tapes
 

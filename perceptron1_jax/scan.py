@@ -165,6 +165,11 @@ class Backward(NamedTuple):
     dzh_part_tm: Array | None  # the cell's recurrent part of dZh (cell.full_dzh), when keep_dz
 
 
+def accumulation_dtype(dtype):
+    """Weight gradients add up over the steps in at least float32 (bfloat16 compute keeps them exact)."""
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+
+
 def check_window(window) -> int:
     if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
         raise ValueError(f"window: expected a positive int (steps per weight-gradient block), got {window!r}")
@@ -243,10 +248,8 @@ def backward_scan(
         kept = (dzx, dzh_part if cell.projects else None) if keep_dz else (None, None)  # a user cell: no dZh
         return (dcarry, after, acc), (dzx if w_x_t is None else dzx @ w_x_t, dhs) + kept
 
-    # Weight gradients add up over the blocks in at least float32 (bfloat16 compute keeps them exact).
     state = (final_dcarry, final_carry,
-             jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype if jnp.finfo(p.dtype).bits >= 32 else jnp.float32),
-                          cell_params))
+             jax.tree.map(lambda p: jnp.zeros(p.shape, accumulation_dtype(p.dtype)), cell_params))
     if tail:  # the remainder block at the end of time comes first in reverse
         state, tail_outs = run_block(state, n_full * block, tail)
     state, outs = lax.scan(lambda s, w: run_block(s, w * block, block), state, jnp.arange(n_full), reverse=True)

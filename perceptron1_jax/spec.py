@@ -27,6 +27,7 @@ from perceptron1_jax.cells import CELLS
 
 LOSSES = ("cross_entropy", "mse")
 DIRECTIONS = ("fwd", "bwd")
+SCANS = ("sequential", "associative")
 
 
 def _positive_int(name: str, value) -> int:
@@ -45,18 +46,29 @@ def _flag(name: str, value) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-    """One recurrent layer: ``cell`` (``"elman"``, ``"lstm"`` or ``"gru"``), ``hidden_size`` per
-    direction, and whether it also reads the sequence backwards."""
+    """One recurrent layer: ``cell`` (a registered cell's name: ``"elman"``, ``"lstm"``, ``"gru"``,
+    ``"mingru"``, ``"minlstm"`` or your own), ``hidden_size`` per direction, whether it also reads
+    the sequence backwards, and how it walks time: ``scan="sequential"`` (a ``lax.scan``, the
+    default) or ``"associative"`` (cells whose recurrence is linear in ``h``, ``h' = a * h + b``:
+    an associative scan of depth ``O(log T)`` forwards and backwards, for accelerators;
+    :mod:`perceptron1_jax.associative`)."""
 
     cell: str
     hidden_size: int
     bidirectional: bool = False
+    scan: str = "sequential"
 
     def __post_init__(self):
         if not isinstance(self.cell, str) or self.cell not in CELLS:
             raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {self.cell!r}")
         object.__setattr__(self, "hidden_size", _positive_int("hidden_size", self.hidden_size))
         _flag("bidirectional", self.bidirectional)
+        if self.scan not in SCANS:
+            raise ValueError(f"scan: expected one of {list(SCANS)}, got {self.scan!r}")
+        if self.scan == "associative" and CELLS[self.cell].linear is None:
+            linear = sorted(name for name, cell in CELLS.items() if cell.linear is not None)
+            raise ValueError(f"scan: 'associative' needs a cell whose recurrence is linear in h (one of {linear}), "
+                             f"got cell {self.cell!r}")
 
     @property
     def directions(self) -> tuple[str, ...]:
@@ -141,8 +153,9 @@ def param_shapes(spec: ModelSpec) -> dict:
     return shapes
 
 
-def parse_layers(text: str, bidirectional: bool = False) -> tuple[LayerSpec, ...]:
-    """``"lstm:128,lstm:64"`` -> two :class:`LayerSpec` (``cell:size`` per layer)."""
+def parse_layers(text: str, bidirectional: bool = False, scan: str = "sequential") -> tuple[LayerSpec, ...]:
+    """``"lstm:128,lstm:64"`` -> two :class:`LayerSpec` (``cell:size`` per layer), each with
+    ``bidirectional`` and ``scan``."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"layers: expected cell:size per layer, e.g. 'lstm:128,lstm:64', got {text!r}")
     layers = []
@@ -150,14 +163,16 @@ def parse_layers(text: str, bidirectional: bool = False) -> tuple[LayerSpec, ...
         cell, sep, size = part.strip().partition(":")
         if not sep or not size.strip().isdigit():
             raise ValueError(f"layers: expected cell:size per layer, e.g. 'lstm:128,lstm:64', got {part.strip()!r}")
-        layers.append(LayerSpec(cell.strip(), int(size), bidirectional))
+        layers.append(LayerSpec(cell.strip(), int(size), bidirectional, scan))
     return tuple(layers)
 
 
 def spec_to_dict(spec: ModelSpec) -> dict:
     """A plain dict (JSON, msgpack) that :func:`spec_from_dict` turns back into the same spec."""
     values = dataclasses.asdict(spec)
-    values["layers"] = [dataclasses.asdict(layer) for layer in spec.layers]
+    # A sequential layer is written as before the scan option existed (older readers, same files).
+    values["layers"] = [{k: v for k, v in dataclasses.asdict(layer).items() if (k, v) != ("scan", "sequential")}
+                        for layer in spec.layers]
     return values
 
 

@@ -16,7 +16,7 @@ from perceptron1_jax import validate
 from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer, is_archive, source_kind
 from perceptron1_jax.data.source import check_val_fraction
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
-from perceptron1_jax.spec import LayerSpec, ModelSpec, parse_layers
+from perceptron1_jax.spec import SCANS, LayerSpec, ModelSpec, parse_layers  # noqa: F401 (SCANS: the CLI's choices)
 from perceptron1_jax.tasks import TASKS, VOCAB, TaskSpec
 from perceptron1_jax.truncated import windows
 
@@ -62,6 +62,7 @@ class TrainConfig:
     gradflow_every: int = 0  # log the ||dL/dh_t|| profile every N steps (0: never)
     layers: str | None = None  # "cell:size,cell:size,..." per layer; None: one layer of cell/hidden
     bidirectional: bool = False  # every layer reads the sequence both ways
+    scan: str = "sequential"  # how every layer walks time: "sequential" or "associative" (linear cells)
     dropout: float = 0.0  # inverted dropout on every layer's input after the first and on the head's
     embed_size: int | None = None  # token inputs: embedding size (None: the task's, or DEFAULT_EMBED)
     data: tuple[str, ...] | None = None  # your data: one .npz, one .csv, or text files (language modelling)
@@ -139,8 +140,8 @@ def task_info(task: TaskSpec) -> DataInfo:
 def config_layers(cfg: TrainConfig) -> tuple[LayerSpec, ...]:
     """``cfg.layers`` parsed, or one layer of ``cfg.cell``/``cfg.hidden``."""
     if cfg.layers is not None:
-        return parse_layers(cfg.layers, cfg.bidirectional)
-    return (LayerSpec(cfg.cell, cfg.hidden, cfg.bidirectional),)
+        return parse_layers(cfg.layers, cfg.bidirectional, cfg.scan)
+    return (LayerSpec(cfg.cell, cfg.hidden, cfg.bidirectional, cfg.scan),)
 
 
 def run_spec(cfg: TrainConfig, info: DataInfo) -> ModelSpec:
