@@ -1,9 +1,10 @@
 """Training-step time of the cells, one process, interleaved rounds (median): minGRU and minLSTM
-(sequential mode) against our GRU and LSTM, and a cell of your own (IndRNN, no hand-written
-backward: its local backward is jax.vjp of its step) by the explicit BPTT against jax.grad of the
-same cell through lax.scan. One layer, many-to-one, Adam, float32.
+(sequential, with the input projection in the loop (the CPU default) and hoisted before it, and
+associative) against our GRU and LSTM, and a cell of your own (IndRNN, no hand-written backward:
+its local backward is jax.vjp of its step) by the explicit BPTT against jax.grad of the same cell
+through lax.scan. One layer, many-to-one, Adam, float32.
 
-    python benchmarks/cells.py                          # B64 I32 H128, T 128 512 2048
+    python benchmarks/cells.py                          # B64 I32 H128, T 128 512 2048 4096
     python benchmarks/cells.py --time 128 512 --rounds 3
     python benchmarks/cells.py --quick                  # a smoke test (tiny sizes)
 
@@ -26,8 +27,10 @@ import perceptron1_jax as p1
 from perceptron1_jax import bench
 from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.cells import CELLS
+from perceptron1_jax.scan import set_hoist_input_projection
 
 BUILT_IN = ("gru", "mingru", "lstm", "minlstm")
+MIN = ("mingru", "minlstm")
 USER = "indrnn"
 
 
@@ -50,15 +53,24 @@ def indrnn() -> None:
     p1.register_cell(p1.custom_cell(USER, shapes, init, step))
 
 
-def contenders(cell: str, size: bench.Size, grads: tuple[str, ...]) -> list[bench.Contender]:
-    spec = p1.ModelSpec([p1.LayerSpec(cell, size.hidden)], size.classes, input_size=size.input)
+def contenders(cell: str, size: bench.Size, grads: tuple[str, ...], scan: str = "sequential",
+               hoist: bool | None = None) -> list[bench.Contender]:
+    """Compiled Adam steps of one layer of ``cell`` (each contender compiled now, so a ``hoist``
+    choice of the input projection holds for it whatever is chosen later)."""
+    spec = p1.ModelSpec([p1.LayerSpec(cell, size.hidden, scan=scan)], size.classes, input_size=size.input)
     params = p1.init_model(jax.random.key(0), spec)
     xs, labels = bench._problem(size)
     out = []
-    for grad in grads:
-        fn = make_value_and_grad(spec, grad)
-        name = f"{cell}, {'explicit BPTT' if grad == 'bptt' else 'jax.grad'}"
-        out.append(bench._jax_contender(name, lambda p, x, y, fn=fn: fn(p, x, y)[:2], params, xs, labels))
+    previous = set_hoist_input_projection(hoist)
+    try:
+        for grad in grads:
+            fn = make_value_and_grad(spec, grad)
+            name = f"{cell}, {'explicit BPTT' if grad == 'bptt' else 'jax.grad'}"
+            name += "" if scan == "sequential" else f", {scan}"
+            name += "" if hoist is None else f", projection {'hoisted' if hoist else 'in the loop'}"
+            out.append(bench._jax_contender(name, lambda p, x, y, fn=fn: fn(p, x, y)[:2], params, xs, labels))
+    finally:
+        set_hoist_input_projection(previous)
     return out
 
 
@@ -68,12 +80,18 @@ def main(args) -> dict:
     for time in args.time:
         size = bench.Size(args.batch, args.input, args.hidden, time)
         entries = [c for cell in BUILT_IN for c in contenders(cell, size, ("bptt",))]
+        entries += [c for cell in MIN for c in contenders(cell, size, ("bptt",), hoist=True)]
+        entries += [c for cell in MIN for c in contenders(cell, size, ("bptt",), scan="associative")]
         entries += contenders(USER, size, ("bptt", "autodiff"))
         seconds = bench.time_contenders(entries, args.rounds, args.min_seconds)
         ms = {name: 1e3 * s for name, s in seconds.items()}
         row = {"size": size.label(), **{k: round(v, 3) for k, v in ms.items()},
                "gru / mingru": ms["gru, explicit BPTT"] / ms["mingru, explicit BPTT"],
                "lstm / minlstm": ms["lstm, explicit BPTT"] / ms["minlstm, explicit BPTT"],
+               **{f"{cell}: in the loop / hoisted": ms[f"{cell}, explicit BPTT"]
+                  / ms[f"{cell}, explicit BPTT, projection hoisted"] for cell in MIN},
+               **{f"{cell}: associative / sequential": ms[f"{cell}, explicit BPTT, associative"]
+                  / ms[f"{cell}, explicit BPTT"] for cell in MIN},
                "user cell: jax.grad / explicit": ms[f"{USER}, jax.grad"] / ms[f"{USER}, explicit BPTT"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -98,7 +116,7 @@ def markdown(rows: list[dict]) -> str:
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time", type=int, nargs="+", default=[128, 512, 2048])
+    parser.add_argument("--time", type=int, nargs="+", default=[128, 512, 2048, 4096])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--input", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=128)

@@ -56,4 +56,5 @@ def test_the_cells_benchmark_runs_on_a_tiny_size(tmp_path):
     assert done.returncode == 0, done.stderr
     (row,) = json.loads((tmp_path / "cells.json").read_text())
     assert row["size"] == "B2 I3 H4 T4" and row["indrnn, jax.grad"] > 0 and row["gru / mingru"] > 0
+    assert row["minlstm, explicit BPTT, associative"] > 0 and row["mingru: in the loop / hoisted"] > 0
     assert "| size | gru, explicit BPTT |" in (tmp_path / "cells.md").read_text()
