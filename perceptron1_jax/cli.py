@@ -408,7 +408,7 @@ def cmd_train(args) -> int:
     try:
         data = run_data(cfg)
         spec = check_run(cfg, data)
-        mesh = run_mesh(cfg, _train_mesh(args))
+        mesh = run_mesh(cfg, _train_mesh(args), spec)
         if writer:
             check_out_dir(out)
     except ValueError as err:  # DataError included: names the file, array or line

@@ -278,3 +278,19 @@ def test_keep_best_keeps_the_checkpoint_of_the_lowest_evaluation_loss_across_a_r
     _run(cfg, split, resume=True)
     assert checkpoint.read_checkpoint(split / checkpoint.BEST)["best"] == saved["best"]
     assert len(list(split.glob("ckpt_*.msgpack"))) == 3 and (split / "ckpt_00000060.msgpack").exists()  # kept 3
+
+
+def test_the_default_mesh_splits_a_batch_only_where_that_was_measured_to_pay():
+    from perceptron1_jax.spec import LayerSpec, ModelSpec
+    from perceptron1_jax.training.step import default_device_count, step_matrix_flops
+
+    lstm = ModelSpec([LayerSpec("lstm", 128)], 10, input_size=32)
+    assert step_matrix_flops(lstm, 32) == 2 * 32 * (32 * 512 + 128 * 512)  # x_t W_x + h W_h
+    wide = ModelSpec([LayerSpec("lstm", 512)], 10, input_size=32)  # 71 MFLOP per device and step: 1.04x split
+    two_bi = ModelSpec([LayerSpec("lstm", 512, True), LayerSpec("lstm", 512, True)], 10, input_size=32)  # 201: 0.93x
+    assert step_matrix_flops(two_bi, 32) == 2 * 32 * (1024 + 512) * 2048  # the second layer reads 2H features
+    assert [default_device_count(s, 64, 2, "cpu") for s in (lstm, wide, two_bi)] == [2, 2, 1]
+    assert default_device_count(two_bi, 64, 2, "gpu") == 2 and default_device_count(two_bi, 64, 2, "cpu", 2) == 2
+    assert default_device_count(two_bi, 63, 2, "cpu") == 2  # a batch the devices do not divide: refused by name later
+    mingru = ModelSpec([LayerSpec("mingru", 512)], 10, input_size=32)  # no W_h: the input projection alone
+    assert step_matrix_flops(mingru, 32) == 2 * 32 * 32 * 1024

@@ -194,7 +194,7 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
     out = check_out_dir(out) if writes else None if out is None else Path(out)
     data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
     spec = check_run(cfg, data)
-    mesh = run_mesh(cfg, mesh)
+    mesh = run_mesh(cfg, mesh, spec)
     if cfg.bidirectional and data.info.next_token:
         log(f"warning: bidirectional layers on the next-token data {data.info.source!r} read the token they "
             "predict (the backward direction sees step t+1): accuracy will not mean prediction")

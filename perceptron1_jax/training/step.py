@@ -19,7 +19,7 @@ from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import evaluate
 from perceptron1_jax.parallel import check_mesh, data_parallel, make_mesh
 from perceptron1_jax.scan import time_mask
-from perceptron1_jax.spec import ModelSpec
+from perceptron1_jax.spec import ModelSpec, param_shapes
 from perceptron1_jax.training.config import TrainConfig
 from perceptron1_jax.training.ingredients import run_optimizer
 from perceptron1_jax.truncated import run_windows
@@ -163,15 +163,51 @@ def _shared_step(values: tuple, spec: ModelSpec, mesh: Mesh):
     return optimizer, make_train_step(cfg, optimizer, spec, mesh)
 
 
-def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None) -> Mesh:
-    """The devices a run splits its batches over: ``mesh``, by default every device (of every
-    process); one device for truncated BPTT. A ``ValueError`` names a ``batch_size`` that does not
-    divide by the mesh, or a multi-device mesh for truncated BPTT."""
+SPLIT_LIMIT_FLOP = 2**27
+"""The default mesh on the host CPU splits a batch only while every layer direction's matrix work
+per time step and device (:func:`step_matrix_flops`) stays at or below this (134 MFLOP).
+
+Derived from the measurements in ``benchmarks/results/devices_*`` (2-core AMD EPYC, B64, two host
+devices against one, ms per training step): splitting made the step 1.68x faster for the LSTM at
+H128 (5 MFLOP per device and step), 1.46x for the GRU, 1.08x for Elman, 1.52x for the 2-layer
+bidirectional LSTM at H128 (25 MFLOP), still 1.04x to 1.11x faster for the single-layer cells at
+H512 (18 to 71 MFLOP), but 0.93x (slower) for the 2-layer bidirectional LSTM at H512 (201 MFLOP):
+once one device's products are large, XLA:CPU already spreads them over the cores, and the split
+only adds the gradient all-reduce. Accelerators and multi-process runs always split."""
+
+
+def step_matrix_flops(spec: ModelSpec, batch: int) -> int:
+    """The largest per-time-step matrix work of a layer direction for ``batch`` rows:
+    ``2 * batch * sum(rows * cols)`` over its 2-D parameters (``x_t W_x`` and ``h W_h``)."""
+    return max(2 * batch * sum(shape[0] * shape[1] for shape in direction.values() if len(shape) == 2)
+               for layer in param_shapes(spec)["layers"] for direction in layer.values())
+
+
+def default_device_count(spec: ModelSpec, batch: int, devices: int, platform: str, processes: int = 1) -> int:
+    """How many of ``devices`` the default mesh splits a batch over (see :data:`SPLIT_LIMIT_FLOP`):
+    all of them, except in one host CPU process whose split would give a device more than
+    ``SPLIT_LIMIT_FLOP`` per step (a batch they do not divide stays refused by name)."""
+    if platform != "cpu" or processes > 1 or devices == 1 or batch % devices:
+        return devices
+    return 1 if step_matrix_flops(spec, batch // devices) > SPLIT_LIMIT_FLOP else devices
+
+
+def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None, spec: ModelSpec | None = None) -> Mesh:
+    """The devices a run splits its batches over: ``mesh``; by default every device (of every
+    process), or one host CPU device where splitting was measured not to pay
+    (:func:`default_device_count`, given the run's ``spec``); one device for truncated BPTT. A
+    ``ValueError`` names a ``batch_size`` that does not divide by the mesh, or a multi-device mesh
+    for truncated BPTT."""
     if cfg.tbptt_k1 is not None:
         if mesh is not None and mesh.size > 1:
             raise ValueError(f"devices: truncated BPTT (tbptt_k1) runs on one device, got a mesh of {mesh.size}")
         return make_mesh(jax.local_devices()[:1])
-    mesh = make_mesh(jax.devices()) if mesh is None else mesh
+    if mesh is None:
+        devices = jax.devices()
+        if spec is not None:
+            devices = devices[:default_device_count(spec, cfg.batch_size, len(devices), devices[0].platform,
+                                                    jax.process_count())]
+        mesh = make_mesh(devices)
     check_mesh(mesh, cfg.batch_size, "batch_size")
     return mesh
 
