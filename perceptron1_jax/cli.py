@@ -349,7 +349,8 @@ def _train_config(args) -> tuple[TrainConfig, Population | None]:
 
 def describe_spec(spec) -> str:
     """``2 x bidirectional lstm:128 -> lstm:64, dropout 0.2`` style summary of a ModelSpec."""
-    layers = " -> ".join(f"{'bi-' if s.bidirectional else ''}{s.cell}:{s.hidden_size}" for s in spec.layers)
+    layers = " -> ".join(f"{'bi-' if s.bidirectional else ''}{s.cell}:{s.hidden_size}"
+                         f"{' (associative scan)' if s.scan == 'associative' else ''}" for s in spec.layers)
     inputs = f"embed {spec.vocab_size}x{spec.embed_size} -> " if spec.tokens else ""
     drop = f", dropout {spec.dropout:g}" if spec.dropout else ""
     return f"{inputs}{layers} -> {spec.loss} head ({spec.num_outputs}){drop}"

@@ -140,7 +140,8 @@ def check_cell(cell: Cell, step: Callable, backward: Callable | None) -> None:
 
 def check_linear(cell: Cell, step: Callable) -> None:
     """``linear``'s ``(a, b)`` have the carry's shape and ``a * h + b`` equals ``step`` on the probe
-    (random params, state and input, float64 on the host), else a ``ValueError`` naming the cell."""
+    (random float32 params, state and input, run eagerly; rtol 1e-4), else a ``ValueError`` naming
+    the cell."""
     batch, inputs, hidden = PROBE["batch"], PROBE["input_size"], PROBE["hidden_size"]
     carry = (jax.ShapeDtypeStruct((batch, hidden), jnp.float32),)
     params = {k: jax.ShapeDtypeStruct(tuple(v), jnp.float32) for k, v in cell.param_shapes(inputs, hidden).items()}

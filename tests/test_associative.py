@@ -12,7 +12,7 @@ from helpers import assert_trees_close, random_model
 
 import perceptron1_jax as p1
 from perceptron1_jax.cells import CELLS
-from perceptron1_jax.cli import main
+from perceptron1_jax.cli import describe_spec, main
 from perceptron1_jax.truncated import run_windows
 
 # ------------------------------------------ a gated diagonal linear recurrence: h' = a(x) * h + x W_b
@@ -131,6 +131,7 @@ def test_what_the_associative_scan_refuses_is_named(capsys):
     params, xs, targets, _ = random_model(0, spec, 2, 4, dtype=jnp.float32)
     with pytest.raises(ValueError, match=r"lean: expected None for a layer with scan='associative'.*got 2"):
         p1.model_bptt(params, xs, targets, spec, lean=2)
+    assert describe_spec(spec) == "mingru:3 (associative scan) -> cross_entropy head (3)"
     assert main(["train", "--cell", "gru", "--scan", "associative"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("perceptron1: error: scan: 'associative' needs a cell") and len(err.splitlines()) == 1
