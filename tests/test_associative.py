@@ -4,6 +4,8 @@ directions, lengths, readouts, losses, T = 1, batch = 1), for minGRU, minLSTM an
 declares h' = a * h + b (with and without a hand-written backward); truncated BPTT, training and
 every refusal named."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,6 +121,12 @@ def test_training_with_the_associative_scan_follows_the_sequential_run(x64, tmp_
         runs[scan] = p1.train(cfg, tmp_path / scan, progress=False, log=lambda _: None)  # checks grads too
     assert_trees_close(runs["associative"].params, runs["sequential"].params, rtol=1e-8, atol=1e-12)
     assert p1.load_run(tmp_path / "associative").spec.layers[1].scan == "associative"
+    # The scan is how time is walked, not the model: a sequential run resumes with the associative scan.
+    quiet = {"progress": False, "log": lambda _: None}
+    p1.train(dataclasses.replace(cfg, scan="sequential", steps=3), tmp_path / "switched", **quiet)
+    resumed = p1.train(cfg, tmp_path / "switched", resume=True, **quiet)
+    assert resumed.step == 5
+    assert_trees_close(resumed.params, runs["sequential"].params, rtol=1e-8, atol=1e-12)
 
 
 def test_what_the_associative_scan_refuses_is_named(capsys):

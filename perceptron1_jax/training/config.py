@@ -25,7 +25,7 @@ DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = ("bfloat16",)  # mixed precision: float32 parameters (bptt.in_compute_dtype)
 # Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
 RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every",
-                     "max_nonfinite", "keep_best")
+                     "max_nonfinite", "keep_best", "scan")  # scan: how time is walked, the same math
 DEFAULT_TARGETS = {"three_step": 0.99, "adding": 0.9, "copy": 0.99, "parity": 0.99, "chars": 0.55}
 DEFAULT_EMBED = 32  # embedding size of a token-id data source without --embed-size
 
