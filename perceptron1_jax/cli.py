@@ -398,6 +398,7 @@ def cmd_train(args) -> int:
         run_data,
         run_mesh,
     )
+    from perceptron1_jax.training.device_choice import measures, read_choice
 
     _start_processes(args)
     cfg, population = _train_config(args)
@@ -420,11 +421,17 @@ def cmd_train(args) -> int:
     split = f"{data.eval.xs.shape[0]} evaluation" if data.test is None else \
         f"{data.eval.xs.shape[0]} validation / {data.test.xs.shape[0]} test"
     scaled = ", inputs standardized" if data.info.input_mean is not None else ""
+    devices = f"{mesh.size} {mesh.devices.flat[0].platform} device{'s' if mesh.size > 1 else ''}"
+    if args.devices is None:  # the default devices: recorded by the run, or measured at its start
+        recorded = read_choice(out) if args.resume else None
+        if recorded is not None and recorded < mesh.size:
+            devices = f"{recorded} {mesh.devices.flat[0].platform} device{'s' if recorded > 1 else ''} (as recorded)"
+        elif recorded is None and not args.resume and measures(cfg, mesh):
+            devices += " or 1 (the faster, measured first)"
     say(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {split} examples of "
         f"{data.train.xs.shape[1]} steps{scaled}, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
-        f"{cfg.steps} steps, gradients from {cfg.grad}, batch split over {mesh.size} {mesh.devices.flat[0].platform} "
-        f"device{'s' if mesh.size > 1 else ''}{processes}; run folder {out}")
-    state, status = _train_until_done(args, cfg, out, data=data, mesh=mesh)
+        f"{cfg.steps} steps, gradients from {cfg.grad}, batch split over {devices}{processes}; run folder {out}")
+    state, status = _train_until_done(args, cfg, out, data=data, mesh=None if args.devices is None else mesh)
     if state is None:
         return status
     evals = [h for h in state.history if "eval_loss" in h]

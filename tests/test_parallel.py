@@ -49,7 +49,7 @@ def test_setup_errors_name_the_argument():
         parallel.initialize_distributed("127.0.0.1:1", 2, 2)
 
 
-@pytest.mark.parametrize("script", ["sharded_equals_single.py", "train_on_devices.py"])
+@pytest.mark.parametrize("script", ["sharded_equals_single.py", "train_on_devices.py", "device_choice.py"])
 def test_four_devices_equal_one(script):
     result = subprocess.run([sys.executable, str(SCRIPTS / script)], capture_output=True, text=True,
                             env=FOUR_DEVICES, timeout=300)

@@ -19,6 +19,7 @@ from perceptron1_jax import checkpoint
 from perceptron1_jax.data import Data, chance
 from perceptron1_jax.parallel import first_copy, replicate, shard_batch
 from perceptron1_jax.training.config import TrainConfig, check_config, check_run, task_info
+from perceptron1_jax.training.device_choice import choose_devices
 from perceptron1_jax.training.evaluation import (
     describe_eval,
     describe_test,
@@ -194,12 +195,15 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
     out = check_out_dir(out) if writes else None if out is None else Path(out)
     data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
     spec = check_run(cfg, data)
+    default_mesh = mesh is None
     mesh = run_mesh(cfg, mesh, spec)
     if cfg.bidirectional and data.info.next_token:
         log(f"warning: bidirectional layers on the next-token data {data.info.source!r} read the token they "
             "predict (the backward direction sees step t+1): accuracy will not mean prediction")
     key, _, _, _, k_shuffle = run_keys(cfg)
     params = initial_params(cfg, spec, params)
+    if default_mesh:  # the default devices, measured (devices.json) on host CPU devices
+        mesh = choose_devices(cfg, spec, data, params, mesh, out, resume=resume, log=log)
     optimizer, step_fn = run_step(cfg, spec, mesh)
     state = RunState(params, optimizer.init(params), 0, info=data.info, spec=spec, chance=chance(data))
     found = resume_from(out, cfg, data.info, spec, writes=writes, log=log) if resume else None
