@@ -58,3 +58,10 @@ def test_the_cells_benchmark_runs_on_a_tiny_size(tmp_path):
     assert row["size"] == "B2 I3 H4 T4" and row["indrnn, jax.grad"] > 0 and row["gru / mingru"] > 0
     assert row["minlstm, explicit BPTT, associative"] > 0 and row["mingru: in the loop / hoisted"] > 0
     assert "| size | gru, explicit BPTT |" in (tmp_path / "cells.md").read_text()
+
+
+def test_the_bidirectional_fusion_benchmark_runs_on_a_tiny_size():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bidirectional_fusion.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PERCEPTRON1_NO_REEXEC": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("speed-up of the fused form") == 3 and "B2 I3 H4 T5" in done.stdout, done.stdout
