@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceptron1_jax.cells import Carry, Cell, Params, project_inputs
-from perceptron1_jax.scan import Backward, accumulation_dtype
+from perceptron1_jax.scan import Backward, accumulation_dtype, input_weights_t, kept_dz
 
 Array = jax.Array
 
@@ -110,6 +110,7 @@ def associative_backward(cell: Cell, cell_params: Params, tape: AssociativeTape,
         h_in, h_after, tape.residuals, into_cell)
     grads = cell.param_grads(tape.xs_tm, h_in, dzx, dzh_part)
     grads = jax.tree.map(lambda p, g: g.astype(accumulation_dtype(p.dtype)), cell_params, grads)
-    dxs_tm = dzx @ cell_params["W_x"].T if cell.projects else dzx  # a user cell's dZx is dL/dx itself
-    kept = (dzx, dzh_part if cell.projects else None) if keep_dz else (None, None)
+    w_x_t = input_weights_t(cell, cell_params)
+    dxs_tm = dzx if w_x_t is None else dzx @ w_x_t
+    kept = kept_dz(cell, dzx, dzh_part, keep_dz)
     return Backward(grads, dxs_tm, (a[0] * dhs[0],), dhs if keep_dhs else None, *kept)

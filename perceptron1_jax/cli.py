@@ -398,7 +398,7 @@ def cmd_train(args) -> int:
         run_data,
         run_mesh,
     )
-    from perceptron1_jax.training.device_choice import measures, read_choice
+    from perceptron1_jax.training.device_choice import describe_devices
 
     _start_processes(args)
     cfg, population = _train_config(args)
@@ -421,13 +421,7 @@ def cmd_train(args) -> int:
     split = f"{data.eval.xs.shape[0]} evaluation" if data.test is None else \
         f"{data.eval.xs.shape[0]} validation / {data.test.xs.shape[0]} test"
     scaled = ", inputs standardized" if data.info.input_mean is not None else ""
-    devices = f"{mesh.size} {mesh.devices.flat[0].platform} device{'s' if mesh.size > 1 else ''}"
-    if args.devices is None:  # the default devices: recorded by the run, or measured at its start
-        recorded = read_choice(out) if args.resume else None
-        if recorded is not None and recorded < mesh.size:
-            devices = f"{recorded} {mesh.devices.flat[0].platform} device{'s' if recorded > 1 else ''} (as recorded)"
-        elif recorded is None and not args.resume and measures(cfg, mesh):
-            devices += " or 1 (the faster, measured first)"
+    devices = describe_devices(cfg, mesh, out, resume=args.resume, default=args.devices is None)
     say(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {split} examples of "
         f"{data.train.xs.shape[1]} steps{scaled}, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
         f"{cfg.steps} steps, gradients from {cfg.grad}, batch split over {devices}{processes}; run folder {out}")

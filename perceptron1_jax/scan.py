@@ -170,6 +170,16 @@ def accumulation_dtype(dtype):
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
 
 
+def input_weights_t(cell: Cell, cell_params: Params) -> Array | None:
+    """``W_x^T``, which maps ``dZx`` to ``dL/dx``; None for a user cell, whose ``dZx`` is ``dL/dx`` itself."""
+    return cell_params["W_x"].T if cell.projects else None
+
+
+def kept_dz(cell: Cell, dzx, dzh_part, keep_dz: bool) -> tuple:
+    """``(dZx, the recurrent part of dZh)`` when ``keep_dz`` (a user cell has no dZh), else ``(None, None)``."""
+    return (dzx, dzh_part if cell.projects else None) if keep_dz else (None, None)
+
+
 def check_window(window) -> int:
     if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
         raise ValueError(f"window: expected a positive int (steps per weight-gradient block), got {window!r}")
@@ -216,7 +226,7 @@ def backward_scan(
     time = xs_tm.shape[0]
     block = min(window, time)
     n_full, tail = divmod(time, block)
-    w_x_t = cell_params["W_x"].T if cell.projects else None  # a user cell's dZx is dL/dx itself
+    w_x_t = input_weights_t(cell, cell_params)
 
     def run_block(state, start, length):
         dcarry, after, acc = state
@@ -245,8 +255,8 @@ def backward_scan(
         (dcarry, after), (dzx, dzh_part, dhs) = lax.scan(step, (dcarry, after), inputs, reverse=True)
         grads = cell.param_grads(take(xs_tm), block_in[0], dzx, dzh_part)
         acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
-        kept = (dzx, dzh_part if cell.projects else None) if keep_dz else (None, None)  # a user cell: no dZh
-        return (dcarry, after, acc), (dzx if w_x_t is None else dzx @ w_x_t, dhs) + kept
+        return (dcarry, after, acc), (dzx if w_x_t is None else dzx @ w_x_t, dhs) + kept_dz(cell, dzx, dzh_part,
+                                                                                            keep_dz)
 
     state = (final_dcarry, final_carry,
              jax.tree.map(lambda p: jnp.zeros(p.shape, accumulation_dtype(p.dtype)), cell_params))

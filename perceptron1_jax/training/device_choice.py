@@ -84,3 +84,18 @@ def read_choice(out: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return devices if isinstance(devices, int) and devices >= 1 else None
+
+
+def describe_devices(cfg: TrainConfig, mesh: Mesh, out: Path, *, resume: bool, default: bool) -> str:
+    """``2 cpu devices``, ``... or 1 (the faster, measured first)`` or ``1 cpu device (as recorded)``:
+    what a run on ``mesh`` (the ``default`` one, or one asked for) will split its batches over."""
+    platform = mesh.devices.flat[0].platform
+    devices = f"{mesh.size} {platform} device{'s' if mesh.size > 1 else ''}"
+    if not default:
+        return devices
+    recorded = read_choice(out) if resume else None
+    if recorded is not None and recorded < mesh.size:
+        return f"{recorded} {platform} device{'s' if recorded > 1 else ''} (as recorded)"
+    if recorded is None and not resume and measures(cfg, mesh):
+        return devices + " or 1 (the faster, measured first)"
+    return devices
