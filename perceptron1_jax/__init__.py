@@ -48,6 +48,7 @@ from perceptron1_jax.train import TrainConfig
 from perceptron1_jax.train import load_checkpoint
 from perceptron1_jax.train import train
 from perceptron1_jax.training.population import Population
+from perceptron1_jax.wavefront import set_wavefront
 from perceptron1_jax.truncated import run_windows
 from perceptron1_jax.unroll import unroll
 
@@ -93,6 +94,7 @@ __all__ = (
     "run_windows",
     "set_hoist_input_projection",
     "set_spectral_radius",
+    "set_wavefront",
     "train",
     "unroll",
     "unroll_bptt",

@@ -112,6 +112,18 @@ def set_hoist_input_projection(hoist: bool | None) -> bool | None:
     return previous
 
 
+def forward_step(cell: Cell, cell_params: Params, carry: Carry, input_t: Array, valid_t: Array | None, *,
+                 projected: bool = False) -> tuple[Carry, object]:
+    """One step of the forward scan: ``(new_carry, residuals)``. ``input_t: (B, I)``, or its projection
+    ``x W_x + b`` when ``projected``; ``valid_t: (B,)`` bool or None: where False the carry is held."""
+    zx_t = input_t if projected else project_inputs(cell, cell_params, input_t)
+    new_carry, residuals = cell.step(cell_params, carry, zx_t)
+    if valid_t is not None:
+        keep = valid_t[:, None]
+        new_carry = tuple(jnp.where(keep, new, old) for new, old in zip(new_carry, carry))
+    return new_carry, residuals
+
+
 def scan_forward(
     cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
     *, stack_entering: bool = False,
@@ -138,11 +150,7 @@ def scan_forward(
 
     def body(carry, inputs):
         input_t, valid_t = inputs
-        zx_t = input_t if hoist else project_inputs(cell, cell_params, input_t)
-        new_carry, residuals = cell.step(cell_params, carry, zx_t)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            new_carry = tuple(jnp.where(keep, new, old) for new, old in zip(new_carry, carry))
+        new_carry, residuals = forward_step(cell, cell_params, carry, input_t, valid_t, projected=hoist)
         return new_carry, (carry if stack_entering else new_carry, residuals)
 
     final_carry, (carries, residuals) = lax.scan(body, carry0, (inputs_tm, mask_tm))
@@ -170,6 +178,11 @@ def accumulation_dtype(dtype):
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
 
 
+def zero_grads(cell_params: Params) -> Params:
+    """Zeros like the cell's parameters, in :func:`accumulation_dtype`: where weight gradients add up."""
+    return jax.tree.map(lambda p: jnp.zeros(p.shape, accumulation_dtype(p.dtype)), cell_params)
+
+
 def input_weights_t(cell: Cell, cell_params: Params) -> Array | None:
     """``W_x^T``, which maps ``dZx`` to ``dL/dx``; None for a user cell, whose ``dZx`` is ``dL/dx`` itself."""
     return cell_params["W_x"].T if cell.projects else None
@@ -184,6 +197,34 @@ def check_window(window) -> int:
     if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
         raise ValueError(f"window: expected a positive int (steps per weight-gradient block), got {window!r}")
     return int(window)
+
+
+def backward_step(cell: Cell, cell_params: Params, prev: Carry, after: Carry, residuals_t, dcarry: Carry,
+                  valid_t: Array | None):
+    """One step of the reverse scan: ``(dZx, dZh part, dL/d(previous carry))`` from ``dcarry``, the total
+    gradient of the carry after the step (its ``dL/dh_t`` included). Where ``valid_t`` is False the step
+    held its carry: the gradient passes to the previous carry unchanged and nothing reaches the cell."""
+    if valid_t is None:
+        return cell.backward_step(cell_params, prev, after, residuals_t, dcarry)
+    keep = valid_t[:, None]
+    into_cell = tuple(jnp.where(keep, d, 0.0) for d in dcarry)
+    dzx, dzh, dprev = cell.backward_step(cell_params, prev, after, residuals_t, into_cell)
+    return dzx, dzh, tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
+
+
+def reverse_blocks(time: int, window: int, run_block, state):
+    """Run ``run_block(state, start, length) -> (state, outs)`` over ``[0, time)`` in blocks of ``window``
+    steps from the end of time back to its start (the remainder block, at the end, first); returns
+    ``(state, outs)`` with the blocks' per-step outputs concatenated in time order."""
+    block = min(window, time)
+    n_full, tail = divmod(time, block)
+    if tail:
+        state, tail_outs = run_block(state, n_full * block, tail)
+    state, outs = lax.scan(lambda s, w: run_block(s, w * block, block), state, jnp.arange(n_full), reverse=True)
+    outs = jax.tree.map(lambda a: a.reshape((n_full * block,) + a.shape[2:]), outs)
+    if tail:
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, tail_outs)
+    return state, outs
 
 
 def backward_scan(
@@ -223,9 +264,6 @@ def backward_scan(
         stacked ``dZx`` and the cell's recurrent part of ``dZh`` (diagnostics).
     """
     window = check_window(window)
-    time = xs_tm.shape[0]
-    block = min(window, time)
-    n_full, tail = divmod(time, block)
     w_x_t = input_weights_t(cell, cell_params)
 
     def run_block(state, start, length):
@@ -241,15 +279,8 @@ def backward_scan(
             prev_t, residuals_t, dh_out_t, valid_t = inputs
             if dh_out_t is not None:
                 dcarry = (dcarry[0] + dh_out_t,) + dcarry[1:]
-            dh_total = dcarry[0]
-            if valid_t is None:
-                dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, after, residuals_t, dcarry)
-            else:
-                keep = valid_t[:, None]
-                into_cell = tuple(jnp.where(keep, d, 0.0) for d in dcarry)
-                dzx, dzh, dprev = cell.backward_step(cell_params, prev_t, after, residuals_t, into_cell)
-                dprev = tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
-            return (dprev, prev_t), (dzx, dzh, dh_total if keep_dhs else None)
+            dzx, dzh, dprev = backward_step(cell, cell_params, prev_t, after, residuals_t, dcarry, valid_t)
+            return (dprev, prev_t), (dzx, dzh, dcarry[0] if keep_dhs else None)
 
         inputs = (block_in, jax.tree.map(take, residuals), take(dhs_out_tm), take(mask_tm))
         (dcarry, after), (dzx, dzh_part, dhs) = lax.scan(step, (dcarry, after), inputs, reverse=True)
@@ -258,14 +289,7 @@ def backward_scan(
         return (dcarry, after, acc), (dzx if w_x_t is None else dzx @ w_x_t, dhs) + kept_dz(cell, dzx, dzh_part,
                                                                                             keep_dz)
 
-    state = (final_dcarry, final_carry,
-             jax.tree.map(lambda p: jnp.zeros(p.shape, accumulation_dtype(p.dtype)), cell_params))
-    if tail:  # the remainder block at the end of time comes first in reverse
-        state, tail_outs = run_block(state, n_full * block, tail)
-    state, outs = lax.scan(lambda s, w: run_block(s, w * block, block), state, jnp.arange(n_full), reverse=True)
-    outs = jax.tree.map(lambda a: a.reshape((n_full * block,) + a.shape[2:]), outs)
-    if tail:
-        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, tail_outs)
-    dcarry0, _, grads = state
+    state = (final_dcarry, final_carry, zero_grads(cell_params))
+    (dcarry0, _, grads), outs = reverse_blocks(xs_tm.shape[0], window, run_block, state)
     dxs_tm, dhs_tm, dzx_tm, dzh_part_tm = outs
     return Backward(grads, dxs_tm, dcarry0, dhs_tm, dzx_tm, dzh_part_tm)

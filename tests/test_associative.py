@@ -147,7 +147,8 @@ def test_what_the_associative_scan_refuses_is_named(capsys):
 
 def test_a_linear_declaration_is_checked_against_the_step():
     with pytest.raises(ValueError, match=r"cell 'bad': linear: expected a \* h \+ b to equal step"):
-        p1.custom_cell("bad", diag_shapes, diag_init, diag_step, linear=lambda p, x: (diag_linear(p, x)[0], 0 * x @ p["W_b"]))
+        p1.custom_cell("bad", diag_shapes, diag_init, diag_step,
+                       linear=lambda p, x: (diag_linear(p, x)[0], 0 * x @ p["W_b"]))
     with pytest.raises(ValueError, match=r"cell 'bad': linear: \(a, b\)\[1\]: expected float32\[2, 4\]"):
         p1.custom_cell("bad", diag_shapes, diag_init, diag_step, linear=lambda p, x: (diag_linear(p, x)[0], x))
     with pytest.raises(ValueError, match=r"cell 'bad': linear: expected carry_size 1 \(h' = a \* h \+ b\), got 2"):

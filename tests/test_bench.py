@@ -65,3 +65,12 @@ def test_the_bidirectional_fusion_benchmark_runs_on_a_tiny_size():
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PERCEPTRON1_NO_REEXEC": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("speed-up of the fused form") == 3 and "B2 I3 H4 T5" in done.stdout, done.stdout
+
+
+def test_the_wavefront_benchmark_runs_on_a_tiny_size():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wavefront.py"), "--quick", "--cells", "gru",
+                           "--depth", "2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PERCEPTRON1_NO_REEXEC": "1"})
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| gru | 2 |")]
+    assert len(rows) == 1 and rows[0].count("x |") == 2 and "B2 I3 H4 T5" in done.stdout, done.stdout
