@@ -9,7 +9,9 @@ with fewer rows), writing one markdown report:
    T128 and T1024, for every cell and the 2-layer bidirectional LSTM, in that order until the time
    budget is spent, with the cuDNN contenders where the machine has them
    (``jax.experimental.rnn.lstm`` on a GPU; PyTorch's cuDNN LSTM and GRU when a CUDA torch is
-   installed).
+   installed);
+4. the wavefront benchmark (``benchmarks/wavefront.py``: stacked layers one after the other against
+   one wavefront loop, whose default is on for accelerators without a measurement there).
 
     python benchmarks/device_check.py                       # writes benchmarks/results/device_check_<platform>.md
     python benchmarks/device_check.py --budget 300 --out report.md
@@ -48,9 +50,20 @@ def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
     return done.returncode, "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
 
 
-def accelerator_tests(timeout: float) -> tuple[int, str]:
-    return run_command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-                        *ACCELERATOR_TESTS, "-k", ACCELERATOR_SELECTION], timeout)
+def accelerator_tests(timeout: float, quick: bool = False) -> tuple[int, str]:
+    """The accelerator-branch tests; on a real run also the wavefront's (on by default on accelerators)."""
+    files, selection = ACCELERATOR_TESTS, ACCELERATOR_SELECTION
+    if not quick:
+        files, selection = [*files, "tests/test_wavefront.py"], f"{selection} or wavefront"
+    return run_command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *files,
+                        "-k", selection], timeout)
+
+
+def wavefront_benchmark(quick: bool, timeout: float) -> tuple[int, str]:
+    """Stacked layers one after the other against the wavefront (benchmarks/wavefront.py): whether the
+    wavefront's default (on for accelerators, unmeasured there) is right."""
+    sizes = ["--quick", "--cells", "gru", "--depth", "2"] if quick else ["--cells", "lstm", "gru", "--rounds", "3"]
+    return run_command([sys.executable, str(ROOT / "benchmarks" / "wavefront.py"), *sizes], timeout)
 
 
 def gradient_check(quick: bool, timeout: float) -> tuple[int, str]:
@@ -172,8 +185,9 @@ def main(argv=None) -> Path:
     if args.budget <= 0 or args.rounds <= 0:
         parser.error(f"--budget/--rounds: expected positive values, got {args.budget}/{args.rounds}")
     out = args.out or ROOT / "benchmarks" / "results" / f"device_check_{jax.default_backend()}.md"
-    sections = {"Accelerator-branch tests": accelerator_tests(240),
-                "Explicit BPTT vs jax.grad on the device (float64)": gradient_check(args.quick, 120)}
+    sections = {"Accelerator-branch tests": accelerator_tests(240, args.quick),
+                "Explicit BPTT vs jax.grad on the device (float64)": gradient_check(args.quick, 120),
+                "Stacked layers as a wavefront (benchmarks/wavefront.py)": wavefront_benchmark(args.quick, 150)}
     if args.quick:
         sizes, rounds, min_seconds = [bench.Size(4, 3, 8, 6)], 1, 0.0
     else:

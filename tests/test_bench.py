@@ -74,3 +74,11 @@ def test_the_wavefront_benchmark_runs_on_a_tiny_size():
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| gru | 2 |")]
     assert len(rows) == 1 and rows[0].count("x |") == 2 and "B2 I3 H4 T5" in done.stdout, done.stdout
+
+
+def test_the_speed_probes_run_on_a_tiny_size():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed_probes.py"), "--quick", "--probes", "flip",
+                           "concat"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PERCEPTRON1_NO_REEXEC": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("of the first") == 8 and "flip:" in done.stdout and "concat:" in done.stdout, done.stdout
