@@ -6,7 +6,8 @@ one process (median):
 * explicit forward + backward as the library runs it: one scan per direction
   (``recurrent_forward`` / ``recurrent_backward``);
 * the same explicit passes with the two directions stacked and ``vmap``-ed into one forward and one
-  reverse scan (one batched product per step: "stacked weights");
+  reverse scan (one batched product per step: "stacked weights"; the library's
+  ``set_fused_directions(True)``, :func:`perceptron1_jax.layers.fused_forward`);
 * a plain LSTM forward, and its ``jax.grad``, with one scan per direction against one scan whose
   body runs both directions' steps as two separate products.
 
@@ -30,41 +31,31 @@ import perceptron1_jax as p1
 from perceptron1_jax import bench
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import recurrent_backward, recurrent_forward
-from perceptron1_jax.scan import backward_scan, scan_forward
 
 
 def explicit_contenders(batch, inputs, hidden, time):
+    """The library's explicit forward + backward of one bidirectional LSTM layer, traced with one scan
+    per direction (``set_fused_directions(False)``) and with both in one (``True``)."""
     cell, layer = CELLS["lstm"], p1.LayerSpec("lstm", hidden, bidirectional=True)
     key = jax.random.key(0)
     params = {d: cell.init(jax.random.fold_in(key, i), inputs, hidden) for i, d in enumerate(("fwd", "bwd"))}
     xs = jax.random.normal(key, (time, batch, inputs))
     dout = jax.random.normal(jax.random.fold_in(key, 9), (time, batch, 2 * hidden))
 
-    @jax.jit
-    def two_scans(params, xs, dout):
+    def passes(params, xs, dout):
         out, finals, tapes = recurrent_forward(layer, params, xs, None, None, save=True)
         return recurrent_backward(layer, params, tapes, finals, dout, None, None, None)[:2]
 
-    @jax.jit
-    def one_vmapped_scan(params, xs, dout):
-        stacked = jax.tree.map(lambda f, b: jnp.stack([f, b]), params["fwd"], params["bwd"])
-        both = jnp.stack([xs, xs[::-1]])
-        zeros = tuple(jnp.zeros((2, batch, hidden)) for _ in range(cell.carry_size))
-        final, carries, residuals = jax.vmap(
-            lambda p, x, c: scan_forward(cell, p, x, c, None, stack_entering=True))(stacked, both, zeros)
-        douts = jnp.stack([dout[..., :hidden], dout[..., hidden:][::-1]])
-        back = jax.vmap(lambda p, x, c, f, r, d: backward_scan(cell, p, x, c, f, r, zeros_like(f), d, None))(
-            stacked, both, carries, final, residuals, douts)
-        grads = {d: jax.tree.map(lambda a, k=k: a[k], back.grads) for k, d in enumerate(("fwd", "bwd"))}
-        return grads, back.dxs_tm[0] + back.dxs_tm[1][::-1]
-
-    return [bench.Contender(name, lambda f=f: jax.block_until_ready(f(params, xs, dout)))
-            for name, f in (("explicit, one scan per direction", two_scans),
-                            ("explicit, both directions vmap-ed into one scan", one_vmapped_scan))]
-
-
-def zeros_like(carry):
-    return tuple(jnp.zeros_like(c) for c in carry)
+    out = []
+    for name, enabled in (("explicit, one scan per direction", False),
+                          ("explicit, both directions vmap-ed into one scan", True)):
+        previous = p1.set_fused_directions(enabled)
+        try:
+            compiled = jax.jit(passes).lower(params, xs, dout).compile()
+        finally:
+            p1.set_fused_directions(previous)
+        out.append(bench.Contender(name, lambda f=compiled: jax.block_until_ready(f(params, xs, dout))))
+    return out
 
 
 def plain_contenders(batch, inputs, hidden, time):

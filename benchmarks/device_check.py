@@ -10,8 +10,9 @@ with fewer rows), writing one markdown report:
    budget is spent, with the cuDNN contenders where the machine has them
    (``jax.experimental.rnn.lstm`` on a GPU; PyTorch's cuDNN LSTM and GRU when a CUDA torch is
    installed);
-4. the wavefront benchmark (``benchmarks/wavefront.py``: stacked layers one after the other against
-   one wavefront loop, whose default is on for accelerators without a measurement there).
+4. the loop forms whose default is on for accelerators without a measurement there: stacked layers
+   as one wavefront loop (``benchmarks/wavefront.py``) and both directions of a layer in one scan
+   (``benchmarks/bidirectional_fusion.py``), each against one loop per layer and direction.
 
     python benchmarks/device_check.py                       # writes benchmarks/results/device_check_<platform>.md
     python benchmarks/device_check.py --budget 300 --out report.md
@@ -51,19 +52,24 @@ def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
 
 
 def accelerator_tests(timeout: float, quick: bool = False) -> tuple[int, str]:
-    """The accelerator-branch tests; on a real run also the wavefront's (on by default on accelerators)."""
+    """The accelerator-branch tests; on a real run also those of the wavefront and the fused directions."""
     files, selection = ACCELERATOR_TESTS, ACCELERATOR_SELECTION
     if not quick:
-        files, selection = [*files, "tests/test_wavefront.py"], f"{selection} or wavefront"
+        files = [*files, "tests/test_wavefront.py", "tests/test_fused_directions.py"]
+        selection = f"{selection} or wavefront or fused or one_scan"
     return run_command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *files,
                         "-k", selection], timeout)
 
 
-def wavefront_benchmark(quick: bool, timeout: float) -> tuple[int, str]:
-    """Stacked layers one after the other against the wavefront (benchmarks/wavefront.py): whether the
-    wavefront's default (on for accelerators, unmeasured there) is right."""
-    sizes = ["--quick", "--cells", "gru", "--depth", "2"] if quick else ["--cells", "lstm", "gru", "--rounds", "3"]
-    return run_command([sys.executable, str(ROOT / "benchmarks" / "wavefront.py"), *sizes], timeout)
+def loop_form_benchmarks(quick: bool, timeout: float) -> tuple[int, str]:
+    """The two loop forms whose default is on for accelerators without a measurement there:
+    stacked layers as a wavefront (benchmarks/wavefront.py) and both directions of a layer in one
+    scan (benchmarks/bidirectional_fusion.py), each against the layer-by-layer form."""
+    wave = ["--quick", "--cells", "gru", "--depth", "2"] if quick else ["--cells", "lstm", "gru", "--rounds", "3"]
+    runs = [run_command([sys.executable, str(ROOT / "benchmarks" / "wavefront.py"), *wave], timeout / 2),
+            run_command([sys.executable, str(ROOT / "benchmarks" / "bidirectional_fusion.py"),
+                         *(["--quick"] if quick else ["--rounds", "3"])], timeout / 2)]
+    return max(status for status, _ in runs), "\n\n".join(output for _, output in runs)
 
 
 def gradient_check(quick: bool, timeout: float) -> tuple[int, str]:
@@ -187,7 +193,7 @@ def main(argv=None) -> Path:
     out = args.out or ROOT / "benchmarks" / "results" / f"device_check_{jax.default_backend()}.md"
     sections = {"Accelerator-branch tests": accelerator_tests(240, args.quick),
                 "Explicit BPTT vs jax.grad on the device (float64)": gradient_check(args.quick, 120),
-                "Stacked layers as a wavefront (benchmarks/wavefront.py)": wavefront_benchmark(args.quick, 150)}
+                "Loop forms: wavefront and fused directions": loop_form_benchmarks(args.quick, 120)}
     if args.quick:
         sizes, rounds, min_seconds = [bench.Size(4, 3, 8, 6)], 1, 0.0
     else:

@@ -37,6 +37,7 @@ from perceptron1_jax.diagnostics import gradient_flow
 from perceptron1_jax.diagnostics import model_gradient_flow
 from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.generate import generate
+from perceptron1_jax.layers import set_fused_directions
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, predict
 from perceptron1_jax.optim import make_optimizer
 from perceptron1_jax.parallel import initialize_distributed, make_mesh, use_cpu_devices
@@ -92,6 +93,7 @@ __all__ = (
     "predict_examples",
     "register_cell",
     "run_windows",
+    "set_fused_directions",
     "set_hoist_input_projection",
     "set_spectral_radius",
     "set_wavefront",

@@ -26,13 +26,15 @@ from perceptron1_jax.lean import lean_backward, lean_forward
 from perceptron1_jax.scan import (
     WINDOW,
     Backward,
+    accelerator_form,
     backward_scan,
     carries_after,
+    choose_form,
     reverse_in_time,
     scan_forward,
     zero_carry,
 )
-from perceptron1_jax.spec import LayerSpec
+from perceptron1_jax.spec import DIRECTIONS, LayerSpec
 
 Array = jax.Array
 
@@ -129,10 +131,7 @@ def direction_backward(cell: Cell, cell_params: Params, tape, dhs_out_tm, final_
     or None; ``final_dcarry`` the gradient of the final carry. Returns a
     :class:`~perceptron1_jax.scan.Backward` whose per-step arrays are in the original time order.
     """
-    def flip(a):
-        return a if a is None or not reverse else reverse_in_time(a, lengths)
-
-    dhs = flip(dhs_out_tm)
+    dhs = reverse_in_time(dhs_out_tm, lengths) if reverse and dhs_out_tm is not None else dhs_out_tm
     if isinstance(tape, AssociativeTape):
         back = associative_backward(cell, cell_params, tape, dhs, final_dcarry, mask_tm, keep_dhs=keep_dhs,
                                     keep_dz=keep_dz)
@@ -141,8 +140,75 @@ def direction_backward(cell: Cell, cell_params: Params, tape, dhs_out_tm, final_
                              final_dcarry, dhs, mask_tm, keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
     else:
         back = lean_backward(cell, cell_params, tape, dhs, final_dcarry, keep_dhs=keep_dhs, window=window)
+    return in_time_order(back, lengths) if reverse else back
+
+
+def in_time_order(back: Backward, lengths) -> Backward:
+    """A reverse direction's backward (per-step arrays in the direction's own, flipped order) with its
+    per-step arrays flipped back into the original time order."""
+    def flip(a):
+        return None if a is None else reverse_in_time(a, lengths)
+
     return Backward(back.grads, flip(back.dxs_tm), back.dcarry0, flip(back.dhs_tm), flip(back.dzx_tm),
                     flip(back.dzh_part_tm))
+
+
+# --------------------------------------------------------------------------- both directions in one scan
+
+
+def fused_directions_enabled() -> bool:
+    """Whether a bidirectional layer runs both directions in one forward and one reverse scan, the
+    direction axis ``vmap``-ed (stacked weights, one batched product per step). By default on
+    accelerators only: on the 2-core CPU it measured 0.95-0.97x of one scan per direction
+    (docs/performance.md#both-directions-in-one-scan). :func:`set_fused_directions` chooses."""
+    return accelerator_form("fused_directions")
+
+
+def set_fused_directions(enabled: bool | None) -> bool | None:
+    """Choose :func:`fused_directions_enabled` for every later trace: True, False or None (by backend,
+    the default). Clears JAX's compilation caches; returns the previous setting (to restore it)."""
+    return choose_form("fused_directions", "enabled", enabled)
+
+
+def _stack(fwd, bwd):
+    return jax.tree.map(lambda f, b: jnp.stack([f, b]), fwd, bwd)
+
+
+def _direction(tree, k: int):
+    return jax.tree.map(lambda a: a[k], tree)
+
+
+def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_tm, lengths, *, save: bool):
+    """Both directions of a layer in one scan: :func:`direction_forward` ``vmap``-ed over the two
+    directions' stacked params, inputs (the reverse direction's flipped) and initial carries. Returns
+    ``([hs_fwd, hs_bwd], finals, tapes)`` as one :func:`direction_forward` per direction would."""
+    xs_both = jnp.stack([xs_tm, reverse_in_time(xs_tm, lengths)])
+    hs, final, tape = jax.vmap(
+        lambda p, x, c: direction_forward(cell, p, x, c, mask_tm, lengths, reverse=False, save=save)
+    )(_stack(params["fwd"], params["bwd"]), xs_both, _stack(carries0["fwd"], carries0["bwd"]))
+    finals = {d: _direction(final, k) for k, d in enumerate(DIRECTIONS)}
+    tapes = {d: None if tape is None else _direction(tape, k) for k, d in enumerate(DIRECTIONS)}
+    return [hs[0], reverse_in_time(hs[1], lengths)], finals, tapes
+
+
+def fused_backward(cell: Cell, params: dict, tapes: dict, dhs_out: dict, final_dcarries: dict, mask_tm, lengths,
+                   **options) -> dict:
+    """The explicit backward of :func:`fused_forward` (full tapes): :func:`direction_backward`
+    ``vmap``-ed over the two directions. Returns ``{direction: Backward}`` in the original time order."""
+    dhs = None
+    if dhs_out["fwd"] is not None:
+        dhs = jnp.stack([dhs_out["fwd"], reverse_in_time(dhs_out["bwd"], lengths)])
+    back = jax.vmap(
+        lambda p, t, d, f: direction_backward(cell, p, t, d, f, mask_tm, lengths, reverse=False, **options)
+    )(_stack(params["fwd"], params["bwd"]), _stack(tapes["fwd"], tapes["bwd"]), dhs,
+      _stack(final_dcarries["fwd"], final_dcarries["bwd"]))
+    return {"fwd": _direction(back, 0), "bwd": in_time_order(_direction(back, 1), lengths)}
+
+
+def fuses(layer: LayerSpec, lean: int | None = None) -> bool:
+    """Whether this layer's directions run in one scan (:func:`fused_directions_enabled`, bidirectional,
+    sequential scan, not lean)."""
+    return layer.bidirectional and layer.scan == "sequential" and lean is None and fused_directions_enabled()
 
 
 # --------------------------------------------------------------------------- recurrent layer
@@ -158,15 +224,19 @@ def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, len
     """
     cell = CELLS[layer.cell]
     batch = xs_tm.shape[1]
-    outs, finals, tapes = [], {}, {}
+    first = {}
     for d in layer.directions:
-        carry0 = None if carries0 is None else carries0.get(d)
-        if carry0 is None:
-            carry0 = zero_carry(cell, batch, layer.hidden_size, xs_tm.dtype)
-        hs, finals[d], tapes[d] = direction_forward(cell, params[d], xs_tm, carry0, mask_tm, lengths,
-                                                   reverse=d == "bwd", save=save, lean=lean,
-                                                   associative=layer.scan == "associative")
-        outs.append(hs)
+        given = None if carries0 is None else carries0.get(d)
+        first[d] = zero_carry(cell, batch, layer.hidden_size, xs_tm.dtype) if given is None else given
+    if fuses(layer, lean):
+        outs, finals, tapes = fused_forward(cell, params, xs_tm, first, mask_tm, lengths, save=save)
+    else:
+        outs, finals, tapes = [], {}, {}
+        for d in layer.directions:
+            hs, finals[d], tapes[d] = direction_forward(cell, params[d], xs_tm, first[d], mask_tm, lengths,
+                                                       reverse=d == "bwd", save=save, lean=lean,
+                                                       associative=layer.scan == "associative")
+            outs.append(hs)
     return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)), finals, tapes
 
 
@@ -180,17 +250,22 @@ def recurrent_backward(layer: LayerSpec, params: dict, tapes: dict, finals: dict
     the directions, and each direction's :class:`~perceptron1_jax.scan.Backward`.
     """
     cell, hidden = CELLS[layer.cell], layer.hidden_size
-    grads, backs, dxs = {}, {}, None
+    dhs, dfinals = {}, {}
     for k, d in enumerate(layer.directions):
-        dhs = None if dout_tm is None else dout_tm[..., k * hidden:(k + 1) * hidden]
-        dfinal = tuple(jnp.zeros_like(c) for c in finals[d])
+        dhs[d] = None if dout_tm is None else dout_tm[..., k * hidden:(k + 1) * hidden]
+        dfinals[d] = tuple(jnp.zeros_like(c) for c in finals[d])
         if dfinal_h is not None:
-            dfinal = (dfinal_h[d],) + dfinal[1:]
-        back = direction_backward(cell, params[d], tapes[d], dhs, dfinal, mask_tm, lengths, reverse=d == "bwd",
-                                  keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
-        grads[d], backs[d] = back.grads, back
-        dxs = back.dxs_tm if dxs is None else dxs + back.dxs_tm
-    return grads, dxs, backs
+            dfinals[d] = (dfinal_h[d],) + dfinals[d][1:]
+    options = {"keep_dhs": keep_dhs, "keep_dz": keep_dz, "window": window}
+    if fuses(layer) and all(isinstance(tapes[d], DirectionTape) for d in layer.directions):
+        backs = fused_backward(cell, params, tapes, dhs, dfinals, mask_tm, lengths, **options)
+    else:
+        backs = {d: direction_backward(cell, params[d], tapes[d], dhs[d], dfinals[d], mask_tm, lengths,
+                                       reverse=d == "bwd", **options) for d in layer.directions}
+    dxs = backs[layer.directions[0]].dxs_tm
+    if len(layer.directions) == 2:
+        dxs = dxs + backs["bwd"].dxs_tm
+    return {d: b.grads for d, b in backs.items()}, dxs, backs
 
 
 # --------------------------------------------------------------------------- head

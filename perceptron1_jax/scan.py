@@ -80,7 +80,27 @@ def reverse_in_time(a_tm: Array, lengths: Array | None) -> Array:
     return jnp.take_along_axis(a_tm, index, axis=0)
 
 
-_HOIST: bool | None = None  # set_hoist_input_projection's choice; None: by backend
+_ACCELERATOR_FORMS: dict[str, bool | None] = {"hoist": None, "wavefront": None, "fused_directions": None}
+"""How the time loops are laid out (the math is the same in every form): per form True, False or None
+(by backend: on accelerators only). Read by :func:`accelerator_form`, set by :func:`choose_form`."""
+
+
+def accelerator_form(name: str) -> bool:
+    """Whether the loops take form ``name`` (a key of ``_ACCELERATOR_FORMS``) in the next trace."""
+    chosen = _ACCELERATOR_FORMS[name]
+    return jax.default_backend() != "cpu" if chosen is None else chosen
+
+
+def choose_form(name: str, argument: str, value: bool | None) -> bool | None:
+    """Set form ``name`` for every later trace (``argument``: the public setter's argument, for the
+    error); clears JAX's compilation caches so that no function keeps the other form; returns the
+    previous setting (to restore it)."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{argument}: expected True, False or None, got {value!r}")
+    previous, _ACCELERATOR_FORMS[name] = _ACCELERATOR_FORMS[name], value
+    if previous != value:
+        jax.clear_caches()
+    return previous
 
 
 def hoist_input_projection() -> bool:
@@ -95,7 +115,7 @@ def hoist_input_projection() -> bool:
     against 9 us per step for the LSTM gates; see docs/performance.md).
     :func:`set_hoist_input_projection` overrides the choice (the math is the same either way).
     """
-    return jax.default_backend() != "cpu" if _HOIST is None else _HOIST
+    return accelerator_form("hoist")
 
 
 def set_hoist_input_projection(hoist: bool | None) -> bool | None:
@@ -103,13 +123,7 @@ def set_hoist_input_projection(hoist: bool | None) -> bool | None:
     all steps before the loop), False (inside the loop) or None (by backend, the default). Clears
     JAX's compilation caches so that no function keeps the other branch; returns the previous
     setting (to restore it)."""
-    global _HOIST
-    if hoist is not None and not isinstance(hoist, bool):
-        raise ValueError(f"hoist: expected True, False or None, got {hoist!r}")
-    previous, _HOIST = _HOIST, hoist
-    if previous != hoist:
-        jax.clear_caches()
-    return previous
+    return choose_form("hoist", "hoist", hoist)
 
 
 def forward_step(cell: Cell, cell_params: Params, carry: Carry, input_t: Array, valid_t: Array | None, *,

@@ -39,9 +39,11 @@ from perceptron1_jax.layers import DirectionTape
 from perceptron1_jax.scan import (
     WINDOW,
     Backward,
+    accelerator_form,
     backward_step,
     carries_after,
     check_window,
+    choose_form,
     forward_step,
     hoist_input_projection,
     input_weights_t,
@@ -54,25 +56,16 @@ from perceptron1_jax.spec import ModelSpec
 
 Array = jax.Array
 
-_WAVEFRONT: bool | None = None  # set_wavefront's choice; None: by backend
-
-
 def wavefront_enabled() -> bool:
     """Whether stacked forward-only layers run as a wavefront (default: on accelerators, not on CPU)."""
-    return jax.default_backend() != "cpu" if _WAVEFRONT is None else _WAVEFRONT
+    return accelerator_form("wavefront")
 
 
 def set_wavefront(enabled: bool | None) -> bool | None:
     """Choose :func:`wavefront_enabled` for every later trace: True, False or None (by backend, the
     default). Clears JAX's compilation caches so that no function keeps the other form; returns the
     previous setting (to restore it)."""
-    global _WAVEFRONT
-    if enabled is not None and not isinstance(enabled, bool):
-        raise ValueError(f"enabled: expected True, False or None, got {enabled!r}")
-    previous, _WAVEFRONT = _WAVEFRONT, enabled
-    if previous != enabled:
-        jax.clear_caches()
-    return previous
+    return choose_form("wavefront", "enabled", enabled)
 
 
 def wave_groups(spec: ModelSpec, lean: int | None = None) -> tuple[tuple[int, int], ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -88,3 +89,44 @@ def wait_for_metrics(out, proc, enough, timeout=120, what="the records"):
             return
         time.sleep(0.05)
     raise AssertionError(f"no {what} within {timeout} s")
+
+
+@contextlib.contextmanager
+def loop_form(setter, enabled):
+    """Run a block with a loop form chosen (``p1.set_wavefront``, ``p1.set_fused_directions``), restored after."""
+    previous = setter(enabled)
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def model_everything(spec, params, xs, targets, lengths=None, key=None):
+    """Outputs, and the explicit backward with every side output kept (loss, gradients, per layer and
+    direction dL/dh_t, dZ, dL/dx, dL/dh0; dL/dx of the first layer's input), for comparing two forms."""
+    from perceptron1_jax.bptt import explicit_model
+
+    loss, grads, back = jax.jit(lambda p: explicit_model(p, xs, targets, spec, lengths, key, keep_dhs=True,
+                                                         keep_dz=True))(params)
+    per_layer = [{d: (b.dhs_tm, b.dzx_tm, b.dzh_part_tm, b.dcarry0, b.dxs_tm) for d, b in layer.items()}
+                 for layer in back.backs]
+    return p1.model_apply(params, xs, spec, lengths, key), loss, grads, per_layer, back.dxs_tm
+
+
+@contextlib.contextmanager
+def user_tanh_cell(name):
+    """A user cell ``h' = tanh(x W + h U + b)`` with a derived backward (its dZx is dL/dx itself),
+    registered under ``name`` for the block."""
+
+    def step(params, carry, x):
+        return (jnp.tanh(x @ params["W"] + carry[0] @ params["U"] + params["b"]),)
+
+    p1.register_cell(p1.custom_cell(
+        name, lambda i, h: {"W": (i, h), "U": (h, h), "b": (h,)},
+        lambda key, i, h, dtype: {"W": jax.random.normal(key, (i, h), dtype) / np.sqrt(i),
+                                  "U": jnp.eye(h, dtype=dtype) * 0.5, "b": jnp.ones((h,), dtype)},
+        step))
+    try:
+        yield
+    finally:
+        CELLS.pop(name)

@@ -19,7 +19,8 @@ def test_the_device_check_writes_its_report_on_a_cpu(tmp_path):
     assert "## Accelerator-branch tests: passed" in report
     assert "## Explicit BPTT vs jax.grad on the device (float64): passed" in report
     assert "(PASS at rtol 1e-6)" in report
-    assert "## Stacked layers as a wavefront (benchmarks/wavefront.py): passed" in report and "| gru | 2 |" in report
+    assert "## Loop forms: wavefront and fused directions: passed" in report and "| gru | 2 |" in report
+    assert report.count("speed-up of the fused form") == 3
     rows = [line for line in report.splitlines() if line.startswith("| B4 I3 H8 T6 |")]
     assert {row.split(" | ")[1] for row in rows} == {"elman", "lstm", "gru", "2x bi-lstm"}
     assert any("jax.grad" in row for row in rows) and all(" | 1.00 | " in row for row in rows

@@ -4,44 +4,24 @@ layer-by-layer path in float64 at rtol 1e-10 over a grid (cells mixed, a bidirec
 middle, lengths, dropout, tokens, both heads and losses, T = 1, batch = 1, a user cell), jax.grad
 through the wavefront forward at rtol 1e-6, truncated BPTT and gradient flow."""
 
-import contextlib
-
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
-from helpers import assert_trees_close, random_model
+from helpers import assert_trees_close, loop_form, model_everything, random_model, user_tanh_cell
 
 import perceptron1_jax as p1
-from perceptron1_jax.bptt import explicit_model
-from perceptron1_jax.cells import CELLS
 from perceptron1_jax.truncated import run_windows
 from perceptron1_jax.wavefront import set_wavefront, wave_groups, wavefront_enabled
 
 
-@contextlib.contextmanager
 def wavefront(enabled):
-    previous = set_wavefront(enabled)
-    try:
-        yield
-    finally:
-        set_wavefront(previous)
-
-
-def tanh_rnn_step(params, carry, x):
-    return (jnp.tanh(x @ params["W"] + carry[0] @ params["U"] + params["b"]),)
+    return loop_form(set_wavefront, enabled)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
     """A user cell with a derived backward (its dZx is dL/dx itself), for this module only."""
-    p1.register_cell(p1.custom_cell(
-        "wave_tanh", lambda i, h: {"W": (i, h), "U": (h, h), "b": (h,)},
-        lambda key, i, h, dtype: {"W": jax.random.normal(key, (i, h), dtype) / np.sqrt(i),
-                                  "U": jnp.eye(h, dtype=dtype) * 0.5, "b": jnp.ones((h,), dtype)},
-        tanh_rnn_step))
-    yield
-    CELLS.pop("wave_tanh")
+    with user_tanh_cell("wave_tanh"):
+        yield
 
 
 GRID = [  # (layers as (cell, size, bidirectional), many_to_many, loss, lengths, dropout, tokens, batch, time)
@@ -67,23 +47,14 @@ def grid_case(case):
     return spec, params, xs, targets, lengths, key
 
 
-def everything(spec, params, xs, targets, lengths, key):
-    """Outputs, and the explicit backward with every side output kept (dL/dh_t, dZ, dL/dx, dL/dh0)."""
-    loss, grads, back = jax.jit(lambda p: explicit_model(p, xs, targets, spec, lengths, key, keep_dhs=True,
-                                                         keep_dz=True))(params)
-    per_layer = [{d: (b.dhs_tm, b.dzx_tm, b.dzh_part_tm, b.dcarry0, b.dxs_tm) for d, b in layer.items()}
-                 for layer in back.backs]
-    return p1.model_apply(params, xs, spec, lengths, key), loss, grads, per_layer, back.dxs_tm
-
-
 @pytest.mark.parametrize("case", range(len(GRID)))
 def test_the_wavefront_equals_the_layers_one_after_the_other(x64, case):
     spec, params, xs, targets, lengths, key = grid_case(case)
     with wavefront(False):
-        reference = everything(spec, params, xs, targets, lengths, key)
+        reference = model_everything(spec, params, xs, targets, lengths, key)
     with wavefront(True):
         assert any(stop - start > 1 for start, stop in wave_groups(spec))
-        waved = everything(spec, params, xs, targets, lengths, key)
+        waved = model_everything(spec, params, xs, targets, lengths, key)
         autodiff = jax.grad(p1.model_loss)(params, xs, targets, spec, lengths, key)  # through the wavefront
     assert_trees_close(waved, reference, rtol=1e-10, atol=1e-14)
     assert_trees_close(autodiff, reference[2], rtol=1e-6, atol=1e-12)
