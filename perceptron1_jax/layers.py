@@ -7,7 +7,8 @@
 * recurrent: one cell over time in one or two directions (:mod:`perceptron1_jax.scan`); the
   output of a bidirectional layer is ``concatenate([h_fwd_t, h_bwd_t])``. Backward: each
   direction's reverse scan from the gradient of its outputs (and of its final state), and
-  ``dL/dx = dL/dx_fwd + dL/dx_bwd``.
+  ``dL/dx = dL/dx_fwd + dL/dx_bwd``. Both directions may run in one scan, ``vmap``-ed over the
+  direction axis (:func:`fused_forward`, :func:`set_fused_directions`).
 * head: ``y = x W + b``; backward: ``dW = x^T dy``, ``db = sum dy``, ``dx = dy W^T``.
 
 Inside, arrays are time-major ``(T, B, ...)``.
@@ -159,7 +160,7 @@ def in_time_order(back: Backward, lengths) -> Backward:
 def fused_directions_enabled() -> bool:
     """Whether a bidirectional layer runs both directions in one forward and one reverse scan, the
     direction axis ``vmap``-ed (stacked weights, one batched product per step). By default on
-    accelerators only: on the 2-core CPU it measured 0.95-0.97x of one scan per direction
+    accelerators only: on the 2-core CPU the explicit passes measured 0.96-0.97x of one scan per direction
     (docs/performance.md#both-directions-in-one-scan). :func:`set_fused_directions` chooses."""
     return accelerator_form("fused_directions")
 
