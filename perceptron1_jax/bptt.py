@@ -51,7 +51,7 @@ from perceptron1_jax.model import (
 from perceptron1_jax.parallel import check_mesh, data_parallel
 from perceptron1_jax.scan import WINDOW, check_window, public_carry, time_mask, zero_carry
 from perceptron1_jax.spec import ModelSpec
-from perceptron1_jax.wavefront import wave_groups, wavefront_backward
+from perceptron1_jax.wavefront import stack_backward, wave_groups
 
 Array = jax.Array
 
@@ -97,8 +97,12 @@ def explicit_model(params, xs, targets, spec: ModelSpec, lengths=None, dropout_k
                 fw.mask_tm, lengths, keep_dhs=keep_dhs, keep_dz=keep_dz, window=window,
             )
         else:
-            dxs_tm = _wave_backward(spec, params, fw, range(start, stop), dout_tm, dfinal_h, layer_grads, backs,
-                                    keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
+            layers = range(start, stop)
+            wave_grads, wave_backs, dxs_tm = stack_backward(
+                spec, params, layers, [fw.finals[k] for k in layers], [fw.tapes[k] for k in layers],
+                [fw.layer_masks[k] for k in layers], fw.mask_tm, dout_tm, dfinal_h,
+                keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
+            layer_grads[start:stop], backs[start:stop] = wave_grads, wave_backs
         if fw.layer_masks[start] is not None:
             dxs_tm = dxs_tm * fw.layer_masks[start]
         dout_tm, dfinal_h = dxs_tm, None
@@ -106,21 +110,6 @@ def explicit_model(params, xs, targets, spec: ModelSpec, lengths=None, dropout_k
     if spec.tokens:
         grads["embed"] = embed_backward(params["embed"], xs, jnp.swapaxes(dxs_tm, 0, 1))
     return loss, grads, ModelBackward(fw, doutputs, tuple(backs), dxs_tm)
-
-
-def _wave_backward(spec, params, fw, layers, dout_tm, dfinal_h, layer_grads, backs, **options):
-    """The explicit backward of a wavefront run of layers (:func:`perceptron1_jax.wavefront.wavefront_backward`):
-    fills in each layer's gradients and backward, returns ``dL/dx`` of the run's first layer."""
-    finals = [fw.finals[k]["fwd"] for k in layers]
-    dfinals = [tuple(jnp.zeros_like(c) for c in f) for f in finals]
-    if dfinal_h is not None:
-        dfinals[-1] = (dfinal_h["fwd"],) + dfinals[-1][1:]
-    out = wavefront_backward([spec.layers[k].cell for k in layers], [params["layers"][k]["fwd"] for k in layers],
-                             [fw.tapes[k]["fwd"] for k in layers], dout_tm, dfinals, fw.mask_tm,
-                             [None, *(fw.layer_masks[k] for k in layers[1:])], **options)
-    for k, back in zip(layers, out):
-        layer_grads[k], backs[k] = {"fwd": back.grads}, {"fwd": back}
-    return out[0].dxs_tm
 
 
 class ModelExtras(NamedTuple):

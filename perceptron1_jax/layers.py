@@ -215,6 +215,24 @@ def fuses(layer: LayerSpec, lean: int | None = None) -> bool:
 # --------------------------------------------------------------------------- recurrent layer
 
 
+def initial_carries(layer: LayerSpec, carries0, batch: int, dtype) -> dict:
+    """``{direction: carry tuple}``: the given ``carries0`` (None or ``{direction: carry or None}``),
+    zeros where none is given."""
+    cell = CELLS[layer.cell]
+    given = {} if carries0 is None else carries0
+    return {d: zero_carry(cell, batch, layer.hidden_size, dtype) if given.get(d) is None else given[d]
+            for d in layer.directions}
+
+
+def final_gradients(finals: dict, dfinal_h) -> dict:
+    """``{direction: gradient of its final carry}``: zeros, with ``dfinal_h[direction]: (B, H)`` (the
+    many-to-one head's gradient of the final ``h``) in the ``h`` slot when given."""
+    out = {d: tuple(jnp.zeros_like(c) for c in final) for d, final in finals.items()}
+    if dfinal_h is not None:
+        out = {d: (dfinal_h[d],) + dfinal[1:] for d, dfinal in out.items()}
+    return out
+
+
 def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, lengths, carries0=None, *,
                       save: bool, lean: int | None = None):
     """A recurrent layer over ``xs_tm: (T, B, I)``: ``params = {"fwd": ..., "bwd": ...}``,
@@ -224,11 +242,7 @@ def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, len
     (``[h_fwd_t, h_bwd_t]``), and per direction its final carry and tape.
     """
     cell = CELLS[layer.cell]
-    batch = xs_tm.shape[1]
-    first = {}
-    for d in layer.directions:
-        given = None if carries0 is None else carries0.get(d)
-        first[d] = zero_carry(cell, batch, layer.hidden_size, xs_tm.dtype) if given is None else given
+    first = initial_carries(layer, carries0, xs_tm.shape[1], xs_tm.dtype)
     if fuses(layer, lean):
         outs, finals, tapes = fused_forward(cell, params, xs_tm, first, mask_tm, lengths, save=save)
     else:
@@ -251,12 +265,9 @@ def recurrent_backward(layer: LayerSpec, params: dict, tapes: dict, finals: dict
     the directions, and each direction's :class:`~perceptron1_jax.scan.Backward`.
     """
     cell, hidden = CELLS[layer.cell], layer.hidden_size
-    dhs, dfinals = {}, {}
-    for k, d in enumerate(layer.directions):
-        dhs[d] = None if dout_tm is None else dout_tm[..., k * hidden:(k + 1) * hidden]
-        dfinals[d] = tuple(jnp.zeros_like(c) for c in finals[d])
-        if dfinal_h is not None:
-            dfinals[d] = (dfinal_h[d],) + dfinals[d][1:]
+    dhs = {d: None if dout_tm is None else dout_tm[..., k * hidden:(k + 1) * hidden]
+           for k, d in enumerate(layer.directions)}
+    dfinals = final_gradients(finals, dfinal_h)
     options = {"keep_dhs": keep_dhs, "keep_dz": keep_dz, "window": window}
     if fuses(layer) and all(isinstance(tapes[d], DirectionTape) for d in layer.directions):
         backs = fused_backward(cell, params, tapes, dhs, dfinals, mask_tm, lengths, **options)

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import dropout_mask, dropout_parts, embed_forward, head_forward, recurrent_forward
-from perceptron1_jax.scan import time_mask, zero_carry
+from perceptron1_jax.scan import time_mask
 from perceptron1_jax.spec import LayerSpec, ModelSpec
-from perceptron1_jax.wavefront import wave_groups, wavefront_forward
+from perceptron1_jax.wavefront import stack_forward, wave_groups
 
 Array = jax.Array
 
@@ -107,7 +107,10 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
             finals.append(layer_finals)
             tapes.append(layer_tapes)
         else:
-            x_tm = _wave_forward(spec, params, x_tm, mask_tm, carries0, range(start, stop), masks, finals, tapes, save)
+            x_tm, wave_finals, wave_tapes = stack_forward(spec, params, x_tm, mask_tm, carries0, range(start, stop),
+                                                          masks, save=save)
+            finals.extend(wave_finals)
+            tapes.extend(wave_tapes)
         layer_masks.extend(masks)
     if spec.many_to_many:
         features = x_tm
@@ -119,23 +122,6 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
         features = features * head_mask
     outputs = head_forward(params["head"], features)
     return Forward(outputs, features, mask_tm, tuple(layer_masks), head_mask, tuple(finals), tuple(tapes))
-
-
-def _wave_forward(spec, params, x_tm, mask_tm, carries0, layers, masks, finals, tapes, save):
-    """A run of forward-only layers as a wavefront (:mod:`perceptron1_jax.wavefront`): appends each
-    layer's finals and tapes, returns the top layer's outputs."""
-    cells = [spec.layers[k].cell for k in layers]
-    first = []
-    for k in layers:
-        given = None if carries0 is None or carries0[k] is None else carries0[k].get("fwd")
-        first.append(zero_carry(CELLS[spec.layers[k].cell], x_tm.shape[1], spec.layers[k].hidden_size, x_tm.dtype)
-                     if given is None else given)
-    out = wavefront_forward(cells, [params["layers"][k]["fwd"] for k in layers], x_tm, first, mask_tm,
-                            [None, *masks[1:]], save=save)
-    for _, final, tape in out:
-        finals.append({"fwd": final})
-        tapes.append({"fwd": tape})
-    return out[-1][0]
 
 
 def batch_major(spec: ModelSpec, outputs: Array) -> Array:

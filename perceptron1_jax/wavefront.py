@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceptron1_jax.cells import CELLS, Carry, Params
-from perceptron1_jax.layers import DirectionTape
+from perceptron1_jax.layers import DirectionTape, final_gradients, initial_carries
 from perceptron1_jax.scan import (
     WINDOW,
     Backward,
@@ -179,8 +179,9 @@ def wavefront_backward(cells: list[str], params: list[Params], tapes: list[Direc
             dh_out = xs[layers] if k == layers - 1 else pending[k]
             dcarry = dcarries[k] if dh_out is None else (dcarries[k][0] + dh_out,) + dcarries[k][1:]
             dzx, dzh, dprev = backward_step(cell_fns[k], params[k], prev, afters[k], residuals, dcarry, valid)
-            dx = dzx if w_x_t[k] is None else dzx @ w_x_t[k]
+            dx = None  # the first layer's dL/dx is not needed in the loop: one product per block
             if k > 0:  # the gradient of layer k-1's output at this step, read one iteration later
+                dx = dzx if w_x_t[k] is None else dzx @ w_x_t[k]
                 new_pending[k - 1] = dx if drop is None else dx * drop
             new_d.append(dprev)
             new_after.append(prev)
@@ -198,7 +199,8 @@ def wavefront_backward(cells: list[str], params: list[Params], tapes: list[Direc
         acc = tuple(jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc[k],
                                  cell_fns[k].param_grads(take(s["xs"]), take(s["prev"][0]), o[0], o[1]))
                     for k, (s, o) in enumerate(zip(sk, outs)))
-        return (carry, acc), tuple((dx, dhs) + kept_dz(cell_fns[k], dzx, dzh, keep_dz)
+        first_dx = outs[0][0] if w_x_t[0] is None else outs[0][0] @ w_x_t[0]
+        return (carry, acc), tuple((first_dx if k == 0 else dx, dhs) + kept_dz(cell_fns[k], dzx, dzh, keep_dz)
                                    for k, (dzx, dzh, dhs, dx) in enumerate(outs))
 
     afters = tuple(t.final for t in tapes)
@@ -210,3 +212,30 @@ def wavefront_backward(cells: list[str], params: list[Params], tapes: list[Direc
         dxs, dhs, dzx, dzh = (_unskew(a, k, time) for a in outs[k])
         backs.append(Backward(grads[k], dxs, dcarry0[k], dhs, dzx, dzh))
     return backs
+
+
+def stack_forward(spec: ModelSpec, params: dict, x_tm: Array, mask_tm, carries0, layers: range, drop_masks: list, *,
+                  save: bool):
+    """Layers ``layers`` of a model (a run of :func:`wave_groups`) as a wavefront, in the model's
+    layout: ``x_tm`` the run's first input (its dropout applied), ``carries0`` the model's (None or per
+    layer ``{direction: carry}``), ``drop_masks`` per layer of the run. Returns ``(top outputs,
+    per-layer finals, per-layer tapes)``, each ``{"fwd": ...}`` as
+    :func:`perceptron1_jax.layers.recurrent_forward`'s."""
+    first = [initial_carries(spec.layers[k], None if carries0 is None else carries0[k], x_tm.shape[1],
+                             x_tm.dtype)["fwd"] for k in layers]
+    out = wavefront_forward([spec.layers[k].cell for k in layers], [params["layers"][k]["fwd"] for k in layers],
+                            x_tm, first, mask_tm, [None, *drop_masks[1:]], save=save)
+    return out[-1][0], [{"fwd": final} for _, final, _ in out], [{"fwd": tape} for _, _, tape in out]
+
+
+def stack_backward(spec: ModelSpec, params: dict, layers: range, finals: list, tapes: list, drop_masks: list, mask_tm,
+                   dout_tm, dfinal_h, **options):
+    """The explicit backward of :func:`stack_forward` in the model's layout (``finals``, ``tapes``,
+    ``drop_masks`` per layer of the run; ``dout_tm``/``dfinal_h`` the gradient reaching the top layer's
+    outputs or final ``h``). Returns ``(per-layer grads, per-layer backwards, dL/dx of the run's input)``,
+    each ``{"fwd": ...}`` as :func:`perceptron1_jax.layers.recurrent_backward`'s."""
+    dfinals = [final_gradients(f, None) for f in finals[:-1]] + [final_gradients(finals[-1], dfinal_h)]
+    out = wavefront_backward([spec.layers[k].cell for k in layers], [params["layers"][k]["fwd"] for k in layers],
+                             [t["fwd"] for t in tapes], dout_tm, [d["fwd"] for d in dfinals], mask_tm,
+                             [None, *drop_masks[1:]], **options)
+    return [{"fwd": b.grads} for b in out], [{"fwd": b} for b in out], out[0].dxs_tm
