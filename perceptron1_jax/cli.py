@@ -190,8 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "seeds --seed, --seed + 1, ... (with comma lists of --lr, --momentum, --clip, --clip-value, "
                        "--dropout, --weight-decay: the grid of every list times the seeds; see docs/populations.md)")
     train.add_argument("--config", type=Path, help="TOML file of options (keys as the long options, '_' or '-')")
-    train.add_argument("--out", type=Path, help="run folder for metrics, plots, checkpoints (default runs/TASK-CELL)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    train.add_argument("--out", type=Path, help="run folder for metrics, plots, checkpoints, one run per folder "
+                       "(default runs/TASK-LAYERS, e.g. runs/copy-gru64 or runs/book-lstm256-lstm128)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good "
+                       "checkpoint (a run stopped before its first checkpoint: its config.json from step 0)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run that --out holds (its files are "
+                       "removed first); without it, a folder holding another run is refused")
     train.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     train.add_argument("--no-gradcheck", action="store_true", help="skip the explicit-vs-jax.grad check at step 0")
     scale = train.add_argument_group(
@@ -237,26 +241,30 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "file of one example per line")
     source.add_argument("--text", help="one example as a string")
     pred.add_argument("--member", type=int, help=_MEMBER_HELP)
-    pred.add_argument("--ensemble", action="store_true", help="a population's members together: the mean of their "
-                                                               "probabilities (classifiers) or outputs (regression)")
-    pred.add_argument("--json", action="store_true", help='one JSON object per line: "prediction" and, for '
-                                                           'classifiers, "probabilities"')
+    pred.add_argument("--ensemble", action="store_true", help="a population's members of one setting together: the "
+                      "mean of their probabilities (classifiers) or outputs (regression), leaving out members frozen "
+                      "for non-finite values (named on standard error)")
+    pred.add_argument("--setting", type=int, help="with --ensemble: the setting whose seeds to average (0 to "
+                      "settings - 1, as in summary.json; needed when the population has several)")
+    pred.add_argument("--json", action="store_true", help='one JSON object per line: "index" (the example\'s '
+                      'position: the line of a text file, from 0), "prediction" and, for classifiers, "probabilities"')
 
     flow = commands.add_parser(
         "gradflow", help="||dL/dh_t|| through time from one explicit backward pass (table + PNG)",
         description="Gradient flow: the norm of dL/dh_t for every step of one explicit BPTT pass on a "
                     "batch of a task, at initialization or from a checkpoint.",
     )
-    flow.add_argument("--cell", choices=[*CELL_NAMES, "all"], default="all",
+    flow.add_argument("--cell", choices=[*CELL_NAMES, "all"],
                       help="a cell, or all: elman, lstm and gru (default: all)")
-    flow.add_argument("--task", choices=sorted(TASKS), default="copy")
-    flow.add_argument("--seq-len", type=int, default=100)
-    flow.add_argument("--hidden", type=int, default=64)
+    flow.add_argument("--task", choices=sorted(TASKS), help="(default: copy)")
+    flow.add_argument("--seq-len", type=int, help="(default: 100)")
+    flow.add_argument("--hidden", type=int, help="(default: 64)")
     flow.add_argument("--batch", type=int, default=32)
     flow.add_argument("--spectral-radius", type=float, help="rescale each W_h block to this spectral radius")
-    flow.add_argument("--checkpoint", type=Path, help="use the params of a run (file or run folder)")
+    flow.add_argument("--checkpoint", type=Path, help="use the params, model and data of a run (file or run folder; "
+                      "--cell, --task, --seq-len, --hidden, --seed and --spectral-radius are then refused)")
     flow.add_argument("--member", type=int, help=_MEMBER_HELP)
-    flow.add_argument("--seed", type=int, default=0)
+    flow.add_argument("--seed", type=int, help="(default: 0)")
     flow.add_argument("--png", type=Path, default=Path("gradflow.png"), help="where to write the plot")
 
     bench_parser = commands.add_parser(
@@ -292,21 +300,24 @@ def _read_toml(path: Path) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
+# What an option typed on the command line displaces from the lower sources (the checkpoint or
+# config.json resumed, the TOML file): the options it cannot be combined with.
+_DISPLACES = {"task": ("data", "classes", "test"), "data": ("task", "classes"), "classes": ("task", "data"),
+              "cell": ("layers",), "hidden": ("layers",), "layers": ("cell", "hidden")}
+
+
 def _train_config(args) -> tuple[TrainConfig, Population | None]:
     """The run's config and, for a population, its :class:`Population` (lists of the varied
-    options, from the command line or a TOML file; ``--seeds``; or the checkpoint resumed)."""
+    options, from the command line or a TOML file; ``--seeds``; or the run resumed)."""
     from perceptron1_jax import checkpoint
     from perceptron1_jax.training import check_resumable, config_from_dict
+    from perceptron1_jax.training.run_folder import saved_config
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    source = sorted({"data", "classes"} & set(given))
-    if "task" in given and source:
-        raise UsageError(f"--task: expected no --task with --{source[0]} (your data replaces the task), "
-                         f"got --task {given['task']}")
-    shorthand = sorted({"cell", "hidden"} & set(given))
-    if "layers" in given and shorthand:
-        raise UsageError(f"--{shorthand[0]}: expected no --cell/--hidden with --layers (it names every layer's "
-                         f"cell and size), got --{shorthand[0]} {given[shorthand[0]]}")
+    _check_conflicts(given, "")
+    if args.resume and args.overwrite:
+        raise UsageError("--overwrite: expected either --resume (continue the run) or --overwrite (replace it), "
+                         "got both")
     values, saved, lists = {}, None, {}
     if args.resume and args.out is not None:
         try:
@@ -315,12 +326,21 @@ def _train_config(args) -> tuple[TrainConfig, Population | None]:
             raise UsageError(str(err)) from err
         if raw is not None:
             saved = raw["config"]
-            values.update(saved)
             if raw.get("population") is not None:
                 lists = {k: v for k, v in raw["population"]["population"].items() if v is not None}
+        else:  # stopped before its first checkpoint: its config.json, from step 0
+            saved = saved_config(args.out)
+            if saved is None:
+                raise UsageError(f"--resume: expected a run folder holding a checkpoint or config.json, got "
+                                 f"{args.out} ({'no such folder' if not args.out.exists() else 'none there'}): "
+                                 "nothing to resume (leave out --resume to start a new run)")
+            print(f"perceptron1 train: no checkpoint in {args.out}: starting its config.json from step 0")
+        values.update(saved)
     if args.config is not None:
-        values.update(_read_toml(args.config))
-    values.update(given)
+        from_file = _read_toml(args.config)
+        _check_conflicts(from_file, f"--config: {args.config}: ")
+        _merge(values, from_file)
+    _merge(values, given)
     given_lists = {name: values[name] for name in (*VARIED, "seeds") if isinstance(values.get(name), list)}
     if "seeds" in values:  # a TOML key
         given_lists["seeds"] = values.pop("seeds")
@@ -330,7 +350,11 @@ def _train_config(args) -> tuple[TrainConfig, Population | None]:
         lists = given_lists
     for name, value in lists.items():
         if name != "seeds":
+            if not value:
+                raise UsageError(f"--{name.replace('_', '-')}: expected a number or a non-empty list of numbers, "
+                                 "got []")
             values[name] = value[0]  # the config holds the first member's value
+    _float64_mode(values.get("dtype"))
     try:
         cfg = config_from_dict(values)
         if saved is not None:
@@ -345,6 +369,59 @@ def _train_config(args) -> tuple[TrainConfig, Population | None]:
             message = f"--{name.replace('_', '-')}:{rest}"
         raise UsageError(message) from err
     return cfg, population
+
+
+def _check_conflicts(options: dict, where: str) -> None:
+    """One source (the command line, or a TOML file) may not name both a task and data, or both
+    layers and a cell or size: which would win is not for us to guess."""
+    def name(key):
+        return f"--{key.replace('_', '-')}" if not where else key
+
+    source = sorted({"data", "classes"} & set(options))
+    if "task" in options and source:
+        raise UsageError(f"{where}{name('task')}: expected no {name('task')} with {name(source[0])} (your data "
+                         f"replaces the task), got {name('task')} {options['task']}")
+    shorthand = sorted({"cell", "hidden"} & set(options))
+    if "layers" in options and shorthand:
+        raise UsageError(f"{where}{name(shorthand[0])}: expected no {name('cell')}/{name('hidden')} with "
+                         f"{name('layers')} (it names every layer's cell and size), got {name(shorthand[0])} "
+                         f"{options[shorthand[0]]}")
+
+
+def _merge(values: dict, higher: dict) -> None:
+    """``values`` updated by the ``higher`` source, whose options also displace the lower ones they
+    cannot be combined with (``--cell`` typed over a file's ``layers``, ``--task`` over its ``data``)."""
+    for name in higher:
+        for displaced in _DISPLACES.get(name, ()):
+            if displaced not in higher:
+                values.pop(displaced, None)
+    values.update(higher)
+
+
+def _float64_mode(dtype) -> None:
+    """The command owns its process: a float64 run (or a run of float64 read back) turns JAX's
+    64-bit mode on before any array exists; the library itself never does (it refuses instead)."""
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+def _run_dtype(path) -> str | None:
+    """The dtype of the run a checkpoint file or run folder holds (None when unreadable: the load
+    that follows names the problem)."""
+    from perceptron1_jax import checkpoint
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            found = checkpoint.list_checkpoints(path)
+            if not found:
+                return None
+            path = found[0]
+        return checkpoint.read_checkpoint(path)["config"].get("dtype")
+    except (checkpoint.CheckpointError, OSError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def describe_spec(spec) -> str:
@@ -412,7 +489,7 @@ def cmd_train(args) -> int:
         spec = check_run(cfg, data)
         mesh = run_mesh(cfg, _train_mesh(args), spec)
         if writer:
-            check_out_dir(out)
+            check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
     except ValueError as err:  # DataError included: names the file, array or line
         raise UsageError(str(err)) from err
     say = print if writer else (lambda *a, **k: None)
@@ -447,7 +524,7 @@ def cmd_train(args) -> int:
     if state.test is not None:
         from perceptron1_jax.training import describe_test
 
-        which = "the best validation loss" if evals else "no validation split: the last step"
+        which = "the best validation loss" if data.eval.xs.shape[0] else "no validation split: the last step"
         print(f"final: test split, checkpoint of step {state.test['test_checkpoint_step']} ({which}): "
               f"{describe_test(state.test, state.info)}")
     _plot_or_hint("loss curve", lambda plotting: plotting.plot_metrics(out / "metrics.jsonl", out / "metrics.png"))
@@ -455,9 +532,16 @@ def cmd_train(args) -> int:
 
 
 def _out_folder(args, cfg: TrainConfig, suffix: str = "") -> Path:
-    """``--out``, by default ``runs/<task or first file>-<cell><suffix>``."""
-    name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem
-    return args.out if args.out is not None else Path("runs") / f"{name}-{cfg.cell}{suffix}"
+    """``--out``, by default ``runs/<task or first file>-<layers><suffix>``: the model as it is, each
+    layer as ``[bi]<cell><size>`` (``runs/copy-gru4``, ``runs/book-bilstm64-lstm32-population``)."""
+    from perceptron1_jax.training.config import config_layers
+
+    if args.out is not None:
+        return args.out
+    name = cfg.task if cfg.task is not None else Path((cfg.data or cfg.classes)[0]).stem.replace(":", "-")
+    layers = "-".join(f"{'bi' if layer.bidirectional else ''}{layer.cell}{layer.hidden_size}"
+                      for layer in config_layers(cfg))
+    return Path("runs") / f"{name}-{layers}{suffix}"
 
 
 def _train_until_done(args, cfg: TrainConfig, out: Path, *, usage_errors: tuple = (), **kwargs):
@@ -468,7 +552,7 @@ def _train_until_done(args, cfg: TrainConfig, out: Path, *, usage_errors: tuple 
 
     try:
         return train(cfg, out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(),
-                     check_grads=not args.no_gradcheck, **kwargs), None
+                     check_grads=not args.no_gradcheck, overwrite=args.overwrite, **kwargs), None
     except TrainingStopped as stop:
         print(f"perceptron1: {'error' if isinstance(stop, WriteFailed) else 'stopped'}: {stop}", file=sys.stderr)
         return None, stop.exit_status
@@ -512,6 +596,7 @@ def _load_run(path, member=None):
     from perceptron1_jax.checkpoint import CheckpointError
     from perceptron1_jax.runs import load_run
 
+    _float64_mode(_run_dtype(path))
     try:
         return load_run(path, member=member)
     except CheckpointError as err:
@@ -521,14 +606,20 @@ def _load_run(path, member=None):
         raise UsageError(f"--{message}" if message.startswith("member:") else message) from err
 
 
-def _load_members(path):
+def _ensemble_members(path, setting):
     from perceptron1_jax.checkpoint import CheckpointError
-    from perceptron1_jax.runs import load_members
+    from perceptron1_jax.runs import ensemble_members
 
+    _float64_mode(_run_dtype(path))
     try:
-        return load_members(path)
-    except (CheckpointError, ValueError) as err:
-        raise UsageError(str(err)) from err
+        runs, left_out = ensemble_members(path, setting)
+    except (CheckpointError, ValueError) as err:  # "setting: ..." -> "--setting: ..."
+        message = str(err)
+        raise UsageError(f"--{message}" if message.startswith("setting:") else message) from err
+    if left_out:
+        print(f"perceptron1: warning: --ensemble leaves out member{'s' if len(left_out) > 1 else ''} "
+              f"{', '.join(map(str, left_out))}, frozen for non-finite values", file=sys.stderr)
+    return runs
 
 
 def cmd_eval(args) -> int:
@@ -607,7 +698,10 @@ def cmd_predict(args) -> int:
 
     if args.ensemble and args.member is not None:
         raise UsageError(f"--ensemble: expected either --ensemble or --member, got --member {args.member} too")
-    runs = _load_members(args.run) if args.ensemble else [_load_run(args.run, args.member)]
+    if args.setting is not None and not args.ensemble:
+        raise UsageError(f"--setting: expected --ensemble with it (a setting's seeds averaged), got --setting "
+                         f"{args.setting} alone")
+    runs = _ensemble_members(args.run, args.setting) if args.ensemble else [_load_run(args.run, args.member)]
     run = runs[0]
     try:
         inputs = file_inputs(run, args.data) if args.data is not None else text_inputs(run, [args.text])
@@ -618,7 +712,7 @@ def cmd_predict(args) -> int:
     names = run.info.class_names
     for i, record in enumerate(records):
         if args.json:
-            print(json.dumps(record))
+            print(json.dumps({"index": i, **record}))
         elif run.info.classifier and not run.spec.many_to_many:
             label = record["prediction"]
             name = f" {names[label]}" if names else ""
@@ -689,6 +783,19 @@ def cmd_gradflow(args) -> int:
     from perceptron1_jax.training.evaluation import gradient_flow_of
     from perceptron1_jax.training.ingredients import run_keys, task_datasets
 
+    if args.checkpoint is not None:
+        fixed = [f"--{name.replace('_', '-')}" for name in ("cell", "task", "seq_len", "hidden", "seed",
+                                                           "spectral_radius") if getattr(args, name) is not None]
+        if fixed:
+            raise UsageError(f"{fixed[0]}: expected none with --checkpoint (the run's own model, data and "
+                             f"parameters are used), got {fixed[0]} {getattr(args, fixed[0][2:].replace('-', '_'))}")
+    elif args.member is not None:
+        raise UsageError(f"--member: expected --checkpoint with it (a population's member), got --member "
+                         f"{args.member} alone")
+    defaults = {"cell": "all", "task": "copy", "seq_len": 100, "hidden": 64, "seed": 0}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     _require_positive(args, "seq_len", "hidden", "batch")
     if args.spectral_radius is not None and not args.spectral_radius > 0:
         raise UsageError(f"--spectral-radius: expected a positive number, got {args.spectral_radius}")
@@ -696,6 +803,7 @@ def cmd_gradflow(args) -> int:
     if args.checkpoint is not None:
         from perceptron1_jax.checkpoint import CheckpointError
 
+        _float64_mode(_run_dtype(args.checkpoint))
         try:
             loaded = load_checkpoint(args.checkpoint, member=args.member)
         except CheckpointError as err:
@@ -771,7 +879,12 @@ def main(argv=None) -> int:
         commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "predict": cmd_predict,
                     "gradcheck": cmd_gradcheck, "gradflow": cmd_gradflow, "bench": cmd_bench}
         command = commands[args.command]
-        return command(args)
+        if args.command != "train":
+            return command(args)
+        from perceptron1_jax.training.state import stop_requests
+
+        with stop_requests():  # from the start: a signal in start-up stops at step 0, checkpointed (train())
+            return command(args)
     except UsageError as err:
         print(f"perceptron1: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -60,9 +60,12 @@ def weighted_cross_entropy_with_grad(logits: Array, labels: Array, weights: Arra
 
 
 def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
-    """Fraction of valid positions whose arg-max logit equals the label."""
-    correct = (jnp.argmax(logits, axis=-1).astype(labels.dtype) == labels).astype(logits.dtype)
-    return jnp.sum(_weights(labels, mask, logits.dtype) * correct)
+    """Fraction of valid positions whose arg-max logit equals the label: counted in integers and
+    divided once, so it is exactly 1 when every position is right and never above."""
+    correct = jnp.argmax(logits, axis=-1).astype(labels.dtype) == labels
+    valid = jnp.ones(labels.shape, bool) if mask is None else mask.astype(bool)
+    right = jnp.sum(correct & valid, dtype=jnp.int32).astype(logits.dtype)
+    return right / jnp.sum(valid, dtype=jnp.int32).astype(logits.dtype)
 
 
 def mean_squared_error(preds: Array, targets: Array, mask: Array | None = None) -> Array:

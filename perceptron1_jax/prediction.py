@@ -19,13 +19,13 @@ from perceptron1_jax.data import (
     DataError,
     encode_lines,
     read_csv,
-    read_lines,
     series_windows,
     tokenize,
 )
 from perceptron1_jax.data.arrays import NPZ_KEYS, check_lengths, check_xs, read_npz
 from perceptron1_jax.data.heldout import resolve_paths
 from perceptron1_jax.data.standardize import standardize_inputs
+from perceptron1_jax.data.text import read_text
 from perceptron1_jax.data.ts import read_ts
 from perceptron1_jax.model import model_apply
 from perceptron1_jax.runs import Run
@@ -108,7 +108,8 @@ def _encode(run: Run, tokenized: list[list[str]]) -> Inputs:
 def file_inputs(run: Run, path) -> Inputs:
     """The examples of a file for ``run``: ``.npz`` (``xs``, optional ``lengths``), ``.ts`` (its
     series; unequal lengths padded, with ``lengths``; ``aeon:NAME``: its TEST file), ``.csv``
-    (windows of the run's ``seq_len`` rows) or text (one example per non-blank line). The inputs
+    (windows of the run's ``seq_len`` rows) or text (one example per line; a blank line is refused
+    by its number). The inputs
     are raw: :func:`predict_examples` standardizes them."""
     path = resolve_paths(str(path))[0]
     suffix = path.suffix.lower()
@@ -136,7 +137,21 @@ def file_inputs(run: Run, path) -> Inputs:
         return Inputs(series_windows(rows, seq_len), None)
     if not run.spec.tokens:
         raise DataError(f"{path}: expected an .npz or .csv file for a model of float inputs, got a text file")
-    return _encode(run, read_lines(path, run.info.tokens))
+    return _encode(run, _text_lines(path, run.info.tokens))
+
+
+def _text_lines(path, tokens: str) -> list[list[str]]:
+    """Every line of a text file tokenized, one example per line: a line without a token is
+    refused by its number, so the outputs stay line for line with the input."""
+    lines = read_text(path).splitlines()
+    if not lines:
+        raise DataError(f"{path}: expected one example per line, got an empty file")
+    tokenized = [tokenize(line, tokens) for line in lines]
+    for number, (line, found) in enumerate(zip(lines, tokenized), start=1):
+        if not found:
+            raise DataError(f"{path}: line {number}: expected an example (at least one {tokens[:-1]} token), got "
+                            f"{'a blank line' if not line.strip() else repr(line)}")
+    return tokenized
 
 
 def _check_input_size(run: Run, xs: np.ndarray, where: str) -> None:

@@ -5,6 +5,8 @@ the end, never before; ``--val-fraction 0``; populations (each member's best, th
 
 import dataclasses
 import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from perceptron1_jax import checkpoint
 from perceptron1_jax.cli import main
 from perceptron1_jax.data import load_data
-from perceptron1_jax.training import Population, TrainConfig, evaluate_split, load_checkpoint, train
+from perceptron1_jax.training import Population, SignalStop, TrainConfig, evaluate_split, load_checkpoint, train
 from perceptron1_jax.training import session as session_module
 
 pytestmark = pytest.mark.standard_promotion  # trains with optax
@@ -113,10 +115,34 @@ def test_a_resumed_run_tests_the_best_checkpoint_of_the_whole_run(tmp_path):
     train_path, test_path, _ = _files(tmp_path)
     cfg = dataclasses.replace(CFG, data=(str(train_path),), test=(str(test_path),))
     whole = _run(cfg, tmp_path / "whole")
-    _run(dataclasses.replace(cfg, steps=20), tmp_path / "split")
+
+    def stop_at_20(line):  # a SIGTERM while step 20 is logged: checkpointed there, the test split not scored
+        if line.startswith("step 20:"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    outer = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a shell (a worker may ignore it)
+    try:
+        with pytest.raises(SignalStop):
+            train(cfg, tmp_path / "split", progress=False, log=stop_at_20, check_grads=False)
+    finally:
+        signal.signal(signal.SIGTERM, outer)
+    assert not [r for r in _records(tmp_path / "split") if "test_loss" in r]
     resumed = _run(cfg, tmp_path / "split", resume=True)
     assert resumed.test["test_checkpoint_step"] == whole.test["test_checkpoint_step"]
     np.testing.assert_allclose(resumed.test["test_loss"], whole.test["test_loss"], rtol=1e-6)
+
+
+def test_a_finished_test_run_is_never_scored_twice(tmp_path):
+    train_path, test_path, _ = _files(tmp_path)
+    cfg = dataclasses.replace(CFG, data=(str(train_path),), test=(str(test_path),), steps=10)
+    first = _run(cfg, tmp_path / "run")
+    said = []
+    again = train(cfg, tmp_path / "run", resume=True, progress=False, log=said.append, check_grads=False)
+    assert again.test == first.test
+    assert [r["step"] for r in _records(tmp_path / "run") if "test_loss" in r] == [10]  # one entry
+    assert any(line.startswith("test split already scored by the checkpoint of step") for line in said)
+    with pytest.raises(ValueError, match=r"steps: expected 10 \(the run's test split was scored at its end, step 10"):
+        _run(dataclasses.replace(cfg, steps=20), tmp_path / "run", resume=True)
 
 
 def test_a_test_file_that_does_not_fit_the_training_data_is_refused_before_training(tmp_path):

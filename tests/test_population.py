@@ -311,11 +311,15 @@ def test_the_command_line_trains_evaluates_and_predicts_with_members(tmp_path, c
     for k in range(4):
         assert main(["predict", str(out), "--data", str(tmp_path / "new.npz"), "--member", str(k), "--json"]) == 0
         probabilities.append([json.loads(line)["probabilities"] for line in capsys.readouterr().out.splitlines()])
-    assert main(["predict", str(out), "--data", str(tmp_path / "new.npz"), "--ensemble", "--json"]) == 0
+    assert main(["predict", str(out), "--data", str(tmp_path / "new.npz"), "--ensemble", "--json"]) == 2
+    assert "--setting: expected one of 0 to 1 (the population in" in capsys.readouterr().err
+    assert main(["predict", str(out), "--data", str(tmp_path / "new.npz"), "--ensemble", "--setting", "1",
+                 "--json"]) == 0
     ensemble = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    mean = np.mean(probabilities, axis=0)
+    mean = np.mean(probabilities[2:], axis=0)  # setting 1: lr 0.05, members 2 and 3 (as summary.json)
     np.testing.assert_allclose([e["probabilities"] for e in ensemble], mean, rtol=1e-6)
     assert [e["prediction"] for e in ensemble] == mean.argmax(-1).tolist()
+    assert [e["index"] for e in ensemble] == list(range(5))
     assert main(["gradflow", "--checkpoint", str(out), "--member", "0", "--png", str(tmp_path / "g.png")]) == 0
 
 

@@ -85,9 +85,16 @@ def test_text_lines_for_a_text_classifier(tmp_path):
     inputs = file_inputs(run, _text(tmp_path))
     np.testing.assert_array_equal(inputs.lengths, [1, 1])
     lines = tmp_path / "reviews.txt"
-    lines.write_text("Good film\n\nbad\n")
+    lines.write_text("Good film\nbad\n")
     inputs = file_inputs(run, lines)
     np.testing.assert_array_equal(inputs.xs, [[1, 3], [2, 0]])
     np.testing.assert_array_equal(inputs.lengths, [2, 1])
+    lines.write_text("Good film\n\nbad\n")  # one output per line: a blank line is refused by its number
+    with pytest.raises(DataError, match="reviews.txt: line 2: expected an example .at least one word token., got a "
+                                        "blank line"):
+        file_inputs(run, lines)
+    lines.write_text("Good film\nbad\n   \n")  # spaces alone: no token either
+    with pytest.raises(DataError, match="line 3: expected an example .* got a blank line"):
+        file_inputs(run, lines)
     with pytest.raises(DataError, match="no such file"):
         file_inputs(run, tmp_path / "missing.txt")

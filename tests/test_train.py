@@ -29,6 +29,7 @@ pytestmark = pytest.mark.standard_promotion  # the train step drives optax
 
 TINY = TrainConfig(task="three_step", cell="gru", hidden=8, batch_size=8, num_train=64, num_eval=32, steps=30,
                    eval_every=10, log_every=5, checkpoint_every=10, target_accuracy=0.0, lr=0.02)
+AS_LAYERS = {"cell": TrainConfig.cell, "hidden": TrainConfig.hidden}  # with layers=, cell/hidden stay at their defaults
 
 
 def _quiet(_):
@@ -205,7 +206,8 @@ def test_bfloat16_compute_trains_float32_params():
 
 
 def test_layered_model_with_dropout_resumes_exactly(tmp_path):
-    cfg = dataclasses.replace(TINY, task="chars", seq_len=5, layers="gru:6,lstm:4", bidirectional=True, dropout=0.3,
+    cfg = dataclasses.replace(TINY, task="chars", seq_len=5, **AS_LAYERS, layers="gru:6,lstm:4", bidirectional=True,
+                              dropout=0.3,
                               embed_size=3, steps=12, eval_every=6, checkpoint_every=6)
     straight = _run(cfg, tmp_path / "straight")
     _run(dataclasses.replace(cfg, steps=6), tmp_path / "split")
@@ -216,7 +218,8 @@ def test_layered_model_with_dropout_resumes_exactly(tmp_path):
 
 
 def test_train_step_of_a_layered_model_equals_jax_grad(x64):
-    cfg = dataclasses.replace(TINY, task="parity", layers="lstm:4,elman:3", bidirectional=True, dropout=0.25,
+    cfg = dataclasses.replace(TINY, task="parity", **AS_LAYERS, layers="lstm:4,elman:3", bidirectional=True,
+                              dropout=0.25,
                               dtype="float64", seq_len=6)
     _, k_init, k_train, k_eval, k_shuffle = _keys(cfg)
     data, _ = _datasets(cfg, k_train, k_eval)

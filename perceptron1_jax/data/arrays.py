@@ -116,6 +116,9 @@ def _positive(where: str, name: str, value) -> int | None:
     return int(value)
 
 
+DEFAULT_VAL_FRACTION = 0.1  # of TrainConfig and load_data; refused beside an own split ('xs_val')
+
+
 def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, labels_val=None, targets_val=None,
                 lengths_val=None, num_classes=None, vocab_size=None, val_fraction: float = 0.1, seed: int = 0,
                 name: str = "arrays", stratify: bool = False) -> Data:
@@ -132,6 +135,9 @@ def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, lab
         raise DataError(f"{where}: expected exactly one of 'labels' (classification) or 'targets' (regression), "
                         f"got {'both' if labels is not None else 'neither'}")
     given_val = {"labels_val": labels_val, "targets_val": targets_val, "lengths_val": lengths_val}
+    if xs_val is not None and val_fraction != DEFAULT_VAL_FRACTION:
+        raise ValueError(f"val_fraction: expected the default {DEFAULT_VAL_FRACTION} with {where}'s own evaluation "
+                         f"split 'xs_val' (nothing is carved from 'xs'), got {val_fraction!r}")
     if xs_val is None and any(v is not None for v in given_val.values()):
         raise DataError(f"{where}: expected 'xs_val' with {[k for k, v in given_val.items() if v is not None]}, "
                         "got none")

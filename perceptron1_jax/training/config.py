@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+
+import jax
 
 from perceptron1_jax import validate
 from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer, is_archive, source_kind
@@ -162,14 +165,94 @@ def run_spec(cfg: TrainConfig, info: DataInfo) -> ModelSpec:
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """Raise ``ValueError`` naming the first bad field; return the config unchanged."""
+    _check_types(cfg)
     _check_source(cfg)
     _check_choices(cfg)
     _check_numbers(cfg)
     _check_combinations(cfg)
     check_model_options(cfg)
+    _check_inert(cfg)
+    check_precision(cfg)
     if cfg.task is not None:  # what depends on the data is checked once it is loaded (check_run)
         _check_task_run(cfg)
     return cfg
+
+
+_POSITIVE_INTS = ("hidden", "batch_size", "num_train", "num_eval", "steps", "eval_every", "log_every",
+                  "checkpoint_every", "max_nonfinite")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field holds a value of its annotated type (a TOML file or a Python caller can give
+    anything): ``lr = true`` or ``momentum = "0.5"`` is refused by name, as on the command line."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        kind = kinds[0]
+        if kind is bool:
+            ok, want = isinstance(value, bool), "true or false"
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "a positive int" if f.name in _POSITIVE_INTS else "an int"
+        elif kind is float:
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif kind is str:
+            ok, want = isinstance(value, str), "a string"
+        else:  # tuple[str, ...]: file paths (__post_init__ made one path or a list a tuple)
+            ok, want = isinstance(value, tuple) and all(isinstance(v, str) for v in value), "file paths"
+        if not ok:
+            raise ValueError(f"{f.name}: expected {want}, got {type(value).__name__} {value!r}")
+
+
+def check_precision(cfg: TrainConfig) -> None:
+    """A float64 run needs JAX's 64-bit mode: without it every array would silently be float32.
+    The library never switches it on behind the caller's back (the command line, which owns its
+    process, does)."""
+    if cfg.dtype == "float64" and not jax.config.read("jax_enable_x64"):
+        raise ValueError("dtype: expected JAX's 64-bit mode on for float64, got it off in this process: call "
+                         "jax.config.update('jax_enable_x64', True) before building anything (or set JAX_ENABLE_X64=1)")
+
+
+_DEFAULTS = None
+
+
+def _default(name: str):
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = TrainConfig()
+    return getattr(_DEFAULTS, name)
+
+
+def _check_inert(cfg: TrainConfig) -> None:
+    """An option that cannot act in this combination is refused by name when it differs from its
+    default (it would be saved in ``config.json`` and do nothing)."""
+    kind = source_kind(cfg.data, cfg.classes) if cfg.task is None and (cfg.data or cfg.classes) else None
+    text = kind in ("text", "classes")
+    where = f"the task {cfg.task!r}" if cfg.task is not None else f"{kind} data"
+    inert = [
+        ("cell", cfg.layers is not None, f"layers {cfg.layers!r} names every layer's cell"),
+        ("hidden", cfg.layers is not None, f"layers {cfg.layers!r} names every layer's size"),
+        ("momentum", cfg.optimizer != "sgd", f"momentum applies to optimizer sgd, not {cfg.optimizer}"),
+        ("warmup_steps", cfg.schedule != "warmup_cosine",
+         f"warm-up applies to schedule warmup_cosine, not {cfg.schedule}"),
+        ("num_train", cfg.task is None, f"{where} brings its own examples (num_train counts a task's)"),
+        ("num_eval", cfg.task is None, f"{where} brings its own examples (num_eval counts a task's)"),
+        ("val_fraction", cfg.task is not None, f"{where} draws its own evaluation split"),
+        ("standardize", cfg.task is not None, f"{where} has fixed inputs (standardize applies to your data)"),
+        ("missing", kind != "ts", f"missing values are read from .ts files, not {where}"),
+        ("tokens", not text, f"tokens apply to text files (--data text, --classes), not {where}"),
+        ("max_vocab", not text, f"a vocabulary is built from text files (--data text, --classes), not {where}"),
+    ]
+    for name, cannot_act, why in inert:
+        value = getattr(cfg, name)
+        if cannot_act and value != _default(name):
+            raise ValueError(f"{name}: expected the default {_default(name)!r} here ({why}), got {value!r}")
+    if cfg.target_accuracy is not None and not 0 <= cfg.target_accuracy <= 1:
+        raise ValueError(f"target_accuracy: expected a number in [0, 1] (0: never stop early), got "
+                         f"{cfg.target_accuracy!r}")
 
 
 def _choice(name, value, allowed) -> None:
@@ -293,6 +376,8 @@ def check_run(cfg: TrainConfig, data: Data) -> ModelSpec:
     if not info.classifier and cfg.target_accuracy:
         raise ValueError(f"target_accuracy: applies to classifiers only, got {cfg.target_accuracy} for the "
                          f"regression data {info.source}")
+    if cfg.standardize and info.vocab_size is not None:
+        raise ValueError(f"standardize: expected float inputs to standardize, got token ids in {info.source}")
     if cfg.tbptt_k1 is not None:
         if info.vocab_size is not None or data.train.lengths is not None:
             raise ValueError("tbptt_k1: truncated BPTT supports float inputs without lengths, got "

@@ -21,7 +21,7 @@ from perceptron1_jax.training.state import RunState, stop_requests
 
 def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, check_grads: bool = True, params=None, data: Data | None = None,
-          mesh: Mesh | None = None, population: Population | None = None) -> RunState:
+          mesh: Mesh | None = None, population: Population | None = None, overwrite: bool = False) -> RunState:
     """Train ``cfg`` for ``cfg.steps`` total steps; write metrics/checkpoints under ``out``.
 
     The data is ``cfg``'s task, its files (``cfg.data``/``cfg.classes``), or ``data``: a
@@ -30,13 +30,20 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
     ``out/config.json``, ``data.json``, ``metrics.jsonl`` (one JSON object per logged step and per
     evaluation) and ``ckpt_<step>.msgpack`` every ``checkpoint_every`` steps and at the end. With
     ``resume``, continues from the newest good checkpoint in ``out``, bit for bit as an
-    uninterrupted run. Stops early at the eval accuracy ``cfg.target`` (classifiers).
+    uninterrupted run (a folder holding only a run's ``config.json``, stopped before its first
+    checkpoint, starts that run from step 0). ``out`` holds one run: a folder that holds another
+    is refused unless ``resume`` continues it or ``overwrite`` replaces it. Stops early at the
+    eval accuracy ``cfg.target`` (classifiers). A float64 ``cfg`` needs JAX's 64-bit mode on
+    (refused otherwise: it is never switched on here).
 
     Faults: a non-finite step is not applied; ``cfg.max_nonfinite`` in a row raise
     :class:`NonFiniteStop`; SIGTERM/SIGINT checkpoint the step and raise :class:`SignalStop`; a
     failed write raises :class:`WriteFailed`; an unwritable ``out`` is a ``ValueError`` before
-    training. Devices: each step splits the batch over ``mesh`` (default every device of every
-    process); only process 0 logs and writes. Details: ``docs/training.md``.
+    training. The signal handlers are in place from the start: a signal during start-up (the
+    gradient check included) skips what is left of it and stops at step 0, checkpointed.
+    Devices: each step splits the batch over ``mesh`` (default: the fixed size rule of
+    :func:`~perceptron1_jax.training.step.run_mesh`, recorded in ``out/devices.json``); only
+    process 0 logs and writes. Details: ``docs/training.md``.
 
     ``population`` (a :class:`~perceptron1_jax.training.population.Population`): train its
     members, each exactly as its own single run, as one program (one process; members split over
@@ -46,16 +53,19 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
     leading member axis (member ``k`` trains as the single run given ``params[k]``). Details:
     ``docs/populations.md``.
     """
-    if population is not None:
-        loop = start_population_loop(cfg, population, out, resume=resume, progress=progress, log=log,
-                                     check_grads=check_grads, data=data, mesh=mesh, params=params)
-    else:
-        loop = start_loop(cfg, out, resume=resume, progress=progress, log=log, check_grads=check_grads,
-                          params=params, data=data, mesh=mesh)
-    cfg, state = loop.cfg, loop.state
-    try:
-        with stop_requests() as stop:
+    with stop_requests() as stop:
+        if population is not None:
+            loop = start_population_loop(cfg, population, out, resume=resume, progress=progress, log=log,
+                                         check_grads=check_grads, data=data, mesh=mesh, params=params,
+                                         overwrite=overwrite)
+        else:
+            loop = start_loop(cfg, out, resume=resume, progress=progress, log=log, check_grads=check_grads,
+                              params=params, data=data, mesh=mesh, overwrite=overwrite)
+        cfg, state = loop.cfg, loop.state
+        try:
             while state.step < cfg.steps and not state.stopped_early:
+                if stop["signal"] is not None:
+                    loop.stop_by(stop["signal"])
                 batch, metrics = loop.step()
                 loop.guard(metrics)
                 if state.step % cfg.log_every == 0 or state.step == cfg.steps:
@@ -68,10 +78,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
                     break
                 if state.step % cfg.checkpoint_every == 0:
                     loop.folder.save(state)
-                if stop["signal"] is not None:
-                    loop.stop_by(stop["signal"])
             loop.folder.save_if_new(state)
             loop.finish()
-    finally:
-        loop.close()
+        finally:
+            loop.close()
     return state

@@ -25,7 +25,7 @@ from perceptron1_jax.data import chance
 from perceptron1_jax.training.config import TrainConfig, check_config, check_run, task_info
 from perceptron1_jax.training.evaluation import describe_eval, evaluate_members, gradient_flow_of, json_scalar
 from perceptron1_jax.training.ingredients import get_batch, init_run_params, seed_keys
-from perceptron1_jax.training.population import Population, check_population, member_table
+from perceptron1_jax.training.population import Population, check_population, member_table, settings
 from perceptron1_jax.training.population_best import BestMembers, test_members
 from perceptron1_jax.training.population_step import (
     Layout,
@@ -48,7 +48,7 @@ from perceptron1_jax.training.population_step import (
 from perceptron1_jax.training.resume import restore, resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir
 from perceptron1_jax.training.session import Loop, progress_bar
-from perceptron1_jax.training.state import NonFiniteStop, PopulationState
+from perceptron1_jax.training.state import NonFiniteStop, PopulationState, stop_requested
 from perceptron1_jax.training.step import gradient_agreement
 from perceptron1_jax.training.summary import describe_summary, population_summary
 
@@ -178,7 +178,9 @@ class PopulationLoop(Loop):
         step of the target (see :func:`~perceptron1_jax.training.summary.population_summary`)."""
         state = self.state
         ensembles = {}
-        if self.population_data.test is not None:
+        if self.population_data.test is not None and self.folder.logged("test_loss"):
+            ensembles = self._scored_ensembles()  # a finished run resumed: its test split stays scored once
+        elif self.population_data.test is not None:
             ensembles = test_members(state, self.population_data, self.best, self.folder)
         records = state.history
         if self.folder.writes and (self.folder.out / "metrics.jsonl").exists():  # a resumed run's earlier ones too
@@ -190,6 +192,15 @@ class PopulationLoop(Loop):
         self.folder.write_json("summary.json", state.summary)
         for line in describe_summary(state.summary):
             self.say(line)
+
+    def _scored_ensembles(self) -> dict:
+        """The ensembles' test accuracies of the ``summary.json`` written when the test split was scored."""
+        try:
+            written = json.loads((self.folder.out / "summary.json").read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return {indices[0]: entry["ensemble_test_accuracy"] for (_, indices), entry in
+                zip(settings(self.members), written) if "ensemble_test_accuracy" in entry}
 
     def close(self) -> None:
         """Hand back the real members' stacked state on one device; close the bar and the file."""
@@ -208,7 +219,7 @@ def _mean(values):
 
 
 def start_population_loop(cfg: TrainConfig, population: Population, out, *, resume: bool, progress: bool, log,
-                          check_grads: bool, data, mesh, params=None) -> PopulationLoop:
+                          check_grads: bool, data, mesh, params=None, overwrite: bool = False) -> PopulationLoop:
     """Everything :func:`~perceptron1_jax.training.loop.train` checks and builds before a
     population's first step: the config and every member, the folder, the data, the model, the
     layout on the devices, the compiled step and its memory, the parameters (or the checkpoint
@@ -220,7 +231,7 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
     if jax.process_index() != 0:
         raise ValueError("population: runs in one process (process 0)")
     writes = out is not None
-    out = check_out_dir(out) if writes else None
+    out = check_out_dir(out, resume=resume, overwrite=overwrite) if writes else None
     shapes = population_data(members, data, shapes_only=True)  # a task's data is drawn after the memory check
     spec = population_spec(cfg, members, shapes.info)
     layout = population_layout(cfg, len(members), mesh)
@@ -253,7 +264,7 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
                        last_saved=None if found is None else step,
                        population={"population": population.to_dict(), "members": member_table(members)})
     folder.write_description()
-    if check_grads and step == 0:
+    if check_grads and step == 0 and not stop_requested():
         first = member_split(pdata, 0)
         batch = get_batch(first.train, seed_keys(members[0].seed)[4], 0, cfg.batch_size)
         log(f"explicit BPTT vs jax.grad on member 0's first batch: max relative difference "

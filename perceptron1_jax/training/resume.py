@@ -4,6 +4,7 @@ checks that it is the same run on the same data), and :func:`load_checkpoint` fo
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from perceptron1_jax.training.config import RESUMABLE_CHANGES, TrainConfig, conf
 from perceptron1_jax.training.ingredients import init_run_params, run_keys, run_optimizer
 from perceptron1_jax.training.population import Population, check_population
 from perceptron1_jax.training.population_step import init_optimizer_states, member_of
-from perceptron1_jax.training.run_folder import trim_metrics
+from perceptron1_jax.training.run_folder import saved_config, trim_metrics
 
 
 class MismatchError(ValueError):
@@ -104,7 +105,12 @@ def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelS
     raw = checkpoint.latest_good_checkpoint(out, on_bad=lambda err: log(f"warning: {err}; trying an older one"))
     found = None
     if raw is None:
-        log(f"no checkpoint in {out}: starting from step 0")
+        written = saved_config(out)
+        if written is not None:  # stopped before its first checkpoint: the same config, from the start
+            check_resumable(config_from_dict(written), cfg)
+            log(f"no checkpoint in {out}: starting its config.json from step 0")
+        else:
+            log(f"no checkpoint in {out}: starting from step 0")
     else:
         saved = config_from_dict(raw["config"])
         check_resumable(saved, cfg)
@@ -114,10 +120,28 @@ def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelS
                  None if population is None else raw["population"]["status"])
         log(f"resumed from {raw['path']} at step {found[2]}")
     start = 0 if found is None else found[2]
+    if found is not None and start < cfg.steps and tested_at(out) is not None:
+        raise MismatchError(f"steps: expected {start} (the run's test split was scored at its end, step "
+                            f"{tested_at(out)}, and a test split is scored once), got {cfg.steps}: start a new run "
+                            "to train longer")
     dropped = trim_metrics(out / "metrics.jsonl", start) if writes else 0
     if dropped:
         log(f"dropped {dropped} metrics entries logged after step {start} (the resumed run logs them again)")
     return found
+
+
+def tested_at(out: Path) -> int | None:
+    """The step at which the run in ``out`` scored its test split (None: not yet)."""
+    path = Path(out) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if '"test_loss"' in line:
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return None
 
 
 def load_checkpoint(path, member: int | None = None) -> dict:
@@ -132,7 +156,8 @@ def load_checkpoint(path, member: int | None = None) -> dict:
     A population's checkpoint: with ``member=k``, member ``k``'s params and optax state shaped as
     its single run's, its own config (seed and values) and spec; without, the stacked params and
     state (leading member axis), and also ``members`` (their configs), ``population`` and
-    ``status``. ``member`` on a single run's checkpoint is a ``ValueError``.
+    ``status``. ``member`` on a single run's checkpoint is a ``ValueError``. Of a population's
+    ``best.msgpack``, member ``k``'s ``step`` is the step of its own best evaluation.
     """
     path = Path(path)
     if path.is_dir():
@@ -165,5 +190,9 @@ def load_checkpoint(path, member: int | None = None) -> dict:
     member_data = raw["population"].get("member_data")
     if member_data is not None:
         info = DataInfo.from_dict(member_data[member])
+    step = loaded["step"]
+    if raw.get("best") is not None:  # best.msgpack stacks each member's own best: its step is the member's
+        step = raw["population"]["status"][member].get("best_step") or step
     return {**loaded, "params": member_of(params, member), "opt_state": member_of(opt_state, member),
-            "config": members[member], "spec": run_spec(members[member], info), "member": member, "data": info}
+            "config": members[member], "spec": run_spec(members[member], info), "member": member, "data": info,
+            "step": step}

@@ -17,13 +17,46 @@ from perceptron1_jax.spec import ModelSpec, spec_to_dict
 from perceptron1_jax.training.config import TrainConfig
 from perceptron1_jax.training.state import RunState, WriteFailed
 
+RUN_FILES = ("config.json", "data.json", "population.json", "devices.json", "metrics.jsonl", "metrics.png",
+             "summary.json", checkpoint.BEST)
+"""What a run writes into its folder beside its ``ckpt_<step>.msgpack`` files (``overwrite`` removes
+these and nothing else)."""
 
-def check_out_dir(out) -> Path:
+
+def run_files(out: Path) -> list[str]:
+    """The names of a run's files in ``out`` (empty for a new or empty folder)."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name in RUN_FILES) + [p.name for p in
+                                                                           checkpoint.list_checkpoints(out)]
+
+
+def check_out_dir(out, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Create the run folder ``out`` and make sure a file can be written in it, before any training;
-    a ``ValueError`` naming the path otherwise."""
+    a ``ValueError`` naming the path otherwise.
+
+    One run per folder: a folder that holds another run is refused, unless the run continues it
+    (``resume``) or replaces it (``overwrite``: that run's files are removed first). ``resume``
+    needs a run to continue: a checkpoint or at least its ``config.json``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a folder for the run, got the file {out}")
+    held = run_files(out)
+    if resume:
+        if overwrite:
+            raise ValueError("overwrite: expected either resume (continue the run) or overwrite (replace it), got both")
+        if "config.json" not in held and not checkpoint.list_checkpoints(out):
+            raise ValueError(f"resume: expected a run folder holding a checkpoint or config.json, got {out} "
+                             f"({'no such folder' if not out.exists() else 'none there'}): nothing to resume "
+                             "(leave out --resume to start a new run)")
+    elif held and not overwrite:
+        raise ValueError(f"out: expected a folder without a run, got {out} holding one ({', '.join(held[:3])}"
+                         f"{', ...' if len(held) > 3 else ''}): continue it with --resume or replace it with "
+                         "--overwrite")
+    elif held:
+        for name in held:
+            (out / name).unlink(missing_ok=True)
+        checkpoint.remove_temporaries(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -35,6 +68,15 @@ def check_out_dir(out) -> Path:
     except OSError as err:
         raise ValueError(f"out: cannot write in the folder {out} ({err.strerror or err})") from err
     return out
+
+
+def saved_config(out: Path) -> dict | None:
+    """The ``config.json`` a run wrote in ``out`` (None without a readable one)."""
+    try:
+        values = json.loads((Path(out) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None
 
 
 def trim_metrics(path: Path, step: int) -> int:
@@ -74,6 +116,7 @@ class RunFolder:
         self._cfg, self._spec, self._info, self._key = cfg, spec, info, key
         self._population = population
         self._metrics = None
+        self._history: list = []
         self.best_loss = best_loss  # the evaluation loss of best.msgpack (a resumed run's: saved_best_loss)
 
     def write_description(self) -> None:
@@ -116,12 +159,27 @@ class RunFolder:
     def record(self, state: RunState, entry: dict) -> None:
         """Append ``entry`` to the run's history and, when writing, to ``metrics.jsonl`` (flushed)."""
         state.history.append(entry)
+        self._history = state.history
         if self._metrics is not None:
             try:
                 self._metrics.write(json.dumps(entry, allow_nan=False) + "\n")
                 self._metrics.flush()
             except OSError as err:
                 raise self.failed("cannot write metrics", err, state) from err
+
+    def logged(self, key: str) -> list[dict]:
+        """The entries of ``metrics.jsonl`` that hold ``key`` (a resumed run's earlier ones included)."""
+        if not self.writes or not (self.out / "metrics.jsonl").exists():
+            return [entry for entry in self._history if key in entry]
+        entries = []
+        for line in (self.out / "metrics.jsonl").read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and key in entry:
+                entries.append(entry)
+        return entries
 
     def save(self, state: RunState) -> None:
         """Checkpoint ``state`` (when writing); the write is atomic, so a failure leaves the previous one."""

@@ -38,7 +38,7 @@ from perceptron1_jax.training.ingredients import (
 )
 from perceptron1_jax.training.resume import load_checkpoint, resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir, saved_best_loss
-from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop
+from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop, stop_requested
 from perceptron1_jax.training.step import gradient_agreement, run_mesh, run_step
 
 
@@ -154,6 +154,12 @@ class Loop:
         if self.data.test is None:
             return
         state = self.state
+        scored = self.folder.logged("test_loss")
+        if scored:  # a finished run resumed: its test split was scored once, and stays so
+            state.test = scored[-1]
+            self.say(f"test split already scored by the checkpoint of step {state.test['test_checkpoint_step']}: "
+                     f"{describe_test(state.test, state.info)}")
+            return
         step, params = self.best_params()
         scores = evaluate_split(params, self.data.test, state.spec)
         entry = {"step": state.step, "test_loss": json_scalar(scores["loss"]), "test_checkpoint_step": step}
@@ -181,8 +187,8 @@ class Loop:
         self.folder.close()
 
 
-def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, check_grads: bool, params, data, mesh
-               ) -> Loop:
+def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, check_grads: bool, params, data, mesh,
+               overwrite: bool = False) -> Loop:
     """Everything :func:`train` checks and builds before its first step, in this order: the
     config, the folder, the data, the model, the devices, the parameters (or the checkpoint
     resumed), the step function; an error here stops the run before it trains."""
@@ -192,7 +198,7 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
     writes = out is not None and jax.process_index() == 0  # only process 0 logs and writes to out
     if jax.process_index() != 0:
         log, progress = (lambda message: None), False
-    out = check_out_dir(out) if writes else None if out is None else Path(out)
+    out = check_out_dir(out, resume=resume, overwrite=overwrite) if writes else None if out is None else Path(out)
     data = run_data(cfg) if data is None else on_device(data, jnp.dtype(cfg.dtype))
     spec = check_run(cfg, data)
     default_mesh = mesh is None
@@ -202,8 +208,7 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
             "predict (the backward direction sees step t+1): accuracy will not mean prediction")
     key, _, _, _, k_shuffle = run_keys(cfg)
     params = initial_params(cfg, spec, params)
-    if default_mesh:  # the default devices, measured (devices.json) on host CPU devices
-        mesh = choose_devices(cfg, spec, data, params, mesh, out, resume=resume, log=log)
+    mesh = choose_devices(cfg, spec, mesh, out if writes else None, resume=resume, given=not default_mesh)
     optimizer, step_fn = run_step(cfg, spec, mesh)
     state = RunState(params, optimizer.init(params), 0, info=data.info, spec=spec, chance=chance(data))
     found = resume_from(out, cfg, data.info, spec, writes=writes, log=log) if resume else None
@@ -213,7 +218,7 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
                        last_saved=None if found is None else state.step,
                        best_loss=saved_best_loss(out) if found is not None and writes else None)
     folder.write_description()
-    if check_grads and state.step == 0:
+    if check_grads and state.step == 0 and not stop_requested():  # a signal in start-up: straight to its stop
         batch = get_batch(data.train, k_shuffle, 0, cfg.batch_size)
         log(f"explicit BPTT vs jax.grad on the first batch: max relative difference "
             f"{gradient_agreement(cfg, state.params, batch, spec):.1e} ({cfg.dtype})")

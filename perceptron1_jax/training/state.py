@@ -98,11 +98,25 @@ class WriteFailed(TrainingStopped):
     """A checkpoint or metrics write failed mid-run (a full disk): the previous checkpoint is intact."""
 
 
+_LISTENING: list[dict] = []  # the requests of the stop_requests blocks open now (outermost first)
+
+
+def stop_requested() -> bool:
+    """Whether a SIGTERM/SIGINT has arrived during the open :func:`stop_requests` block."""
+    return bool(_LISTENING) and _LISTENING[0]["signal"] is not None
+
+
 @contextlib.contextmanager
 def stop_requests():
     """``{"signal": None}``, set to SIGTERM/SIGINT's number when one arrives during the block
     (handlers installed only in the main thread, and not for a signal the process ignores, as
-    ``nohup`` makes it; the previous ones restored after)."""
+    ``nohup`` makes it; the previous ones restored after). The handlers only record the signal,
+    so it never interrupts a compile or a write; the training loop acts on it at its next step.
+    A block inside another (the command line listens from its start, :func:`train` inside it)
+    shares the outer block's request."""
+    if _LISTENING:
+        yield _LISTENING[0]
+        return
     request = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -113,8 +127,10 @@ def stop_requests():
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)
                 if signal.getsignal(sig) is not signal.SIG_IGN}
+    _LISTENING.append(request)
     try:
         yield request
     finally:
+        _LISTENING.pop()
         for sig, old in previous.items():
             signal.signal(sig, old)
