@@ -376,8 +376,6 @@ def check_run(cfg: TrainConfig, data: Data) -> ModelSpec:
     if not info.classifier and cfg.target_accuracy:
         raise ValueError(f"target_accuracy: applies to classifiers only, got {cfg.target_accuracy} for the "
                          f"regression data {info.source}")
-    if cfg.standardize and info.vocab_size is not None:
-        raise ValueError(f"standardize: expected float inputs to standardize, got token ids in {info.source}")
     if cfg.tbptt_k1 is not None:
         if info.vocab_size is not None or data.train.lengths is not None:
             raise ValueError("tbptt_k1: truncated BPTT supports float inputs without lengths, got "

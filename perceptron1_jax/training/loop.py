@@ -33,17 +33,13 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
     uninterrupted run (a folder holding only a run's ``config.json``, stopped before its first
     checkpoint, starts that run from step 0). ``out`` holds one run: a folder that holds another
     is refused unless ``resume`` continues it or ``overwrite`` replaces it. Stops early at the
-    eval accuracy ``cfg.target`` (classifiers). A float64 ``cfg`` needs JAX's 64-bit mode on
-    (refused otherwise: it is never switched on here).
+    eval accuracy ``cfg.target`` (classifiers). float64 needs JAX's 64-bit mode on.
 
     Faults: a non-finite step is not applied; ``cfg.max_nonfinite`` in a row raise
-    :class:`NonFiniteStop`; SIGTERM/SIGINT checkpoint the step and raise :class:`SignalStop`; a
-    failed write raises :class:`WriteFailed`; an unwritable ``out`` is a ``ValueError`` before
-    training. The signal handlers are in place from the start: a signal during start-up (the
-    gradient check included) skips what is left of it and stops at step 0, checkpointed.
-    Devices: each step splits the batch over ``mesh`` (default: the fixed size rule of
-    :func:`~perceptron1_jax.training.step.run_mesh`, recorded in ``out/devices.json``); only
-    process 0 logs and writes. Details: ``docs/training.md``.
+    :class:`NonFiniteStop`; SIGTERM/SIGINT (in start-up: at step 0) checkpoint the step and raise
+    :class:`SignalStop`; a failed write raises :class:`WriteFailed`; an unwritable ``out`` is a
+    ``ValueError``. Devices: each step splits the batch over ``mesh`` (default: ``run_mesh``'s fixed
+    rule, in ``devices.json``); only process 0 logs and writes. Details: ``docs/training.md``.
 
     ``population`` (a :class:`~perceptron1_jax.training.population.Population`): train its
     members, each exactly as its own single run, as one program (one process; members split over

@@ -18,7 +18,8 @@ BASE = p1.TrainConfig(task="adding", cell="lstm", hidden=6, seq_len=8, batch_siz
                       dtype="float64")
 CASES = {
     "2 seeds x 2 learning rates": (BASE, p1.Population(seeds=2, lr=(1e-2, 3e-2))),
-    "layered, dropout": (dataclasses.replace(BASE, hidden=32, layers="lstm:6,gru:5", dropout=0.25, optimizer="sgd", lr=0.1),
+    "layered, dropout": (dataclasses.replace(BASE, hidden=32, layers="lstm:6,gru:5", dropout=0.25, optimizer="sgd",
+                                             lr=0.1),
                          p1.Population(seeds=2, dropout=(0.0, 0.25), momentum=(0.0, 0.9))),
     "truncated": (dataclasses.replace(BASE, cell="gru", tbptt_k1=8, tbptt_k2=3, clip=1.0),
                   p1.Population(seeds=2, clip=(0.5, 1.0), weight_decay=(0.0, 0.01))),
