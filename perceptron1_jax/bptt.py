@@ -49,7 +49,7 @@ from perceptron1_jax.model import (
     spec_of_params,
 )
 from perceptron1_jax.parallel import check_mesh, data_parallel
-from perceptron1_jax.scan import WINDOW, check_window, public_carry, time_mask, zero_carry
+from perceptron1_jax.scan import WINDOW, check_window, public_carry, time_mask, zero_carry, zero_padding
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.wavefront import stack_backward, wave_groups
 
@@ -109,6 +109,9 @@ def explicit_model(params, xs, targets, spec: ModelSpec, lengths=None, dropout_k
     grads = {"layers": layer_grads, "head": head_grads}
     if spec.tokens:
         grads["embed"] = embed_backward(params["embed"], xs, jnp.swapaxes(dxs_tm, 0, 1))
+    # Weight gradients add up over time in at least float32 (scan.accumulation_dtype); each comes
+    # back in its parameter's dtype, so ``params - lr * grads`` keeps a half-precision model's dtype.
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     return loss, grads, ModelBackward(fw, doutputs, tuple(backs), dxs_tm)
 
 
@@ -364,9 +367,10 @@ def _unroll_explicit(cell_name, cell_params, xs, lengths, carry0):
 
 
 def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0):
-    xs_tm = jnp.swapaxes(xs, 0, 1)
-    hs_tm, final, tape = direction_forward(CELLS[cell_name], cell_params, xs_tm, carry0,
-                                           time_mask(lengths, xs.shape[1]), lengths, reverse=False, save=True)
+    mask_tm = time_mask(lengths, xs.shape[1])
+    xs_tm = zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm)
+    hs_tm, final, tape = direction_forward(CELLS[cell_name], cell_params, xs_tm, carry0, mask_tm, lengths,
+                                           reverse=False, save=True)
     return (jnp.swapaxes(hs_tm, 0, 1), final), (cell_params, lengths, tape)
 
 

@@ -54,7 +54,8 @@ def custom_cell(name: str, param_shapes: Callable, init: Callable, step: Callabl
         raise TypeError(f"cell {name!r}: linear: expected a function or None, got {type(linear).__name__}")
     if linear is not None and carry_size != 1:
         raise ValueError(f"cell {name!r}: linear: expected carry_size 1 (h' = a * h + b), got {carry_size}")
-    cell = Cell(name=name, num_gates=1, carry_size=carry_size, input_bias="", param_shapes=param_shapes, init=init,
+    cell = Cell(name=name, num_gates=1, carry_size=carry_size, input_bias="", param_shapes=_tuple_shapes(param_shapes),
+                init=init,
                 step=_library_step(step), backward_step=_library_backward(step, backward),
                 param_grads=_summed_param_grads, full_dzh=_no_dzh, projects=False,
                 linear=None if linear is None else (lambda params, x: tuple(linear(params, x))))
@@ -62,6 +63,22 @@ def custom_cell(name: str, param_shapes: Callable, init: Callable, step: Callabl
     if linear is not None:
         check_linear(cell, step)
     return cell
+
+
+def _tuple_shapes(param_shapes: Callable) -> Callable:
+    """``param_shapes`` whose shapes are tuples of ints, as every check compares them (a user's
+    lists, ``[3, 4]``, would later fail against the arrays' ``(3, 4)``); anything else is passed on
+    for :func:`check_cell` to name."""
+
+    def shapes(input_size, hidden_size):
+        found = param_shapes(input_size, hidden_size)
+        if not isinstance(found, dict):
+            return found
+        return {k: tuple(int(d) for d in v) if isinstance(v, (list, tuple)) and
+                all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in v) else v
+                for k, v in found.items()}
+
+    return shapes
 
 
 def register_cell(cell: Cell) -> Cell:
@@ -118,8 +135,9 @@ def check_cell(cell: Cell, step: Callable, backward: Callable | None) -> None:
     if not isinstance(shapes, dict) or not shapes:
         raise ValueError(f"cell {cell.name!r}: param_shapes: expected a dict of names to shapes, got {shapes!r}")
     params = {k: jax.ShapeDtypeStruct(tuple(v), dtype) for k, v in shapes.items()}
-    made = jax.eval_shape(lambda k: cell.init(k, inputs, hidden, dtype), jax.random.key(0))
-    _same(cell, "init", "params", made, params)
+    for probe in (dtype, jnp.float16):  # a second dtype: an init that ignores its dtype argument is named here
+        made = jax.eval_shape(lambda k, d=probe: cell.init(k, inputs, hidden, d), jax.random.key(0))
+        _same(cell, "init", "params", made, {k: jax.ShapeDtypeStruct(v.shape, probe) for k, v in params.items()})
     carry = tuple(jax.ShapeDtypeStruct((batch, hidden), dtype) for _ in range(cell.carry_size))
     x = jax.ShapeDtypeStruct((batch, inputs), dtype)
     new = jax.eval_shape(step, params, carry, x)

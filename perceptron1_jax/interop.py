@@ -92,9 +92,14 @@ def from_flax(cell: str, flax_params: dict) -> dict:
 # --------------------------------------------------------------------------- PyTorch
 
 def _numpy(value):
-    """A NumPy array from a NumPy array or a (CPU) torch tensor, without importing torch."""
+    """A NumPy array from a NumPy array or a (CPU) torch tensor, without importing torch. A
+    bfloat16 tensor (which ``.numpy()`` refuses) comes out as NumPy bfloat16 (``ml_dtypes``), by way
+    of float32: the widening and the narrowing are both exact."""
     if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            return value.float().numpy().astype(jnp.bfloat16)
+        value = value.numpy()
     return np.asarray(value)
 
 
@@ -142,7 +147,7 @@ def from_torch(state_dict, spec: ModelSpec, *, rnn: str = "rnn", embedding: str 
         value = _numpy(state_dict[key])
         if value.shape != shape:
             raise ValueError(f"state_dict[{key!r}]: expected shape {shape}, got {value.shape}")
-        if not np.issubdtype(value.dtype, np.floating):
+        if not jnp.issubdtype(value.dtype, jnp.floating):  # NumPy's own test misses ml_dtypes' bfloat16
             raise TypeError(f"state_dict[{key!r}]: expected floats, got dtype {value.dtype}")
         arrays[key] = value
     params = {"layers": [{d: {} for d in layer.directions} for layer in spec.layers], "head": {}}
@@ -172,12 +177,14 @@ def to_torch(params, spec: ModelSpec, *, rnn: str = "rnn", embedding: str = "emb
     load with ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``).
 
     Elman and LSTM: ``bias_ih = b`` and ``bias_hh = 0`` (only their sum matters), so
-    ``from_torch(to_torch(params))`` gives ``params`` back exactly.
+    ``from_torch(to_torch(params))`` gives ``params`` back exactly. bfloat16 params come out as
+    float32 arrays (``torch.from_numpy`` takes no bfloat16; the widening is exact, and
+    ``.to(torch.bfloat16)`` or ``from_torch`` with bfloat16 tensors gives the same values back).
     """
     spec = validate.check_spec(spec)
     _check_interop_spec(spec, "PyTorch")
     validate.check_model_params(params, spec)
-    params = jax.tree.map(np.array, params)  # writable NumPy copies
+    params = jax.tree.map(lambda a: np.array(a, np.float32 if a.dtype == jnp.bfloat16 else a.dtype), params)
     out = {}
     for key, (path, _) in _torch_keys(spec, rnn, embedding, head).items():
         if path[0] == "embed":

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceptron1_jax.cells import Carry, Cell, Params
-from perceptron1_jax.scan import WINDOW, Backward, backward_scan, scan_forward
+from perceptron1_jax.scan import WINDOW, Backward, backward_scan, scan_forward, zero_grads
 
 Array = jax.Array
 
@@ -87,7 +87,7 @@ def lean_backward(cell: Cell, cell_params: Params, tape: LeanTape, dhs_out_tm: A
                              keep_dhs=keep_dhs, window=window)
         return (back.dcarry0, jax.tree.map(jnp.add, grads, back.grads)), (back.dxs_tm, back.dhs_tm)
 
-    zeros = jax.tree.map(jnp.zeros_like, cell_params)
+    zeros = zero_grads(cell_params)  # the segments' weight gradients add up as backward_scan's do
     (dcarry0, grads), (dxs, dhs) = lax.scan(
         body, (final_dcarry, zeros), (tape.starts, tape.seg_xs, tape.seg_valid, seg_dhs), reverse=True
     )

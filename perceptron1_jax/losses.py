@@ -20,11 +20,14 @@ Array = jax.Array
 
 
 def _weights(labels: Array, mask: Array | None, dtype) -> Array:
-    """Per-position weight ``mask / count`` (or ``1 / count``), so the loss is a weighted sum."""
+    """Per-position weight ``mask / count`` (or ``1 / count``), so the loss is a weighted sum. The
+    count is an integer and the division runs in at least float32: in float16 a sum past 65,504
+    valid positions would overflow to inf and zero every weight."""
     if mask is None:
         return jnp.full(labels.shape, 1.0 / labels.size, dtype)
-    mask = mask.astype(dtype)
-    return mask / jnp.sum(mask)
+    wide = dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+    count = jnp.sum(mask, dtype=jnp.int32).astype(wide)
+    return (mask.astype(wide) / count).astype(dtype)
 
 
 def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:

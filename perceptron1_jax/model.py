@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import dropout_mask, dropout_parts, embed_forward, head_forward, recurrent_forward
-from perceptron1_jax.scan import time_mask
+from perceptron1_jax.scan import time_mask, zero_padding
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 from perceptron1_jax.wavefront import stack_forward, wave_groups
 
@@ -88,8 +88,10 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
     """
     dtype = params["head"]["W"].dtype
     inputs = embed_forward(params["embed"], xs) if spec.tokens else xs
+    mask_tm = time_mask(lengths, inputs.shape[1])
     x_tm = jnp.swapaxes(inputs, 0, 1)
-    mask_tm = time_mask(lengths, x_tm.shape[0])
+    if not spec.tokens:  # float inputs may hold anything past the lengths (token ids look up finite rows)
+        x_tm = zero_padding(x_tm, mask_tm)
     dropout_key, rate = dropout_parts(dropout_key, spec.dropout)
     drop = dropout_key is not None and (not isinstance(rate, (int, float)) or rate > 0)
     keys = jax.random.split(dropout_key, len(spec.layers)) if drop else None

@@ -52,10 +52,18 @@ slower (up to 15%) and kept more memory.
 
 
 def time_mask(lengths: Array | None, time: int) -> Array | None:
-    """``(time, batch)`` bool, True where step ``t`` is valid (``t < lengths[b]``); None if no lengths."""
+    """``(time, batch)`` bool, True where step ``t`` is valid (``t < lengths[b]``); None if no lengths.
+    Steps are counted in int32 whatever the lengths' dtype (an int8 ``arange`` past 127 wraps)."""
     if lengths is None:
         return None
-    return jnp.arange(time, dtype=lengths.dtype)[:, None] < lengths[None, :]
+    return jnp.arange(time, dtype=jnp.int32)[:, None] < lengths.astype(jnp.int32)[None, :]
+
+
+def zero_padding(x_tm: Array, mask_tm: Array | None) -> Array:
+    """``x_tm: (time, batch, features)`` with the steps past each sequence's length set to 0, so
+    nothing there (NaN or inf included) reaches a gradient: the backward multiplies the inputs by
+    zero cotangents on those steps, and ``0 * NaN`` is NaN."""
+    return x_tm if mask_tm is None else jnp.where(mask_tm[..., None], x_tm, jnp.zeros((), x_tm.dtype))
 
 
 def zero_carry(cell: Cell, batch: int, hidden: int, dtype) -> Carry:
@@ -74,7 +82,7 @@ def reverse_in_time(a_tm: Array, lengths: Array | None) -> Array:
     if lengths is None:
         return a_tm[::-1]
     time = a_tm.shape[0]
-    steps = jnp.arange(time, dtype=lengths.dtype)[:, None]
+    steps, lengths = jnp.arange(time, dtype=jnp.int32)[:, None], lengths.astype(jnp.int32)
     index = jnp.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)  # (T, B)
     index = index.reshape(index.shape + (1,) * (a_tm.ndim - 2))
     return jnp.take_along_axis(a_tm, index, axis=0)

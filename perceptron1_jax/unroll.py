@@ -22,6 +22,7 @@ from perceptron1_jax.scan import (  # the unroll's input-projection branch, by t
     set_hoist_input_projection,  # noqa: F401
     time_mask,
     zero_carry,
+    zero_padding,
 )
 
 
@@ -31,8 +32,9 @@ def _unroll(cell_name: str, cell_params, xs, lengths, carry0):
     batch, time, _ = xs.shape
     if carry0 is None:
         carry0 = zero_carry(cell, batch, hidden_size_of(cell, cell_params), xs.dtype)
-    hs_tm, final, _ = direction_forward(cell, cell_params, jnp.swapaxes(xs, 0, 1), carry0, time_mask(lengths, time),
-                                        lengths, reverse=False, save=False)
+    mask_tm = time_mask(lengths, time)
+    hs_tm, final, _ = direction_forward(cell, cell_params, zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm), carry0,
+                                        mask_tm, lengths, reverse=False, save=False)
     return jnp.swapaxes(hs_tm, 0, 1), final
 
 

@@ -217,7 +217,7 @@ def check_lengths(lengths: Any, batch: int, time: int) -> Any:
         low, high = int(values.min()), int(values.max())
         if low < 1 or high > time:
             raise ValueError(f"lengths: expected values in [1, {time}], got values in [{low}, {high}]")
-    return lengths
+    return lengths.astype(jnp.int32)  # int8/uint8 lengths would wrap where steps are counted
 
 
 def check_h0(h0: Any, cell: Cell, batch: int, sizes: Sizes) -> tuple | None:

@@ -26,9 +26,10 @@ def diag_shapes(input_size, hidden_size):
 
 def diag_init(key, input_size, hidden_size, dtype):
     k_a, k_b = jax.random.split(key)
-    return {"W_a": jax.random.normal(k_a, (input_size, hidden_size), dtype) / np.sqrt(input_size),
+    scale = 1.0 / float(np.sqrt(input_size))  # a Python float: the arrays keep the dtype asked for
+    return {"W_a": jax.random.normal(k_a, (input_size, hidden_size), dtype) * scale,
             "b_a": jnp.ones((hidden_size,), dtype),
-            "W_b": jax.random.normal(k_b, (input_size, hidden_size), dtype) / np.sqrt(input_size)}
+            "W_b": jax.random.normal(k_b, (input_size, hidden_size), dtype) * scale}
 
 
 def diag_linear(params, x):
