@@ -123,7 +123,7 @@ def user_tanh_cell(name):
 
     p1.register_cell(p1.custom_cell(
         name, lambda i, h: {"W": (i, h), "U": (h, h), "b": (h,)},
-        lambda key, i, h, dtype: {"W": jax.random.normal(key, (i, h), dtype) / np.sqrt(i),
+        lambda key, i, h, dtype: {"W": jax.random.normal(key, (i, h), dtype) * (1.0 / float(np.sqrt(i))),
                                   "U": jnp.eye(h, dtype=dtype) * 0.5, "b": jnp.ones((h,), dtype)},
         step))
     try:
