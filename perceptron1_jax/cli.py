@@ -1,9 +1,10 @@
 """The ``perceptron1`` command: ``train``, ``eval``, ``generate``, ``predict``, ``gradcheck``,
 ``gradflow`` and ``bench``.
 
-Run as a command (``perceptron1`` or ``python -m perceptron1_jax``) it re-executes itself once under
-:data:`perceptron1_jax.bench.ALLOCATOR_ENV` and with one host CPU device per core unless
-``XLA_FLAGS`` sets a count (set ``PERCEPTRON1_NO_REEXEC=1`` to skip that).
+Run as a command (``perceptron1`` or ``python -m perceptron1_jax``) it puts itself under
+:data:`perceptron1_jax.bench.ALLOCATOR_ENV` (with glibc's ``mallopt``, in the running process; by
+re-executing itself where that cannot be done) and gives itself one host CPU device per core unless
+``XLA_FLAGS`` sets a count (set ``PERCEPTRON1_NO_REEXEC=1`` to skip both).
 
 Option precedence for ``train``: the defaults of :class:`TrainConfig`, then (with ``--resume``) the
 config saved in the run's checkpoint, then ``--config file.toml``, then the options on the command
@@ -177,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     from perceptron1_jax.tasks import TASKS
 
     parser = _Parser(prog="perceptron1", description="Recurrent networks trained with explicit BPTT (JAX).")
+    parser.add_argument("--compile-cache", metavar="DIR|off", help="keep XLA's compiled programs in DIR between "
+                        "runs (a second start of the same model skips compiling), or off (default: "
+                        "$PERCEPTRON1_COMPILE_CACHE, else $JAX_COMPILATION_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/perceptron1_jax/xla, ~/.cache/... without it)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     task_list = "; ".join(f"{t.name}: {t.description}" for t in TASKS.values())
@@ -879,6 +884,9 @@ def main(argv=None) -> int:
         commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "predict": cmd_predict,
                     "gradcheck": cmd_gradcheck, "gradflow": cmd_gradflow, "bench": cmd_bench}
         command = commands[args.command]
+        from perceptron1_jax.compile_cache import cache_folder, use_cache
+
+        use_cache(cache_folder(args.compile_cache), warn=lambda m: print(f"perceptron1: warning: {m}", file=sys.stderr))
         if args.command != "train":
             return command(args)
         from perceptron1_jax.training.state import stop_requests
@@ -904,7 +912,7 @@ def entry() -> None:
     core (:func:`perceptron1_jax.parallel.host_device_env`), then :func:`main`."""
     from perceptron1_jax.bench import reexec_with_allocator_env
 
-    reexec_with_allocator_env(["-m", "perceptron1_jax", *sys.argv[1:]], host_devices=True)
+    reexec_with_allocator_env(["-m", "perceptron1_jax", *sys.argv[1:]], host_devices=True, in_process=True)
     sys.exit(main())
 
 

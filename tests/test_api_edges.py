@@ -13,8 +13,8 @@ from helpers import assert_trees_close, random_model, random_problem
 
 import perceptron1_jax as p1
 from perceptron1_jax import losses
-from perceptron1_jax.interop import from_torch, to_torch
 from perceptron1_jax.cells import CELLS
+from perceptron1_jax.interop import from_torch, to_torch
 
 
 def _cast(tree, dtype):
