@@ -153,7 +153,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             optional = kind is not hints[f.name]  # bool | None: --name / --no-name, unset by default
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
-                                action=argparse.BooleanOptionalAction if optional else "store_true",
+                                action=argparse.BooleanOptionalAction,  # --name / --no-name: either beats a file
                                 help=_HELP[f.name] if optional else f"{_HELP[f.name]} (default: {default})")
             continue
         many = typing.get_origin(kind) is tuple
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     from perceptron1_jax.tasks import TASKS
 
     parser = _Parser(prog="perceptron1", description="Recurrent networks trained with explicit BPTT (JAX).")
+    parser.add_argument("--version", action="version", version=f"perceptron1 {_version()}")
     parser.add_argument("--compile-cache", metavar="DIR|off", help="keep XLA's compiled programs in DIR between "
                         "runs (a second start of the same model skips compiling), or off (default: "
                         "$PERCEPTRON1_COMPILE_CACHE, else $JAX_COMPILATION_CACHE_DIR, else "
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint (a run stopped before its first checkpoint: its config.json from step 0)")
     train.add_argument("--overwrite", action="store_true", help="replace the run that --out holds (its files are "
                        "removed first); without it, a folder holding another run is refused")
+    train.add_argument("--print-config", action="store_true", help="print the effective configuration (defaults, "
+                       "the run resumed, --config, these options) as TOML that --config loads, and exit")
     train.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     train.add_argument("--no-gradcheck", action="store_true", help="skip the explicit-vs-jax.grad check at step 0")
     scale = train.add_argument_group(
@@ -339,7 +342,8 @@ def _train_config(args) -> tuple[TrainConfig, Population | None]:
                 raise UsageError(f"--resume: expected a run folder holding a checkpoint or config.json, got "
                                  f"{args.out} ({'no such folder' if not args.out.exists() else 'none there'}): "
                                  "nothing to resume (leave out --resume to start a new run)")
-            print(f"perceptron1 train: no checkpoint in {args.out}: starting its config.json from step 0")
+            if not args.print_config:
+                print(f"perceptron1 train: no checkpoint in {args.out}: starting its config.json from step 0")
         values.update(saved)
     if args.config is not None:
         from_file = _read_toml(args.config)
@@ -374,6 +378,38 @@ def _train_config(args) -> tuple[TrainConfig, Population | None]:
             message = f"--{name.replace('_', '-')}:{rest}"
         raise UsageError(message) from err
     return cfg, population
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("perceptron1_jax")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
+        return "(not installed)"
+
+
+def config_toml(cfg: TrainConfig, population: Population | None) -> str:
+    """``cfg`` (and a population's lists and seeds) as TOML that ``--config`` loads back to the same
+    run: one key per field that is set (None is a field's default, and TOML has no null)."""
+    import json
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v) if isinstance(v, str) else repr(v)
+
+    values = dataclasses.asdict(cfg)
+    if cfg.task is None:
+        values.pop("task")  # data or classes replace the task
+    if cfg.layers is not None:
+        values.pop("cell"), values.pop("hidden")  # layers names every layer's cell and size
+    if population is not None:
+        values.update({k: list(v) for k, v in population.to_dict().items() if k != "seeds" and v is not None})
+        values["seeds"] = population.seeds
+    return "".join(f"{k} = {value(v)}\n" for k, v in values.items() if v is not None)
 
 
 def _check_conflicts(options: dict, where: str) -> None:
@@ -484,6 +520,9 @@ def cmd_train(args) -> int:
 
     _start_processes(args)
     cfg, population = _train_config(args)
+    if args.print_config:
+        print(config_toml(cfg, population), end="")
+        return 0
     if population is not None:
         return _train_population(args, cfg, population)
     out = _out_folder(args, cfg)

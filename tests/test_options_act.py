@@ -194,6 +194,7 @@ OTHER_OPTIONS = {
     "--out": "test_cli_trust.py::test_one_run_per_folder",
     "--resume": "test_cli_trust.py::test_one_run_per_folder",
     "--overwrite": "test_cli_trust.py::test_one_run_per_folder",
+    "--print-config": "test_cli_conventions.py::test_print_config_round_trips_through_config",
     "--no-progress": "test_options_act.py::test_the_command_line_options_that_print",
     "--no-gradcheck": "test_options_act.py::test_the_command_line_options_that_print",
     "--devices": "test_cli_trust.py::test_the_same_command_twice_gives_the_same_run_above_500_steps_and_resumed",
