@@ -216,14 +216,8 @@ def check_precision(cfg: TrainConfig) -> None:
                          "jax.config.update('jax_enable_x64', True) before building anything (or set JAX_ENABLE_X64=1)")
 
 
-_DEFAULTS = None
-
-
 def _default(name: str):
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        _DEFAULTS = TrainConfig()
-    return getattr(_DEFAULTS, name)
+    return TrainConfig.__dataclass_fields__[name].default
 
 
 def _check_inert(cfg: TrainConfig) -> None:

@@ -4,7 +4,6 @@ checks that it is the same run on the same data), and :func:`load_checkpoint` fo
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from perceptron1_jax.training.config import RESUMABLE_CHANGES, TrainConfig, conf
 from perceptron1_jax.training.ingredients import init_run_params, run_keys, run_optimizer
 from perceptron1_jax.training.population import Population, check_population
 from perceptron1_jax.training.population_step import init_optimizer_states, member_of
-from perceptron1_jax.training.run_folder import saved_config, trim_metrics
+from perceptron1_jax.training.run_folder import logged_entries, saved_config, trim_metrics
 
 
 class MismatchError(ValueError):
@@ -132,16 +131,8 @@ def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelS
 
 def tested_at(out: Path) -> int | None:
     """The step at which the run in ``out`` scored its test split (None: not yet)."""
-    path = Path(out) / "metrics.jsonl"
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        if '"test_loss"' in line:
-            try:
-                return int(json.loads(line)["step"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return None
+    scored = logged_entries(out, "test_loss")
+    return int(scored[0]["step"]) if scored else None
 
 
 def load_checkpoint(path, member: int | None = None) -> dict:

@@ -70,6 +70,20 @@ def check_out_dir(out, *, resume: bool = False, overwrite: bool = False) -> Path
     return out
 
 
+def logged_entries(out: Path, key: str) -> list[dict]:
+    """The entries of ``out/metrics.jsonl`` that hold ``key`` (none without the file; torn lines skipped)."""
+    path = Path(out) / "metrics.jsonl"
+    entries = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and key in entry:
+            entries.append(entry)
+    return entries
+
+
 def saved_config(out: Path) -> dict | None:
     """The ``config.json`` a run wrote in ``out`` (None without a readable one)."""
     try:
@@ -171,15 +185,7 @@ class RunFolder:
         """The entries of ``metrics.jsonl`` that hold ``key`` (a resumed run's earlier ones included)."""
         if not self.writes or not (self.out / "metrics.jsonl").exists():
             return [entry for entry in self._history if key in entry]
-        entries = []
-        for line in (self.out / "metrics.jsonl").read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and key in entry:
-                entries.append(entry)
-        return entries
+        return logged_entries(self.out, key)
 
     def save(self, state: RunState) -> None:
         """Checkpoint ``state`` (when writing); the write is atomic, so a failure leaves the previous one."""
