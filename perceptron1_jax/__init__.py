@@ -38,7 +38,7 @@ from perceptron1_jax.diagnostics import model_gradient_flow
 from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.generate import generate
 from perceptron1_jax.layers import set_fused_directions
-from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, predict
+from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, model_step, predict
 from perceptron1_jax.optim import make_optimizer
 from perceptron1_jax.parallel import initialize_distributed, make_mesh, use_cpu_devices
 from perceptron1_jax.prediction import predict_examples
@@ -51,7 +51,7 @@ from perceptron1_jax.train import train
 from perceptron1_jax.training.population import Population
 from perceptron1_jax.wavefront import set_wavefront
 from perceptron1_jax.truncated import run_windows
-from perceptron1_jax.unroll import unroll
+from perceptron1_jax.unroll import step, unroll
 
 __version__ = "0.1.0"
 
@@ -89,6 +89,7 @@ __all__ = (
     "model_gradient_flow",
     "model_loss",
     "model_loss_explicit",
+    "model_step",
     "predict",
     "predict_examples",
     "register_cell",
@@ -97,6 +98,7 @@ __all__ = (
     "set_hoist_input_projection",
     "set_spectral_radius",
     "set_wavefront",
+    "step",
     "train",
     "unroll",
     "unroll_bptt",

@@ -19,7 +19,8 @@ all steps at once; the weight gradients are one product over all ``T * B`` rows
 (``cell.param_grads``) and ``dL/dX = dZx W_x^T``; ``dL/dh_{-1} = a_0 * dL/dh_0``.
 
 Lengths: a padded step is ``a = 1, b = 0`` (the state is held; its gradient passes straight to the
-step before) and contributes nothing to the weights. Both directions: the reverse direction reads
+step before) and contributes nothing to the weights. Resets: a step that starts a new segment has
+``a = 0`` (it reads the zero carry), so no gradient crosses it. Both directions: the reverse direction reads
 its inputs flipped (:func:`perceptron1_jax.scan.reverse_in_time`), as the sequential path does.
 
 Memory: every step's ``a``, carry and residuals are kept (there is no lean mode here). Depth
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceptron1_jax.cells import Carry, Cell, Params, project_inputs
-from perceptron1_jax.scan import Backward, accumulation_dtype, input_weights_t, kept_dz
+from perceptron1_jax.scan import Backward, accumulation_dtype, input_weights_t, kept_dz, reset_rows
 
 Array = jax.Array
 
@@ -48,7 +49,8 @@ class AssociativeTape(NamedTuple):
     carries_in: Carry  # ((T, B, H),): h entering each step
     final: Carry  # ((B, H),): h after the last step
     residuals: object  # the cell's per-step residuals, stacked over time
-    a: Array  # (T, B, H) the recurrence coefficients (1 on padded steps)
+    a: Array  # (T, B, H) the recurrence coefficients (1 on padded steps, 0 on reset steps)
+    resets_tm: Array | None = None  # (T, B) bool: the steps that read the zero carry, or None
 
 
 def _compose(earlier, later):
@@ -58,35 +60,36 @@ def _compose(earlier, later):
     return a_1 * a_2, a_2 * b_1 + b_2
 
 
-def coefficients(cell: Cell, cell_params: Params, xs_tm: Array, mask_tm: Array | None) -> tuple[Array, Array, Array]:
+def coefficients(cell: Cell, cell_params: Params, xs_tm: Array, mask_tm: Array | None,
+                 resets_tm: Array | None = None) -> tuple[Array, Array, Array]:
     """``(zx, a, b)`` of every step: ``zx: (T, B, G*H)`` the cell's step input, ``a, b: (T, B, H)``
-    (``a = 1, b = 0`` on padded steps)."""
+    (``a = 1, b = 0`` on padded steps; ``a = 0`` on reset steps, which forget the carry)."""
     zx = project_inputs(cell, cell_params, xs_tm)
     a, b = jax.vmap(lambda z: tuple(cell.linear(cell_params, z)))(zx)
     if mask_tm is not None:
         valid = mask_tm[..., None]
         a, b = jnp.where(valid, a, 1.0).astype(a.dtype), jnp.where(valid, b, 0.0).astype(b.dtype)
-    return zx, a, b
+    return zx, reset_rows(a, resets_tm), b
 
 
-def associative_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None, *,
-                        save: bool) -> tuple[Array, Carry, AssociativeTape | None]:
+def associative_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
+                        resets_tm: Array | None = None, *, save: bool) -> tuple[Array, Carry, AssociativeTape | None]:
     """``h_t`` of every step of ``xs_tm: (T, B, I)`` from ``carry0 = (h_{-1},)``.
 
     Returns ``(hs_tm, final, tape)``: ``hs_tm: (T, B, H)`` the state after each step, ``final``
     the carry after the last step, ``tape`` what :func:`associative_backward` needs (None unless
-    ``save``).
+    ``save``). ``resets_tm: (T, B)`` bool or None: the steps that start from the zero carry.
     """
     (h0,) = carry0
-    zx, a, b = coefficients(cell, cell_params, xs_tm, mask_tm)
+    zx, a, b = coefficients(cell, cell_params, xs_tm, mask_tm, resets_tm)
     b = b.at[0].set(a[0] * h0 + b[0])
     _, hs = lax.associative_scan(_compose, (a, b), axis=0)
     final = (hs[-1],)
     if not save:
         return hs, final, None
     h_in = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-    residuals = jax.vmap(lambda h, z: cell.step(cell_params, (h,), z)[1])(h_in, zx)
-    return hs, final, AssociativeTape(xs_tm, (h_in,), final, residuals, a)
+    residuals = jax.vmap(lambda h, z: cell.step(cell_params, (h,), z)[1])(reset_rows(h_in, resets_tm), zx)
+    return hs, final, AssociativeTape(xs_tm, (h_in,), final, residuals, a, resets_tm)
 
 
 def associative_backward(cell: Cell, cell_params: Params, tape: AssociativeTape, dhs_out_tm: Array | None,
@@ -104,8 +107,8 @@ def associative_backward(cell: Cell, cell_params: Params, tape: AssociativeTape,
     a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])], axis=0)  # a_{t+1}; nothing after the last step
     _, dhs = lax.associative_scan(_compose, (a_next, outside), axis=0, reverse=True)
     into_cell = dhs if mask_tm is None else jnp.where(mask_tm[..., None], dhs, 0.0).astype(dhs.dtype)
-    h_in = tape.carries_in[0]
-    h_after = jnp.concatenate([h_in[1:], tape.final[0][None]], axis=0)
+    h_after = jnp.concatenate([tape.carries_in[0][1:], tape.final[0][None]], axis=0)
+    h_in = reset_rows(tape.carries_in[0], tape.resets_tm)  # what each step read
     dzx, dzh_part, _ = jax.vmap(lambda hp, ha, r, d: cell.backward_step(cell_params, (hp,), (ha,), r, (d,)))(
         h_in, h_after, tape.residuals, into_cell)
     grads = cell.param_grads(tape.xs_tm, h_in, dzx, dzh_part)

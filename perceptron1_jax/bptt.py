@@ -49,7 +49,7 @@ from perceptron1_jax.model import (
     spec_of_params,
 )
 from perceptron1_jax.parallel import check_mesh, data_parallel
-from perceptron1_jax.scan import WINDOW, check_window, public_carry, time_mask, zero_carry, zero_padding
+from perceptron1_jax.scan import WINDOW, check_window, public_carry, step_resets, time_mask, zero_carry, zero_padding
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.wavefront import stack_backward, wave_groups
 
@@ -66,19 +66,19 @@ class ModelBackward(NamedTuple):
 
 
 def explicit_model(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, carries0=None, *,
-                   loss_mask=None, keep_dhs=False, keep_dz=False, window=WINDOW, lean=None):
+                   loss_mask=None, keep_dhs=False, keep_dz=False, window=WINDOW, lean=None, resets=None):
     """Unchecked, traceable explicit BPTT of a model (call it inside your own jit).
 
     Arguments as :func:`model_bptt`, plus ``carries0`` (per layer ``{direction: carry}``),
     ``loss_mask: (B, T)`` (many-to-many: which steps are scored, on top of ``lengths``),
-    ``keep_dhs``/``keep_dz`` (per-step ``dL/dh_t`` / ``dZ`` in the result) and ``window`` (steps
-    per weight-gradient block).
+    ``keep_dhs``/``keep_dz`` (per-step ``dL/dh_t`` / ``dZ`` in the result), ``window`` (steps
+    per weight-gradient block) and ``resets: (B, T)`` bool (segment starts: no gradient crosses them).
 
     Returns:
       ``(loss, grads, ModelBackward)``; ``grads`` has the structure of ``params``.
     """
     window = check_window(window)
-    fw = forward(params, xs, spec, lengths, dropout_key, carries0, save=True, lean=lean)
+    fw = forward(params, xs, spec, lengths, dropout_key, carries0, save=True, lean=lean, resets=resets)
     loss, doutputs = score(spec, fw.outputs, targets, fw.mask_tm, loss_mask, with_grad=True)
     head_grads, dfeatures = head_backward(params["head"], fw.features, doutputs)
     if fw.head_mask is not None:
@@ -132,9 +132,9 @@ class BPTTExtras(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("spec", "return_extras", "lean"))
-def _model_bptt(params, xs, targets, spec, lengths, dropout_key, carries0, return_extras, lean):
+def _model_bptt(params, xs, targets, spec, lengths, dropout_key, carries0, return_extras, lean, resets=None):
     loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key, carries0,
-                                       keep_dhs=return_extras, lean=lean)
+                                       keep_dhs=return_extras, lean=lean, resets=resets)
     if not return_extras:
         return loss, grads, None
     extras = ModelExtras(
@@ -147,22 +147,23 @@ def _model_bptt(params, xs, targets, spec, lengths, dropout_key, carries0, retur
 
 
 def make_value_and_grad(spec: ModelSpec, grad: str = "bptt", lean: int | None = None, compute_dtype=None):
-    """``fn(params, xs, targets, dropout_key=None, lengths=None) -> (loss, grads, outputs)``
+    """``fn(params, xs, targets, dropout_key=None, lengths=None, resets=None) -> (loss, grads, outputs)``
     (unchecked, traceable) from the explicit BPTT (:func:`explicit_model`, ``lean`` its segment
     length) or from ``jax.grad`` of the same forward pass (``grad="autodiff"``). ``outputs`` are
     the head's, batch-major: ``(B, C)`` or ``(B, T, C)``. ``compute_dtype`` (e.g. ``bfloat16``):
     see :func:`in_compute_dtype`."""
 
-    def explicit(params, xs, targets, dropout_key=None, lengths=None):
-        loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key, lean=lean)
+    def explicit(params, xs, targets, dropout_key=None, lengths=None, resets=None):
+        loss, grads, back = explicit_model(params, xs, targets, spec, lengths, dropout_key, lean=lean, resets=resets)
         return loss, grads, batch_major(spec, back.forward.outputs)
 
-    def loss_fn(params, xs, targets, dropout_key, lengths):
-        loss, fw = loss_and_forward(params, xs, targets, spec, lengths, dropout_key)
+    def loss_fn(params, xs, targets, dropout_key, lengths, resets):
+        loss, fw = loss_and_forward(params, xs, targets, spec, lengths, dropout_key, resets=resets)
         return loss, batch_major(spec, fw.outputs)
 
-    def autodiff_value_and_grad(params, xs, targets, dropout_key=None, lengths=None):
-        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, targets, dropout_key, lengths)
+    def autodiff_value_and_grad(params, xs, targets, dropout_key=None, lengths=None, resets=None):
+        (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xs, targets, dropout_key, lengths,
+                                                                           resets)
         return loss, grads, outputs
 
     fn = explicit if grad == "bptt" else autodiff_value_and_grad
@@ -180,8 +181,8 @@ def in_compute_dtype(value_and_grad, compute_dtype):
     def cast(tree):
         return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
-    def mixed(params, xs, targets, dropout_key=None, lengths=None):
-        loss, grads, outputs = value_and_grad(cast(params), cast(xs), cast(targets), dropout_key, lengths)
+    def mixed(params, xs, targets, dropout_key=None, lengths=None, resets=None):
+        loss, grads, outputs = value_and_grad(cast(params), cast(xs), cast(targets), dropout_key, lengths, resets)
         out = jax.tree.leaves(params)[0].dtype
         return loss.astype(out), jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params), outputs.astype(out)
 
@@ -190,12 +191,12 @@ def in_compute_dtype(value_and_grad, compute_dtype):
 
 @partial(jax.jit, static_argnames=("spec", "mesh", "lean"))
 def sharded_value_and_grad(params, xs, targets, lengths, dropout_key, spec: ModelSpec, mesh,
-                           lean: int | None = None):
+                           lean: int | None = None, resets=None):
     """``(loss, grads)`` of the explicit BPTT with the batch split over ``mesh`` (unchecked; see
     :func:`perceptron1_jax.parallel.data_parallel`). ``xs: (batch, time, ...)`` with ``batch``
     divisible by the mesh's ``"data"`` axis."""
     fn = data_parallel(make_value_and_grad(spec, "bptt", lean), spec, mesh)
-    loss, grads, _ = fn(params, xs, targets, dropout_key, lengths)
+    loss, grads, _ = fn(params, xs, targets, dropout_key, lengths, resets)
     return loss, grads
 
 
@@ -204,7 +205,10 @@ def _on_mesh(params, c, mesh, return_extras, lean):
     check_mesh(mesh, c.xs.shape[0])
     if return_extras:
         raise ValueError("return_extras: expected False with a mesh (the per-step extras stay on one device), got True")
-    return sharded_value_and_grad(params, c.xs, c.targets, c.lengths, c.dropout_key, c.spec, mesh, _lean_segment(lean))
+    if c.carries0 is not None:
+        raise ValueError("carries0: expected None with a mesh (initial carries are not split over devices), got some")
+    return sharded_value_and_grad(params, c.xs, c.targets, c.lengths, c.dropout_key, c.spec, mesh, _lean_segment(lean),
+                                  c.resets)
 
 
 def _lean_segment(lean):
@@ -212,7 +216,7 @@ def _lean_segment(lean):
 
 
 def model_bptt(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, *,
-               return_extras: bool = False, lean: int | None = None, mesh=None):
+               return_extras: bool = False, lean: int | None = None, mesh=None, resets=None, carries0=None):
     """Loss and gradients of :func:`perceptron1_jax.model_loss` by the explicit backward (JIT-compiled).
 
     Arguments as :func:`perceptron1_jax.model_loss`; the dropout masks of ``dropout_key`` are the
@@ -227,15 +231,18 @@ def model_bptt(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=N
       mesh: a :class:`jax.sharding.Mesh` with a ``"data"`` axis (:func:`perceptron1_jax.make_mesh`):
         the batch is split over its devices and one collective combines the global mean
         (:mod:`perceptron1_jax.parallel`); the batch must divide by the axis size. None: one device.
+      resets, carries0: as :func:`perceptron1_jax.model_apply`'s; no gradient crosses a reset, and
+        ``extras.dh0`` is the gradient with respect to ``carries0`` (in its format).
 
     Returns:
       ``(loss, grads)`` or ``(loss, grads, extras)``; ``grads`` has the structure of ``params``.
     """
-    c = validate.check_model_inputs(params, xs, spec, targets, lengths, dropout_key, need_targets=True)
+    c = validate.check_model_inputs(params, xs, spec, targets, lengths, dropout_key, need_targets=True,
+                                    resets=resets, carries0=carries0)
     if mesh is not None:
         return _on_mesh(params, c, mesh, return_extras, lean)
-    loss, grads, extras = _model_bptt(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key, None,
-                                      bool(return_extras), _lean_segment(lean))
+    loss, grads, extras = _model_bptt(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key, c.carries0,
+                                      bool(return_extras), _lean_segment(lean), c.resets)
     return (loss, grads, extras) if return_extras else (loss, grads)
 
 
@@ -286,7 +293,7 @@ _explicit_loss.defvjp(_explicit_loss_fwd, _explicit_loss_bwd)
 
 
 def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras: bool = False,
-         lean: int | None = None, mesh=None):
+         lean: int | None = None, mesh=None, resets=None):
     """Loss and gradients by the explicit reverse-scan BPTT (JIT-compiled): the one-layer model.
 
     Same arguments and label rules as :func:`perceptron1_jax.loss`: ``xs: (batch, time, input)``,
@@ -302,20 +309,22 @@ def bptt(params, xs, labels, cell: str, lengths=None, h0=None, *, return_extras:
         memory instead of ``O(T)`` for one extra forward pass; ``k ~ sqrt(time)`` is the usual
         choice. None (default): keep every step.
       mesh: split the batch over a mesh's ``"data"`` axis, as in :func:`model_bptt` (no ``h0``).
+      resets: ``(batch, time)`` bool, segment starts, as in :func:`perceptron1_jax.unroll`; the
+        reverse scan passes no gradient across them.
 
     Returns:
       ``(loss, grads)``, or ``(loss, grads, extras)``; ``grads`` has the structure of ``params``.
     """
-    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
+    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True, resets=resets)
     spec = single_layer_spec(cell, c.sizes, c.many_to_many)
     if mesh is not None:
         if h0 is not None:
             raise ValueError("h0: expected None with a mesh (initial carries are not split over devices), got one")
         loss, grads = model_bptt(as_model_params(params), c.xs, c.labels, spec, c.lengths,
-                                 return_extras=return_extras, lean=lean, mesh=mesh)
+                                 return_extras=return_extras, lean=lean, mesh=mesh, resets=c.resets)
         return loss, from_model_params(grads)
     loss, grads, extras = _model_bptt(as_model_params(params), c.xs, c.labels, spec, c.lengths, None,
-                                      single_carries0(c.carry0), bool(return_extras), _lean_segment(lean))
+                                      single_carries0(c.carry0), bool(return_extras), _lean_segment(lean), c.resets)
     grads = from_model_params(grads)
     if not return_extras:
         return loss, grads
@@ -362,40 +371,42 @@ def explicit_value_and_grad(
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _unroll_explicit(cell_name, cell_params, xs, lengths, carry0):
-    return _unroll_fwd(cell_name, cell_params, xs, lengths, carry0)[0]
+def _unroll_explicit(cell_name, cell_params, xs, lengths, carry0, resets):
+    return _unroll_fwd(cell_name, cell_params, xs, lengths, carry0, resets)[0]
 
 
-def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0):
+def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0, resets):
     mask_tm = time_mask(lengths, xs.shape[1])
     xs_tm = zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm)
     hs_tm, final, tape = direction_forward(CELLS[cell_name], cell_params, xs_tm, carry0, mask_tm, lengths,
-                                           reverse=False, save=True)
-    return (jnp.swapaxes(hs_tm, 0, 1), final), (cell_params, lengths, tape)
+                                           reverse=False, save=True, resets_tm=step_resets(resets, mask_tm))
+    return (jnp.swapaxes(hs_tm, 0, 1), final), (cell_params, lengths, tape, resets)
 
 
 def _unroll_bwd(cell_name, saved, cotangents):
-    cell_params, lengths, tape = saved
+    cell_params, lengths, tape, resets = saved
     d_hs, d_final = cotangents
     back = direction_backward(CELLS[cell_name], cell_params, tape, jnp.swapaxes(d_hs, 0, 1), tuple(d_final),
                               time_mask(lengths, d_hs.shape[1]), lengths, reverse=False)
-    return back.grads, jnp.swapaxes(back.dxs_tm, 0, 1), None, back.dcarry0
+    no_gradient = None if resets is None else np.zeros(resets.shape, jax.dtypes.float0)
+    return back.grads, jnp.swapaxes(back.dxs_tm, 0, 1), None, back.dcarry0, no_gradient
 
 
 _unroll_explicit.defvjp(_unroll_fwd, _unroll_bwd)
 
 
-def unroll_bptt(params, xs, cell: str, lengths=None, h0=None):
+def unroll_bptt(params, xs, cell: str, lengths=None, h0=None, *, resets=None):
     """:func:`perceptron1_jax.unroll` whose gradient is the explicit BPTT (a ``jax.custom_vjp``).
 
     Same arguments and results as ``unroll``. Differentiating any loss built on its outputs
     (``hs`` and/or the final carry) with ``jax.grad`` runs the explicit reverse scan, not autodiff
     through the scan; it composes with ``jit``, ``vmap`` and ``grad``. Gradients flow to
-    ``params["cell"]``, ``xs`` and ``h0`` (not to ``lengths``).
+    ``params["cell"]``, ``xs`` and ``h0`` (not to ``lengths`` or ``resets``); no gradient crosses a
+    reset.
     """
-    c = validate.check_inputs(params, xs, cell, lengths=lengths, h0=h0)
+    c = validate.check_inputs(params, xs, cell, lengths=lengths, h0=h0, resets=resets)
     carry0 = c.carry0
     if carry0 is None:
         carry0 = zero_carry(c.cell, c.xs.shape[0], c.sizes.hidden_size, c.sizes.dtype)
-    hs, final = _unroll_explicit(cell, params["cell"], c.xs, c.lengths, carry0)
+    hs, final = _unroll_explicit(cell, params["cell"], c.xs, c.lengths, carry0, c.resets)
     return hs, public_carry(c.cell, final)

@@ -23,7 +23,7 @@ from perceptron1_jax import validate
 from perceptron1_jax.bptt import explicit_model
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.model import as_model_params, single_carries0, single_layer_spec
-from perceptron1_jax.scan import reverse_in_time
+from perceptron1_jax.scan import reset_rows, reverse_in_time
 from perceptron1_jax.spec import ModelSpec
 
 Array = jax.Array
@@ -36,14 +36,15 @@ class GradientFlow(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _model_gradient_flow(params, xs, targets, spec, lengths, carries0=None):
-    loss, _, back = explicit_model(params, xs, targets, spec, lengths, None, carries0, keep_dhs=True, keep_dz=True)
+def _model_gradient_flow(params, xs, targets, spec, lengths, carries0=None, resets=None):
+    loss, _, back = explicit_model(params, xs, targets, spec, lengths, None, carries0, keep_dhs=True, keep_dz=True,
+                                   resets=resets)
     flows = []
     for layer, tapes, backs in zip(spec.layers, back.forward.tapes, back.backs):
         per_direction = {}
         for d in layer.directions:
             b = backs[d]
-            h_prev = tapes[d].carries_in[0]  # in the direction's own time order
+            h_prev = reset_rows(tapes[d].carries_in[0], tapes[d].resets_tm)  # read by each step, own time order
             if d == "bwd":
                 h_prev = reverse_in_time(h_prev, lengths)
             per_direction[d] = GradientFlow(loss, jnp.sqrt(jnp.sum(b.dhs_tm**2, axis=(1, 2))),
@@ -61,17 +62,17 @@ def _recurrent_contribution(cell, h_prev, back) -> Array:
     return jnp.sqrt(jnp.sum(per_step**2, axis=(1, 2)))
 
 
-def model_gradient_flow(params, xs, targets, spec: ModelSpec, lengths=None) -> list:
+def model_gradient_flow(params, xs, targets, spec: ModelSpec, lengths=None, *, resets=None) -> list:
     """Gradient-flow profiles of every layer and direction from one explicit backward pass.
 
     Arguments as :func:`perceptron1_jax.model_bptt`. Returns a list over layers of
     ``{direction: GradientFlow}``, each profile ``(time,)`` in the original time order.
     """
-    c = validate.check_model_inputs(params, xs, spec, targets, lengths, need_targets=True)
-    return _model_gradient_flow(params, c.xs, c.targets, c.spec, c.lengths)
+    c = validate.check_model_inputs(params, xs, spec, targets, lengths, need_targets=True, resets=resets)
+    return _model_gradient_flow(params, c.xs, c.targets, c.spec, c.lengths, None, c.resets)
 
 
-def gradient_flow(params, xs, labels, cell, lengths=None, h0=None):
+def gradient_flow(params, xs, labels, cell, lengths=None, h0=None, *, resets=None):
     """Gradient-flow profiles of one explicit backward pass (arguments as :func:`bptt`).
 
     ``cell`` may also be a :class:`~perceptron1_jax.ModelSpec` (then ``params`` are a model's and
@@ -83,10 +84,11 @@ def gradient_flow(params, xs, labels, cell, lengths=None, h0=None):
     if isinstance(cell, ModelSpec):
         if h0 is not None:
             raise ValueError("h0: expected None with a ModelSpec (models start from zero states), got an array")
-        return model_gradient_flow(params, xs, labels, cell, lengths)
-    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True)
+        return model_gradient_flow(params, xs, labels, cell, lengths, resets=resets)
+    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True, resets=resets)
     spec = single_layer_spec(cell, c.sizes, c.many_to_many)
-    flows = _model_gradient_flow(as_model_params(params), c.xs, c.labels, spec, c.lengths, single_carries0(c.carry0))
+    flows = _model_gradient_flow(as_model_params(params), c.xs, c.labels, spec, c.lengths, single_carries0(c.carry0),
+                                 c.resets)
     return flows[0]["fwd"]
 
 

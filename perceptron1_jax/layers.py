@@ -31,6 +31,7 @@ from perceptron1_jax.scan import (
     backward_scan,
     carries_after,
     choose_form,
+    direction_resets,
     reverse_in_time,
     scan_forward,
     zero_carry,
@@ -96,10 +97,12 @@ class DirectionTape(NamedTuple):
     carries_in: Carry  # (T, B, H) per leaf: the carry entering each step
     final: Carry  # the carry after the last step
     residuals: object  # the cell's per-step residuals
+    resets_tm: Array | None = None  # (T, B) bool: the steps that read the zero carry, or None
 
 
 def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm, lengths, *,
-                      reverse: bool, save: bool, lean: int | None = None, associative: bool = False):
+                      reverse: bool, save: bool, lean: int | None = None, associative: bool = False,
+                      resets_tm=None):
     """Run one direction over ``xs_tm: (T, B, I)``.
 
     Returns ``(hs_tm, final, tape)``: ``hs_tm: (T, B, H)`` the state after every step in the
@@ -107,19 +110,24 @@ def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Car
     direction: after reading back to step 0), ``tape`` what the backward needs (None unless
     ``save``). ``lean=k`` keeps a carry every ``k`` steps instead of every step; ``associative``
     runs a linear recurrence as an associative scan (:mod:`perceptron1_jax.associative`).
+    ``resets_tm: (T, B)`` bool (original time order, :func:`~perceptron1_jax.scan.step_resets`) or
+    None: segment starts; the reverse direction reads each segment from its last step back
+    (:func:`~perceptron1_jax.scan.direction_resets`). The tape keeps them for the backward.
     """
     x = reverse_in_time(xs_tm, lengths) if reverse else xs_tm
+    resets_tm = direction_resets(resets_tm, lengths, reverse)
     if associative:
         if lean is not None:
             raise ValueError(f"lean: expected None for a layer with scan='associative' (it keeps every step; "
                              f"there are no segments to recompute), got {lean!r}")
-        hs, final, tape = associative_forward(cell, cell_params, x, carry0, mask_tm, save=save)
+        hs, final, tape = associative_forward(cell, cell_params, x, carry0, mask_tm, resets_tm, save=save)
     elif lean is not None:
-        hs, final, tape = lean_forward(cell, cell_params, x, carry0, mask_tm, lean)
+        hs, final, tape = lean_forward(cell, cell_params, x, carry0, mask_tm, lean, resets_tm)
     else:
-        final, carries, residuals = scan_forward(cell, cell_params, x, carry0, mask_tm, stack_entering=save)
+        final, carries, residuals = scan_forward(cell, cell_params, x, carry0, mask_tm, resets_tm,
+                                                 stack_entering=save)
         hs = carries_after(carries[:1], final[:1])[0] if save else carries[0]
-        tape = DirectionTape(x, carries, final, residuals) if save else None
+        tape = DirectionTape(x, carries, final, residuals, resets_tm) if save else None
     return (reverse_in_time(hs, lengths) if reverse else hs), final, tape
 
 
@@ -138,7 +146,8 @@ def direction_backward(cell: Cell, cell_params: Params, tape, dhs_out_tm, final_
                                     keep_dz=keep_dz)
     elif isinstance(tape, DirectionTape):
         back = backward_scan(cell, cell_params, tape.xs_tm, tape.carries_in, tape.final, tape.residuals,
-                             final_dcarry, dhs, mask_tm, keep_dhs=keep_dhs, keep_dz=keep_dz, window=window)
+                             final_dcarry, dhs, mask_tm, tape.resets_tm, keep_dhs=keep_dhs, keep_dz=keep_dz,
+                             window=window)
     else:
         back = lean_backward(cell, cell_params, tape, dhs, final_dcarry, keep_dhs=keep_dhs, window=window)
     return in_time_order(back, lengths) if reverse else back
@@ -179,14 +188,17 @@ def _direction(tree, k: int):
     return jax.tree.map(lambda a: a[k], tree)
 
 
-def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_tm, lengths, *, save: bool):
+def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_tm, lengths, *, save: bool,
+                  resets_tm=None):
     """Both directions of a layer in one scan: :func:`direction_forward` ``vmap``-ed over the two
-    directions' stacked params, inputs (the reverse direction's flipped) and initial carries. Returns
-    ``([hs_fwd, hs_bwd], finals, tapes)`` as one :func:`direction_forward` per direction would."""
+    directions' stacked params, inputs and resets (the reverse direction's flipped) and initial carries.
+    Returns ``([hs_fwd, hs_bwd], finals, tapes)`` as one :func:`direction_forward` per direction would."""
     xs_both = jnp.stack([xs_tm, reverse_in_time(xs_tm, lengths)])
+    resets_both = None if resets_tm is None else jnp.stack(
+        [direction_resets(resets_tm, lengths, reverse) for reverse in (False, True)])
     hs, final, tape = jax.vmap(
-        lambda p, x, c: direction_forward(cell, p, x, c, mask_tm, lengths, reverse=False, save=save)
-    )(_stack(params["fwd"], params["bwd"]), xs_both, _stack(carries0["fwd"], carries0["bwd"]))
+        lambda p, x, c, r: direction_forward(cell, p, x, c, mask_tm, lengths, reverse=False, save=save, resets_tm=r)
+    )(_stack(params["fwd"], params["bwd"]), xs_both, _stack(carries0["fwd"], carries0["bwd"]), resets_both)
     finals = {d: _direction(final, k) for k, d in enumerate(DIRECTIONS)}
     tapes = {d: None if tape is None else _direction(tape, k) for k, d in enumerate(DIRECTIONS)}
     return [hs[0], reverse_in_time(hs[1], lengths)], finals, tapes
@@ -234,9 +246,10 @@ def final_gradients(finals: dict, dfinal_h) -> dict:
 
 
 def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, lengths, carries0=None, *,
-                      save: bool, lean: int | None = None):
+                      save: bool, lean: int | None = None, resets_tm=None):
     """A recurrent layer over ``xs_tm: (T, B, I)``: ``params = {"fwd": ..., "bwd": ...}``,
-    ``carries0`` None or ``{direction: carry tuple or None}`` (zeros where None).
+    ``carries0`` None or ``{direction: carry tuple or None}`` (zeros where None), ``resets_tm: (T, B)``
+    bool or None (segment starts, :func:`direction_forward`).
 
     Returns ``(out_tm, finals, tapes)``: ``out_tm: (T, B, H)`` or ``(T, B, 2H)``
     (``[h_fwd_t, h_bwd_t]``), and per direction its final carry and tape.
@@ -244,13 +257,15 @@ def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, len
     cell = CELLS[layer.cell]
     first = initial_carries(layer, carries0, xs_tm.shape[1], xs_tm.dtype)
     if fuses(layer, lean):
-        outs, finals, tapes = fused_forward(cell, params, xs_tm, first, mask_tm, lengths, save=save)
+        outs, finals, tapes = fused_forward(cell, params, xs_tm, first, mask_tm, lengths, save=save,
+                                            resets_tm=resets_tm)
     else:
         outs, finals, tapes = [], {}, {}
         for d in layer.directions:
             hs, finals[d], tapes[d] = direction_forward(cell, params[d], xs_tm, first[d], mask_tm, lengths,
                                                        reverse=d == "bwd", save=save, lean=lean,
-                                                       associative=layer.scan == "associative")
+                                                       associative=layer.scan == "associative",
+                                                       resets_tm=resets_tm)
             outs.append(hs)
     return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)), finals, tapes
 

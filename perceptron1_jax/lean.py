@@ -40,6 +40,7 @@ class LeanTape(NamedTuple):
     seg_valid: Array | None  # (n_seg, k, B) bool, None when every step is valid
     starts: Carry  # (n_seg, B, H) per leaf: the carry entering each segment
     time: int  # the unpadded number of steps
+    seg_resets: Array | None = None  # (n_seg, k, B) bool: the steps that read the zero carry, or None
 
 
 def _segments(a_tm: Array, segment: int, pad: int, fill=0):
@@ -48,8 +49,9 @@ def _segments(a_tm: Array, segment: int, pad: int, fill=0):
 
 
 def lean_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
-                 segment: int) -> tuple[Array, Carry, LeanTape]:
-    """Forward over ``xs_tm: (T, B, I)`` in segments of ``segment`` steps.
+                 segment: int, resets_tm: Array | None = None) -> tuple[Array, Carry, LeanTape]:
+    """Forward over ``xs_tm: (T, B, I)`` in segments of ``segment`` steps (``resets_tm: (T, B)`` the
+    steps that read the zero carry, or None).
 
     Returns ``(hs_tm, final, tape)``: ``hs_tm: (T, B, H)`` the state after every step (dead code
     when nothing reads it), ``final`` the carry after the last step.
@@ -60,15 +62,16 @@ def lean_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, m
     if mask_tm is None and pad:
         mask_tm = jnp.ones((time, batch), bool)
     seg_valid = None if mask_tm is None else _segments(mask_tm, segment, pad, fill=False)
+    seg_resets = None if resets_tm is None else _segments(resets_tm, segment, pad, fill=False)
 
     def body(carry, seg):
-        x, v = seg
-        final, hs, _ = scan_forward(cell, cell_params, x, carry, v)
+        x, v, r = seg
+        final, hs, _ = scan_forward(cell, cell_params, x, carry, v, r)
         return final, (carry, hs[0])
 
-    final, (starts, hs) = lax.scan(body, carry0, (seg_xs, seg_valid))
+    final, (starts, hs) = lax.scan(body, carry0, (seg_xs, seg_valid, seg_resets))
     hs_tm = hs.reshape((-1,) + hs.shape[2:])[:time]
-    return hs_tm, final, LeanTape(seg_xs, seg_valid, starts, time)
+    return hs_tm, final, LeanTape(seg_xs, seg_valid, starts, time, seg_resets)
 
 
 def lean_backward(cell: Cell, cell_params: Params, tape: LeanTape, dhs_out_tm: Array | None, final_dcarry: Carry,
@@ -81,15 +84,16 @@ def lean_backward(cell: Cell, cell_params: Params, tape: LeanTape, dhs_out_tm: A
 
     def body(acc, seg):
         dcarry, grads = acc
-        start, x, v, dh_out = seg
-        final, carries_in, residuals = scan_forward(cell, cell_params, x, start, v, stack_entering=True)
-        back = backward_scan(cell, cell_params, x, carries_in, final, residuals, dcarry, dh_out, v,
+        start, x, v, r, dh_out = seg
+        final, carries_in, residuals = scan_forward(cell, cell_params, x, start, v, r, stack_entering=True)
+        back = backward_scan(cell, cell_params, x, carries_in, final, residuals, dcarry, dh_out, v, r,
                              keep_dhs=keep_dhs, window=window)
         return (back.dcarry0, jax.tree.map(jnp.add, grads, back.grads)), (back.dxs_tm, back.dhs_tm)
 
     zeros = zero_grads(cell_params)  # the segments' weight gradients add up as backward_scan's do
     (dcarry0, grads), (dxs, dhs) = lax.scan(
-        body, (final_dcarry, zeros), (tape.starts, tape.seg_xs, tape.seg_valid, seg_dhs), reverse=True
+        body, (final_dcarry, zeros), (tape.starts, tape.seg_xs, tape.seg_valid, tape.seg_resets, seg_dhs),
+        reverse=True
     )
 
     def unsegment(a):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import dropout_mask, dropout_parts, embed_forward, head_forward, recurrent_forward
-from perceptron1_jax.scan import time_mask, zero_padding
+from perceptron1_jax.scan import public_carry, step_resets, time_mask, zero_padding
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 from perceptron1_jax.wavefront import stack_forward, wave_groups
 
@@ -72,7 +72,7 @@ class Forward(NamedTuple):
 
 
 def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries0=None, *,
-            save: bool = False, lean: int | None = None) -> Forward:
+            save: bool = False, lean: int | None = None, resets=None) -> Forward:
     """The model's forward pass (unchecked, traceable).
 
     ``xs: (B, T, I)`` floats or ``(B, T)`` token ids; ``lengths: (B,)`` or None; ``dropout_key``
@@ -81,7 +81,8 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
     :class:`~perceptron1_jax.layers.DropoutDraw`, a key with its own rate). ``carries0``: None or
     per layer ``{direction: carry tuple}``
     (zeros where missing). ``save``: keep the tapes for :func:`perceptron1_jax.bptt.explicit_model`;
-    ``lean=k``: keep a carry every ``k`` steps instead.
+    ``lean=k``: keep a carry every ``k`` steps instead. ``resets: (B, T)`` bool or None: where True,
+    every layer starts a new segment at that step (the zero carry enters it).
 
     Many-to-one reads the last layer's final states: the forward direction's at each sequence's
     last valid step and the backward direction's after it has read back to step 0, concatenated.
@@ -89,6 +90,7 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
     dtype = params["head"]["W"].dtype
     inputs = embed_forward(params["embed"], xs) if spec.tokens else xs
     mask_tm = time_mask(lengths, inputs.shape[1])
+    resets_tm = step_resets(resets, mask_tm)
     x_tm = jnp.swapaxes(inputs, 0, 1)
     if not spec.tokens:  # float inputs may hold anything past the lengths (token ids look up finite rows)
         x_tm = zero_padding(x_tm, mask_tm)
@@ -104,13 +106,13 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
         if stop - start == 1:
             x_tm, layer_finals, layer_tapes = recurrent_forward(
                 spec.layers[start], params["layers"][start], x_tm, mask_tm, lengths,
-                None if carries0 is None else carries0[start], save=save, lean=lean,
+                None if carries0 is None else carries0[start], save=save, lean=lean, resets_tm=resets_tm,
             )
             finals.append(layer_finals)
             tapes.append(layer_tapes)
         else:
             x_tm, wave_finals, wave_tapes = stack_forward(spec, params, x_tm, mask_tm, carries0, range(start, stop),
-                                                          masks, save=save)
+                                                          masks, save=save, resets_tm=resets_tm)
             finals.extend(wave_finals)
             tapes.extend(wave_tapes)
         layer_masks.extend(masks)
@@ -154,27 +156,44 @@ def scored_units(spec: ModelSpec, xs, lengths=None):
     return jnp.asarray(batch * time) if lengths is None else jnp.sum(lengths)
 
 
-def loss_and_forward(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, carries0=None):
+def loss_and_forward(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, carries0=None, *,
+                     resets=None):
     """``(loss, Forward)``: the loss that :func:`model_loss` computes and ``jax.grad`` differentiates
     (unchecked, traceable), with its forward pass."""
-    fw = forward(params, xs, spec, lengths, dropout_key, carries0)
+    fw = forward(params, xs, spec, lengths, dropout_key, carries0, resets=resets)
     return score(spec, fw.outputs, targets, fw.mask_tm), fw
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _apply(params, xs, spec, lengths, dropout_key, carries0=None):
-    return batch_major(spec, forward(params, xs, spec, lengths, dropout_key, carries0).outputs)
+def public_carries(spec: ModelSpec, finals) -> list:
+    """Per layer ``{direction: carry tuple}`` -> what users see and pass back as ``carries0``: per layer
+    ``{direction: h}``, or ``{direction: (h, c)}`` for a cell with two carries."""
+    return [{d: public_carry(CELLS[layer.cell], carry) for d, carry in layer_finals.items()}
+            for layer, layer_finals in zip(spec.layers, finals)]
+
+
+def internal_carries(carries0):
+    """The inverse of :func:`public_carries` (None stays None)."""
+    if carries0 is None:
+        return None
+    return tuple({d: (c if isinstance(c, tuple) else (c,)) for d, c in layer.items()} for layer in carries0)
+
+
+@partial(jax.jit, static_argnames=("spec", "return_carries"))
+def _apply(params, xs, spec, lengths, dropout_key, carries0=None, resets=None, return_carries=False):
+    fw = forward(params, xs, spec, lengths, dropout_key, carries0, resets=resets)
+    outputs = batch_major(spec, fw.outputs)
+    return (outputs, public_carries(spec, fw.finals)) if return_carries else outputs
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _loss(params, xs, targets, spec, lengths, dropout_key, carries0=None):
-    return loss_and_forward(params, xs, targets, spec, lengths, dropout_key, carries0)[0]
+def _loss(params, xs, targets, spec, lengths, dropout_key, carries0=None, resets=None):
+    return loss_and_forward(params, xs, targets, spec, lengths, dropout_key, carries0, resets=resets)[0]
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def evaluate(params, xs, targets, spec, lengths=None, carries0=None) -> dict:
+def evaluate(params, xs, targets, spec, lengths=None, carries0=None, resets=None) -> dict:
     """``{"loss", "accuracy"}`` (cross-entropy) or ``{"loss"}`` (MSE) without dropout (unchecked)."""
-    fw = forward(params, xs, spec, lengths, None, carries0)
+    fw = forward(params, xs, spec, lengths, None, carries0, resets=resets)
     scores = {"loss": score(spec, fw.outputs, targets, fw.mask_tm)}
     if spec.loss == "cross_entropy":
         labels = jnp.swapaxes(targets, 0, 1) if spec.many_to_many else targets
@@ -182,7 +201,8 @@ def evaluate(params, xs, targets, spec, lengths=None, carries0=None) -> dict:
     return scores
 
 
-def model_apply(params, xs, spec: ModelSpec, lengths=None, dropout_key=None) -> Array:
+def model_apply(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, *, resets=None, carries0=None,
+                return_carries: bool = False):
     """The model's outputs: logits (``loss="cross_entropy"``) or predictions (``"mse"``).
 
     Args:
@@ -190,16 +210,28 @@ def model_apply(params, xs, spec: ModelSpec, lengths=None, dropout_key=None) -> 
       xs: ``(batch, time, input_size)`` floats, or ``(batch, time)`` token ids.
       lengths: optional ``(batch,)`` ints in ``[1, time]``.
       dropout_key: a ``jax.random`` key to apply dropout (training), None for none.
+      resets: optional ``(batch, time)`` bool: ``resets[b, t]`` True starts a new segment at step
+        ``t`` of row ``b``: every layer enters that step from the zero carry, and the reverse
+        direction of a bidirectional layer reads each segment from its own last step back to its
+        first, so each segment gives what it gives run alone. ``carries0`` feed only each row's
+        first segment (and only when ``resets[b, 0]`` is False).
+      carries0: optional initial carries, per layer ``{direction: h}`` (``(h, c)`` for the LSTM),
+        each ``(batch, hidden)``: the format ``return_carries`` gives, so a stream can be run in
+        chunks. None: zeros. The reverse direction's carry enters at each row's last valid step.
+      return_carries: also return every layer's final carries (the forward direction's at each
+        row's last valid step, the reverse direction's after reading back to step 0).
 
     Returns:
       ``(batch, num_outputs)``, or ``(batch, time, num_outputs)`` with ``many_to_many`` (values at
-      padded steps are not read by any loss).
+      padded steps are not read by any loss); with ``return_carries``, ``(outputs, carries)``.
     """
-    c = validate.check_model_inputs(params, xs, spec, lengths=lengths, dropout_key=dropout_key)
-    return _apply(params, c.xs, c.spec, c.lengths, c.dropout_key)
+    c = validate.check_model_inputs(params, xs, spec, lengths=lengths, dropout_key=dropout_key, resets=resets,
+                                    carries0=carries0)
+    return _apply(params, c.xs, c.spec, c.lengths, c.dropout_key, c.carries0, c.resets, bool(return_carries))
 
 
-def model_loss(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None) -> Array:
+def model_loss(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=None, *, resets=None,
+               carries0=None) -> Array:
     """The model's loss (plain autodiff reference; ``jax.grad`` of it runs autodiff of the scans).
 
     ``targets``: ``loss="cross_entropy"``: ints ``(batch,)`` or ``(batch, time)`` (``many_to_many``),
@@ -207,8 +239,40 @@ def model_loss(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=N
     ``(batch, num_outputs)`` or ``(batch, time, num_outputs)``, the mean over every valid element.
     Other arguments as :func:`model_apply`.
     """
-    c = validate.check_model_inputs(params, xs, spec, targets, lengths, dropout_key, need_targets=True)
-    return _loss(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key)
+    c = validate.check_model_inputs(params, xs, spec, targets, lengths, dropout_key, need_targets=True,
+                                    resets=resets, carries0=carries0)
+    return _loss(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key, c.carries0, c.resets)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _model_step(params, carries, x, spec, reset):
+    fw = forward(params, x[:, None], spec, None, None, carries, resets=None if reset is None else reset[:, None])
+    outputs = fw.outputs[0] if spec.many_to_many else fw.outputs
+    return public_carries(spec, fw.finals), outputs
+
+
+def model_step(params, carries, x, spec: ModelSpec, reset=None):
+    """One step of a model of one-direction layers: ``(carries, outputs)``.
+
+    ``x``: ``(batch, input_size)`` floats, or ``(batch,)`` token ids; ``carries``: per layer
+    ``{"fwd": h}`` (``(h, c)`` for the LSTM), the format :func:`model_apply` returns with
+    ``return_carries``, or None for zeros; ``reset: (batch,)`` bool or None: rows where True start
+    from the zero carry. ``outputs: (batch, num_outputs)`` is the head's output for this step.
+    Stepping ``T`` times equals ``model_apply`` of a ``many_to_many`` spec (it is that forward pass,
+    one step long). Jit-able.
+    """
+    spec = validate.check_spec(spec)
+    bidirectional = [k for k, layer in enumerate(spec.layers) if layer.bidirectional]
+    if bidirectional:
+        raise ValueError(f"spec: expected one-direction layers (a step cannot read the future), got a "
+                         f"bidirectional layer {bidirectional[0]}")
+    x = validate.as_array("x", x)
+    if x.ndim != (1 if spec.tokens else 2):
+        raise ValueError(f"x: expected shape {'(batch,)' if spec.tokens else '(batch, input_size)'}, "
+                         f"got {tuple(x.shape)}")
+    c = validate.check_model_inputs(params, x[:, None], spec, carries0=carries,
+                                    resets=validate.step_resets(reset))
+    return _model_step(params, c.carries0, c.xs[:, 0], c.spec, None if c.resets is None else c.resets[:, 0])
 
 
 # --------------------------------------------------------------------------- single layer
@@ -266,23 +330,24 @@ def init_params(key, cell: str, input_size: int, hidden_size: int, num_classes: 
     }
 
 
-def _single(params, xs, cell, labels=None, lengths=None, h0=None):
-    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=labels is not None)
+def _single(params, xs, cell, labels=None, lengths=None, h0=None, resets=None):
+    c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=labels is not None, resets=resets)
     return c, single_layer_spec(cell, c.sizes, c.many_to_many), single_carries0(c.carry0)
 
 
-def predict(params, xs, cell: str, lengths=None, h0=None) -> Array:
+def predict(params, xs, cell: str, lengths=None, h0=None, *, resets=None) -> Array:
     """Many-to-one logits ``(batch, classes)``, read at each sequence's last valid step.
 
-    ``xs: (batch, time, input_size)``; ``lengths: (batch,)`` or None; ``h0`` as in :func:`unroll`.
+    ``xs: (batch, time, input_size)``; ``lengths: (batch,)`` or None; ``h0`` and ``resets`` as in
+    :func:`unroll`.
     """
-    c, spec, carries0 = _single(params, xs, cell, lengths=lengths, h0=h0)
+    c, spec, carries0 = _single(params, xs, cell, lengths=lengths, h0=h0, resets=resets)
     if c.sizes.num_classes is None:
         raise ValueError("params: expected a 'readout' entry to compute logits, got none")
-    return _apply(as_model_params(params), c.xs, spec, c.lengths, None, carries0)
+    return _apply(as_model_params(params), c.xs, spec, c.lengths, None, carries0, c.resets)
 
 
-def loss(params, xs, labels, cell: str, lengths=None, h0=None) -> Array:
+def loss(params, xs, labels, cell: str, lengths=None, h0=None, *, resets=None) -> Array:
     """Mean softmax cross-entropy of the network (plain autodiff reference).
 
     Args:
@@ -293,22 +358,23 @@ def loss(params, xs, labels, cell: str, lengths=None, h0=None) -> Array:
       cell: ``"elman"``, ``"lstm"`` or ``"gru"``.
       lengths: optional ``(batch,)`` in ``[1, time]``.
       h0: optional initial carry as in :func:`unroll`.
+      resets: optional ``(batch, time)`` bool, segment starts, as in :func:`unroll`.
 
     Returns:
       A scalar of the params' dtype.
     """
     if labels is None:
         raise TypeError("labels: expected an integer array, got None")
-    c, spec, carries0 = _single(params, xs, cell, labels, lengths, h0)
-    return _loss(as_model_params(params), c.xs, c.labels, spec, c.lengths, None, carries0)
+    c, spec, carries0 = _single(params, xs, cell, labels, lengths, h0, resets)
+    return _loss(as_model_params(params), c.xs, c.labels, spec, c.lengths, None, carries0, c.resets)
 
 
-def accuracy(params, xs, labels, cell: str, lengths=None, h0=None) -> Array:
+def accuracy(params, xs, labels, cell: str, lengths=None, h0=None, *, resets=None) -> Array:
     """Fraction of correct arg-max predictions, with the label and mask rules of :func:`loss`."""
     if labels is None:
         raise TypeError("labels: expected an integer array, got None")
-    c, spec, carries0 = _single(params, xs, cell, labels, lengths, h0)
-    return evaluate(as_model_params(params), c.xs, c.labels, spec, c.lengths, carries0)["accuracy"]
+    c, spec, carries0 = _single(params, xs, cell, labels, lengths, h0, resets)
+    return evaluate(as_model_params(params), c.xs, c.labels, spec, c.lengths, carries0, c.resets)["accuracy"]
 
 
 def readout(readout_params, hidden: Array) -> Array:

@@ -58,23 +58,28 @@ def check_mesh(mesh, batch: int, name: str = "xs") -> int:
 
 
 def data_parallel(value_and_grad, spec: ModelSpec, mesh: Mesh):
-    """``value_and_grad(params, xs, targets, dropout_key, lengths) -> (loss, grads, outputs)``
+    """``value_and_grad(params, xs, targets, dropout_key, lengths, resets) -> (loss, grads, outputs)``
     (any function of that signature, as :func:`perceptron1_jax.bptt.make_value_and_grad` makes)
     with the batch split over ``mesh``'s ``"data"`` axis: the same signature, the global mean
     loss and gradients (replicated), the batch-major ``outputs`` split like the batch.
     Traceable; the batch must divide by the axis."""
     size = mesh.shape[AXIS]
 
-    def local(params, xs, targets, dropout_key, lengths):
+    def local(params, xs, targets, dropout_key, lengths, resets):
         weighted = _weighted_slice(value_and_grad, spec, size, jax.lax.axis_index(AXIS), params, xs, targets,
-                                   dropout_key, lengths)
+                                   dropout_key, lengths, resets)
         return (*_global_mean(jax.lax.psum(weighted[:3], AXIS)), weighted[3])
 
     split = P(AXIS)
     # check_vma=False: the zero initial carries the scans start from are per-device values that the
     # varying-axis check would otherwise ask to be cast; the psum makes loss and gradients replicated.
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), split, split, P(), split), out_specs=(P(), P(), split),
-                         check_vma=False)
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), split, split, P(), split, split),
+                            out_specs=(P(), P(), split), check_vma=False)
+
+    def value_and_grad_split(params, xs, targets, dropout_key=None, lengths=None, resets=None):
+        return sharded(params, xs, targets, dropout_key, lengths, resets)
+
+    return value_and_grad_split
 
 
 def split_like_mesh(value_and_grad, spec: ModelSpec, size: int):
@@ -84,25 +89,25 @@ def split_like_mesh(value_and_grad, spec: ModelSpec, size: int):
     population member split off on its own device trains exactly as the single run whose batch
     ``data_parallel`` splits over ``size`` devices (its dropout masks are those)."""
 
-    def split(params, xs, targets, dropout_key, lengths):
+    def split(params, xs, targets, dropout_key, lengths, resets=None):
         def cut(a):
             return None if a is None else a.reshape(size, a.shape[0] // size, *a.shape[1:])
 
         weighted = jax.vmap(partial(_weighted_slice, value_and_grad, spec, size),
-                            in_axes=(0, None, 0, 0, None, 0))(jnp.arange(size), params, cut(xs), cut(targets),
-                                                              dropout_key, cut(lengths))
+                            in_axes=(0, None, 0, 0, None, 0, 0))(jnp.arange(size), params, cut(xs), cut(targets),
+                                                                 dropout_key, cut(lengths), cut(resets))
         outputs = weighted[3].reshape(-1, *weighted[3].shape[2:])
         return (*_global_mean(jax.tree.map(lambda a: jnp.sum(a, axis=0), weighted[:3])), outputs)
 
     return split
 
 
-def _weighted_slice(value_and_grad, spec, size, index, params, xs, targets, dropout_key, lengths):
+def _weighted_slice(value_and_grad, spec, size, index, params, xs, targets, dropout_key, lengths, resets=None):
     """One slice's ``(loss * w, grads * w, w, outputs)``, ``w`` the units it scores; its dropout
     masks from ``fold_in(key, index)`` when there is more than one slice."""
     if dropout_key is not None and size > 1:
         dropout_key = fold_dropout(dropout_key, index)
-    loss, grads, outputs = value_and_grad(params, xs, targets, dropout_key, lengths)
+    loss, grads, outputs = value_and_grad(params, xs, targets, dropout_key, lengths, resets)
     weight = scored_units(spec, xs, lengths).astype(loss.dtype)
     return loss * weight, jax.tree.map(lambda g: g * weight, grads), weight, outputs
 

@@ -66,6 +66,38 @@ def zero_padding(x_tm: Array, mask_tm: Array | None) -> Array:
     return x_tm if mask_tm is None else jnp.where(mask_tm[..., None], x_tm, jnp.zeros((), x_tm.dtype))
 
 
+def step_resets(resets: Array | None, mask_tm: Array | None) -> Array | None:
+    """Batch-major ``resets: (batch, time)`` bool -> time-major ``(time, batch)``, True only on valid
+    steps (a reset past a sequence's length changes nothing: the state there is held). None if None."""
+    if resets is None:
+        return None
+    resets_tm = resets.T
+    return resets_tm if mask_tm is None else resets_tm & mask_tm
+
+
+def direction_resets(resets_tm: Array | None, lengths: Array | None, reverse: bool) -> Array | None:
+    """A direction's resets in its own time order. Forward: as given. Reverse: each segment is read
+    from its own last step back to its first, so the direction starts afresh at every segment's last
+    step (the step before a reset, ``ends[s] = resets[s + 1]``), in the flipped order of
+    :func:`reverse_in_time`. The reverse direction's first step (a sequence's last valid step) is
+    never a reset: its initial carry enters there. ``resets_tm: (T, B)`` from :func:`step_resets`."""
+    if resets_tm is None or not reverse:
+        return resets_tm
+    ends = jnp.concatenate([resets_tm[1:], jnp.zeros_like(resets_tm[:1])], axis=0)
+    return reverse_in_time(ends, lengths)
+
+
+def reset_rows(a: Array, resets: Array | None) -> Array:
+    """``a: (..., H)`` (``(T, B, H)`` or one step's ``(B, H)``) with the rows where ``resets: (...)`` is
+    True set to zero; ``a`` itself when ``resets`` is None."""
+    return a if resets is None else jnp.where(resets[..., None], jnp.zeros((), a.dtype), a)
+
+
+def reset_carry(carry: Carry, reset_t: Array | None) -> Carry:
+    """``carry`` with the rows where ``reset_t: (B,)`` is True set to zero (a new segment starts)."""
+    return carry if reset_t is None else tuple(reset_rows(c, reset_t) for c in carry)
+
+
 def zero_carry(cell: Cell, batch: int, hidden: int, dtype) -> Carry:
     """The default initial carry: zeros, ``(h,)`` or ``(h, c)``, each ``(batch, hidden)``."""
     return tuple(jnp.zeros((batch, hidden), dtype) for _ in range(cell.carry_size))
@@ -134,12 +166,13 @@ def set_hoist_input_projection(hoist: bool | None) -> bool | None:
     return choose_form("hoist", "hoist", hoist)
 
 
-def forward_step(cell: Cell, cell_params: Params, carry: Carry, input_t: Array, valid_t: Array | None, *,
-                 projected: bool = False) -> tuple[Carry, object]:
+def forward_step(cell: Cell, cell_params: Params, carry: Carry, input_t: Array, valid_t: Array | None,
+                 reset_t: Array | None = None, *, projected: bool = False) -> tuple[Carry, object]:
     """One step of the forward scan: ``(new_carry, residuals)``. ``input_t: (B, I)``, or its projection
-    ``x W_x + b`` when ``projected``; ``valid_t: (B,)`` bool or None: where False the carry is held."""
+    ``x W_x + b`` when ``projected``; ``valid_t: (B,)`` bool or None: where False the carry is held;
+    ``reset_t: (B,)`` bool or None: where True the step starts from the zero carry (a new segment)."""
     zx_t = input_t if projected else project_inputs(cell, cell_params, input_t)
-    new_carry, residuals = cell.step(cell_params, carry, zx_t)
+    new_carry, residuals = cell.step(cell_params, reset_carry(carry, reset_t), zx_t)
     if valid_t is not None:
         keep = valid_t[:, None]
         new_carry = tuple(jnp.where(keep, new, old) for new, old in zip(new_carry, carry))
@@ -148,7 +181,7 @@ def forward_step(cell: Cell, cell_params: Params, carry: Carry, input_t: Array, 
 
 def scan_forward(
     cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
-    *, stack_entering: bool = False,
+    resets_tm: Array | None = None, *, stack_entering: bool = False,
 ) -> tuple[Carry, Carry, object]:
     """Run the cell over time.
 
@@ -156,9 +189,11 @@ def scan_forward(
       xs_tm: ``(time, batch, input)`` inputs, time-major.
       carry0: initial carry tuple, each ``(batch, hidden)``.
       mask_tm: ``(time, batch)`` bool validity mask or None.
+      resets_tm: ``(time, batch)`` bool or None: where True the step starts from the zero carry
+        (:func:`step_resets`, in this direction's order: :func:`direction_resets`).
       stack_entering: stack the carry *entering* each step (``carry0, ..., carry_{T-2}``) instead
         of the carry after it. The explicit backward wants this one: it is the ``H_prev`` operand
-        of ``dW_h`` as is, and the reverse scan carries the "after" state itself.
+        of ``dW_h`` (once reset rows are zeroed), and the reverse scan carries the "after" state itself.
 
     Returns:
       ``(final_carry, carries, residuals)``: ``carries`` stacks every carry leaf over time
@@ -171,11 +206,11 @@ def scan_forward(
     inputs_tm = project_inputs(cell, cell_params, xs_tm) if hoist else xs_tm
 
     def body(carry, inputs):
-        input_t, valid_t = inputs
-        new_carry, residuals = forward_step(cell, cell_params, carry, input_t, valid_t, projected=hoist)
+        input_t, valid_t, reset_t = inputs
+        new_carry, residuals = forward_step(cell, cell_params, carry, input_t, valid_t, reset_t, projected=hoist)
         return new_carry, (carry if stack_entering else new_carry, residuals)
 
-    final_carry, (carries, residuals) = lax.scan(body, carry0, (inputs_tm, mask_tm))
+    final_carry, (carries, residuals) = lax.scan(body, carry0, (inputs_tm, mask_tm, resets_tm))
     return final_carry, carries, residuals
 
 
@@ -222,16 +257,21 @@ def check_window(window) -> int:
 
 
 def backward_step(cell: Cell, cell_params: Params, prev: Carry, after: Carry, residuals_t, dcarry: Carry,
-                  valid_t: Array | None):
+                  valid_t: Array | None, reset_t: Array | None = None):
     """One step of the reverse scan: ``(dZx, dZh part, dL/d(previous carry))`` from ``dcarry``, the total
     gradient of the carry after the step (its ``dL/dh_t`` included). Where ``valid_t`` is False the step
-    held its carry: the gradient passes to the previous carry unchanged and nothing reaches the cell."""
+    held its carry: the gradient passes to the previous carry unchanged and nothing reaches the cell.
+    Where ``reset_t`` is True the step read the zero carry: ``prev`` (the carry before the reset) is
+    replaced by zeros and no gradient reaches it, ``dL/d(previous carry) = 0`` (a reset is only ever
+    on a valid step, :func:`step_resets`)."""
+    prev_read = reset_carry(prev, reset_t)
     if valid_t is None:
-        return cell.backward_step(cell_params, prev, after, residuals_t, dcarry)
+        dzx, dzh, dprev = cell.backward_step(cell_params, prev_read, after, residuals_t, dcarry)
+        return dzx, dzh, reset_carry(dprev, reset_t)
     keep = valid_t[:, None]
     into_cell = tuple(jnp.where(keep, d, 0.0) for d in dcarry)
-    dzx, dzh, dprev = cell.backward_step(cell_params, prev, after, residuals_t, into_cell)
-    return dzx, dzh, tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(dprev, dcarry))
+    dzx, dzh, dprev = cell.backward_step(cell_params, prev_read, after, residuals_t, into_cell)
+    return dzx, dzh, tuple(dp + jnp.where(keep, 0.0, d) for dp, d in zip(reset_carry(dprev, reset_t), dcarry))
 
 
 def reverse_blocks(time: int, window: int, run_block, state):
@@ -259,6 +299,7 @@ def backward_scan(
     final_dcarry: Carry,
     dhs_out_tm: Array | None,
     mask_tm: Array | None,
+    resets_tm: Array | None = None,
     *,
     keep_dhs: bool = False,
     keep_dz: bool = False,
@@ -281,7 +322,8 @@ def backward_scan(
       final_dcarry: gradient w.r.t. the final carry (tuple like ``final_carry``).
       dhs_out_tm: ``(T, B, H)`` gradient flowing into each ``h_t`` from outside the recurrence
         (the layer above or a per-step head), or None.
-      mask_tm: ``(T, B)`` bool validity, or None.
+      mask_tm: ``(T, B)`` bool validity, or None; ``resets_tm``: ``(T, B)`` bool, the steps that
+        read the zero carry (as the forward's), or None: no gradient crosses them.
       keep_dhs: also return the total ``dL/dh_t`` of every step; ``keep_dz``: also return the
         stacked ``dZx`` and the cell's recurrent part of ``dZh`` (diagnostics).
     """
@@ -298,15 +340,17 @@ def backward_scan(
 
         def step(carry, inputs):
             dcarry, after = carry
-            prev_t, residuals_t, dh_out_t, valid_t = inputs
+            prev_t, residuals_t, dh_out_t, valid_t, reset_t = inputs
             if dh_out_t is not None:
                 dcarry = (dcarry[0] + dh_out_t,) + dcarry[1:]
-            dzx, dzh, dprev = backward_step(cell, cell_params, prev_t, after, residuals_t, dcarry, valid_t)
+            dzx, dzh, dprev = backward_step(cell, cell_params, prev_t, after, residuals_t, dcarry, valid_t, reset_t)
             return (dprev, prev_t), (dzx, dzh, dcarry[0] if keep_dhs else None)
 
-        inputs = (block_in, jax.tree.map(take, residuals), take(dhs_out_tm), take(mask_tm))
+        block_resets = take(resets_tm)
+        inputs = (block_in, jax.tree.map(take, residuals), take(dhs_out_tm), take(mask_tm), block_resets)
         (dcarry, after), (dzx, dzh_part, dhs) = lax.scan(step, (dcarry, after), inputs, reverse=True)
-        grads = cell.param_grads(take(xs_tm), block_in[0], dzx, dzh_part)
+        h_read = reset_rows(block_in[0], block_resets)  # the H_prev the steps read: zero after a reset
+        grads = cell.param_grads(take(xs_tm), h_read, dzx, dzh_part)
         acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
         return (dcarry, after, acc), (dzx if w_x_t is None else dzx @ w_x_t, dhs) + kept_dz(cell, dzx, dzh_part,
                                                                                             keep_dz)

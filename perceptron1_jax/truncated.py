@@ -56,21 +56,26 @@ def windows(time: int, k1: int, k2: int | None = None, many_to_one: bool = False
 
 
 @partial(jax.jit, static_argnames=("spec", "score_from"))
-def _window_value_and_grad(params, xs, labels, spec, carries0, score_from):
+def _window_value_and_grad(params, xs, labels, spec, carries0, score_from, resets=None):
     loss_mask = None
     if spec.many_to_many:
         steps = jnp.arange(xs.shape[1])
         loss_mask = jnp.broadcast_to(steps[None, :] >= score_from, labels.shape)
-    loss, grads, back = explicit_model(params, xs, labels, spec, None, None, carries0, loss_mask=loss_mask)
+    loss, grads, back = explicit_model(params, xs, labels, spec, None, None, carries0, loss_mask=loss_mask,
+                                       resets=resets)
     # The carry after every step of every layer: where later windows start.
     after = tuple(carries_after(tapes["fwd"].carries_in, tapes["fwd"].final) for tapes in back.forward.tapes)
     return loss, grads, after
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _advance(params, xs, spec, carries0):
+def _advance(params, xs, spec, carries0, resets=None):
     """Every layer's carry after a plain forward over ``xs`` from ``carries0``."""
-    return tuple(finals["fwd"] for finals in forward(params, xs, spec, None, None, carries0).finals)
+    return tuple(finals["fwd"] for finals in forward(params, xs, spec, None, None, carries0, resets=resets).finals)
+
+
+def _cut(resets, start, stop):
+    return None if resets is None else resets[:, start:stop]
 
 
 def _as_carries0(state):
@@ -86,6 +91,8 @@ def run_windows(
     k2: int | None = None,
     h0=None,
     update: Callable | None = None,
+    *,
+    resets=None,
 ):
     """Run TBPTT(k1, k2) over one batch of sequences.
 
@@ -97,6 +104,8 @@ def run_windows(
         (``>= k1``, default ``k1``).
       update: ``update(params, loss, grads) -> params`` applied after each window (e.g. an optax
         step: the online scheme); None keeps the params fixed (all windows see the same params).
+      resets: ``(batch, time)`` bool or None: segment starts (as :func:`perceptron1_jax.unroll`'s);
+        the carry passed into a window is zeroed where its first step is a reset.
 
     Returns:
       ``(params, results, final_carry)``: the params after the last update, a list of
@@ -104,7 +113,7 @@ def run_windows(
       the last step (``(batch, hidden)``, or ``(h, c)`` for the LSTM; for a spec a list per layer).
     """
     if isinstance(cell, ModelSpec):
-        c = validate.check_model_inputs(params, xs, cell, labels, need_targets=True)
+        c = validate.check_model_inputs(params, xs, cell, labels, need_targets=True, resets=resets)
         if any(layer.bidirectional for layer in c.spec.layers):
             raise ValueError("cell: truncated BPTT needs unidirectional layers (a backward direction reads the "
                              "whole future), got a bidirectional layer")
@@ -113,7 +122,7 @@ def run_windows(
         spec, xs, labels, carry0 = c.spec, c.xs, c.targets, None
         to_model, from_model = (lambda p: p), (lambda p: p)
     else:
-        c = validate.check_inputs(params, xs, cell, labels, None, h0, need_labels=True)
+        c = validate.check_inputs(params, xs, cell, labels, None, h0, need_labels=True, resets=resets)
         spec, xs, labels, carry0 = single_layer_spec(cell, c.sizes, c.many_to_many), c.xs, c.labels, c.carry0
         to_model, from_model = as_model_params, from_model_params
     batch, time = xs.shape[:2]
@@ -129,11 +138,11 @@ def run_windows(
         if window.start not in states:  # first window of a many-to-one plan: forward only
             start = max(s for s in states if s <= window.start)
             states[window.start] = _advance(to_model(params), xs[:, start : window.start], spec,
-                                            _as_carries0(states[start]))
+                                            _as_carries0(states[start]), _cut(c.resets, start, window.start))
         ys = labels[:, window.start : window.end] if spec.many_to_many else labels
         loss, grads, after = _window_value_and_grad(
             to_model(params), xs[:, window.start : window.end], ys, spec, _as_carries0(states[window.start]),
-            window.score_from - window.start,
+            window.score_from - window.start, _cut(c.resets, window.start, window.end),
         )
         for step in range(window.start + 1, window.end + 1):
             states[step] = tuple(tuple(leaf[step - window.start - 1] for leaf in layer) for layer in after)

@@ -14,31 +14,32 @@ import jax
 import jax.numpy as jnp
 
 from perceptron1_jax import validate
-from perceptron1_jax.cells import hidden_size_of
 from perceptron1_jax.layers import direction_forward
 from perceptron1_jax.scan import (  # the unroll's input-projection branch, by the name the issues use
     hoist_input_projection,  # noqa: F401
     public_carry,
     set_hoist_input_projection,  # noqa: F401
+    step_resets,
     time_mask,
     zero_carry,
     zero_padding,
 )
 
 
-@partial(jax.jit, static_argnames=("cell_name",))
-def _unroll(cell_name: str, cell_params, xs, lengths, carry0):
+@partial(jax.jit, static_argnames=("cell_name", "hidden"))
+def _unroll(cell_name: str, cell_params, xs, lengths, carry0, resets=None, hidden=None):
     cell = validate.get_cell(cell_name)
     batch, time, _ = xs.shape
     if carry0 is None:
-        carry0 = zero_carry(cell, batch, hidden_size_of(cell, cell_params), xs.dtype)
+        carry0 = zero_carry(cell, batch, hidden, xs.dtype)
     mask_tm = time_mask(lengths, time)
     hs_tm, final, _ = direction_forward(cell, cell_params, zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm), carry0,
-                                        mask_tm, lengths, reverse=False, save=False)
+                                        mask_tm, lengths, reverse=False, save=False,
+                                        resets_tm=step_resets(resets, mask_tm))
     return jnp.swapaxes(hs_tm, 0, 1), final
 
 
-def unroll(params, xs, cell: str, lengths=None, h0=None):
+def unroll(params, xs, cell: str, lengths=None, h0=None, *, resets=None):
     """Run a recurrent cell over a batch of sequences (plain autodiff path).
 
     Args:
@@ -48,12 +49,33 @@ def unroll(params, xs, cell: str, lengths=None, h0=None):
       lengths: optional ``(batch,)`` ints in ``[1, time]``; steps past a sequence's length leave
         its state unchanged.
       h0: optional initial carry, ``(batch, hidden)``; for the LSTM a pair ``(h, c)``. Zeros if None.
+      resets: optional ``(batch, time)`` bool: ``resets[b, t]`` True starts a new segment at step
+        ``t`` of row ``b``: the zero carry enters that step (not ``h0``, not the previous state),
+        so each segment gives what it gives run alone. ``h0`` feeds only each row's first segment
+        (when ``resets[b, 0]`` is False). Resets past a row's length change nothing.
 
     Returns:
       ``(hs, final_carry)``: ``hs`` is ``(batch, time, hidden)``, the hidden state after every step
       (held constant past a sequence's length); ``final_carry`` is ``(batch, hidden)`` (Elman, GRU)
       or ``(h, c)`` (LSTM), the state at each sequence's last valid step.
     """
-    c = validate.check_inputs(params, xs, cell, lengths=lengths, h0=h0)
-    hs, final = _unroll(cell, params["cell"], c.xs, c.lengths, c.carry0)
+    c = validate.check_inputs(params, xs, cell, lengths=lengths, h0=h0, resets=resets)
+    hs, final = _unroll(cell, params["cell"], c.xs, c.lengths, c.carry0, c.resets, c.sizes.hidden_size)
     return hs, public_carry(c.cell, final)
+
+
+def step(params, carry, x, cell: str, reset=None):
+    """One step of a recurrent cell: ``(carry, h)``.
+
+    ``params`` as :func:`unroll`'s; ``carry``: the format :func:`unroll` takes as ``h0`` and returns
+    (``(batch, hidden)``, or ``(h, c)`` for the LSTM), or None for zeros; ``x: (batch, input)``;
+    ``reset: (batch,)`` bool or None: rows where True start from the zero carry. ``h: (batch, hidden)``
+    is the state after the step. Stepping ``T`` times equals :func:`unroll` (it is that scan, one step
+    long). Jit-able.
+    """
+    x = validate.as_array("x", x)
+    if x.ndim != 2:
+        raise ValueError(f"x: expected shape (batch, input), got {tuple(x.shape)}")
+    c = validate.check_inputs(params, x[:, None], cell, h0=carry, resets=validate.step_resets(reset))
+    hs, final = _unroll(cell, params["cell"], c.xs, None, c.carry0, c.resets, c.sizes.hidden_size)
+    return public_carry(c.cell, final), hs[:, 0]

@@ -111,8 +111,10 @@ def _check_block(where: str, block: Any, expected: dict[str, tuple[int, ...]], d
     return dtype
 
 
-def check_params(params: Any, cell: Cell, need_readout: bool = True) -> Sizes:
-    """Check ``params`` fits ``cell``: ``{"cell": {...}, "readout": {"W": (H, C), "b": (C,)}}``."""
+def check_params(params: Any, cell: Cell, need_readout: bool = True, xs: Any = None) -> Sizes:
+    """Check ``params`` fits ``cell``: ``{"cell": {...}, "readout": {"W": (H, C), "b": (C,)}}``.
+    A built-in cell's sizes are read off ``W_x``; a user cell's off ``xs`` and the parameters
+    (:func:`_user_cell_sizes`)."""
     if not isinstance(params, dict) or "cell" not in params:
         raise TypeError(
             f"params: expected a dict with keys ['cell', 'readout'] (from init_params), got {_describe(params)}"
@@ -120,11 +122,9 @@ def check_params(params: Any, cell: Cell, need_readout: bool = True) -> Sizes:
     allowed = {"cell", "readout"}
     if not set(params) <= allowed or (need_readout and "readout" not in params):
         raise ValueError(f"params: expected keys {sorted(allowed)}, got {sorted(params)}")
-    if not cell.projects:
-        raise ValueError(f"cell: the single-layer functions read their sizes off W_x, which the user cell "
-                         f"{cell.name!r} need not have: use it in a ModelSpec (LayerSpec({cell.name!r}, hidden) "
-                         "with init_model, model_bptt, model_loss)")
     cell_params = params["cell"]
+    if not cell.projects:
+        return _user_cell_sizes(params, cell, xs)
     w_x = cell_params.get("W_x") if isinstance(cell_params, dict) else None
     if not hasattr(w_x, "shape") or len(w_x.shape) != 2:
         raise ValueError(
@@ -138,7 +138,12 @@ def check_params(params: Any, cell: Cell, need_readout: bool = True) -> Sizes:
             f"{cell.name!r}, got shape {tuple(w_x.shape)}"
         )
     hidden = width // cell.num_gates
-    dtype = _check_block("params['cell']", cell_params, cell.param_shapes(input_size, hidden), None)
+    return _checked_sizes(params, cell, int(input_size), int(hidden))
+
+
+def _checked_sizes(params, cell: Cell, input_size: int, hidden: int) -> Sizes:
+    """The cell block checked against ``cell.param_shapes(input_size, hidden)``, and the readout."""
+    dtype = _check_block("params['cell']", params["cell"], cell.param_shapes(input_size, hidden), None)
     num_classes = None
     if "readout" in params:
         w_r = params["readout"].get("W") if isinstance(params["readout"], dict) else None
@@ -152,7 +157,28 @@ def check_params(params: Any, cell: Cell, need_readout: bool = True) -> Sizes:
         _check_block(
             "params['readout']", params["readout"], {"W": (hidden, num_classes), "b": (num_classes,)}, dtype
         )
-    return Sizes(int(input_size), int(hidden), num_classes, dtype)
+    return Sizes(input_size, hidden, num_classes, dtype)
+
+
+def _user_cell_sizes(params, cell: Cell, xs: Any) -> Sizes:
+    """A user cell's sizes: the input size from ``xs: (batch, time, input)``; the hidden size from the
+    readout's rows, or without a readout the one size for which ``cell.param_shapes`` gives the
+    parameters' shapes."""
+    if not isinstance(params["cell"], dict):
+        raise TypeError(f"params['cell']: expected a dict of arrays, got {_describe(params['cell'])}")
+    xs = as_array("xs", xs)
+    if xs.ndim != 3:
+        raise ValueError(f"xs: expected shape (batch, time, input_size), got {tuple(xs.shape)}")
+    input_size = int(xs.shape[-1])
+    readout = params.get("readout")
+    if isinstance(readout, dict) and hasattr(readout.get("W"), "shape") and len(readout["W"].shape) == 2:
+        return _checked_sizes(params, cell, input_size, int(readout["W"].shape[0]))
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in params["cell"].items()}
+    for hidden in sorted({d for shape in shapes.values() for d in shape}):
+        if hidden > 0 and {k: tuple(v) for k, v in cell.param_shapes(input_size, hidden).items()} == shapes:
+            return _checked_sizes(params, cell, input_size, hidden)
+    raise ValueError(f"params['cell']: expected the shapes of cell {cell.name!r} for input size {input_size} "
+                     f"(xs' last axis) and some hidden size, got {shapes}")
 
 
 def check_xs(xs: Any, sizes: Sizes, source: str = "params['cell']['W_x'] rows") -> tuple[Any, int, int]:
@@ -227,23 +253,32 @@ def check_h0(h0: Any, cell: Cell, batch: int, sizes: Sizes) -> tuple | None:
     """
     if h0 is None:
         return None
-    shape = (batch, sizes.hidden_size)
-    if cell.carry_size == 1:
-        parts, expect = (h0,), f"an array of shape {shape}"
-    else:
-        expect = f"a pair (h, c) of arrays of shape {shape}"
-        if not isinstance(h0, (tuple, list)) or len(h0) != 2:
-            raise TypeError(f"h0: expected {expect} for cell 'lstm', got {_describe(h0)}")
-        parts = tuple(h0)
-    out = []
-    for part in parts:
-        part = as_array("h0", part)
-        if tuple(part.shape) != shape:
-            raise ValueError(f"h0: expected {expect}, got shape {tuple(part.shape)}")
-        if part.dtype != sizes.dtype:
-            raise TypeError(f"h0: expected dtype {sizes.dtype} to match params, got {part.dtype}")
-        out.append(part)
-    return tuple(out)
+    return _check_carry("h0", h0, cell, (batch, sizes.hidden_size), sizes.dtype)
+
+
+def check_resets(resets: Any, batch: int, time: int, name: str = "resets") -> Any:
+    """``resets: (batch, time)`` bool (True starts a new segment at that step), or None."""
+    if resets is None:
+        return None
+    resets = as_array(name, resets)
+    if resets.dtype != jnp.bool_:
+        raise TypeError(f"{name}: expected dtype bool (True where a new segment starts), got {resets.dtype}")
+    if tuple(resets.shape) != (batch, time):
+        raise ValueError(f"{name}: expected shape ({batch}, {time}) (batch, time), got {tuple(resets.shape)}")
+    return resets
+
+
+def step_resets(reset: Any) -> Any:
+    """One step's ``reset: (batch,)`` bool (or None) -> ``(batch, 1)``, the one-step ``resets`` that the
+    sequence checks then match against the batch (errors here name ``reset``)."""
+    if reset is None:
+        return None
+    reset = as_array("reset", reset)
+    if reset.dtype != jnp.bool_:
+        raise TypeError(f"reset: expected dtype bool (True where a new segment starts), got {reset.dtype}")
+    if reset.ndim != 1:
+        raise ValueError(f"reset: expected shape (batch,), got {tuple(reset.shape)}")
+    return reset[:, None]
 
 
 class Checked(NamedTuple):
@@ -256,15 +291,17 @@ class Checked(NamedTuple):
     lengths: Any  # (batch,) ints, or None
     carry0: tuple | None  # initial carry tuple, or None for zeros
     many_to_many: bool
+    resets: Any = None  # (batch, time) bool, or None
 
 
-def check_inputs(params, xs, cell, labels=None, lengths=None, h0=None, *, need_labels=False) -> Checked:
+def check_inputs(params, xs, cell, labels=None, lengths=None, h0=None, *, need_labels=False,
+                 resets=None) -> Checked:
     """All checks of a public entry point, in the order a user reads the signature.
 
     The readout is required exactly when labels are (a loss needs classes).
     """
     spec = get_cell(cell)
-    sizes = check_params(params, spec, need_readout=need_labels)
+    sizes = check_params(params, spec, need_readout=need_labels, xs=xs)
     xs, batch, time = check_xs(xs, sizes)
     many_to_many = False
     if need_labels:
@@ -275,7 +312,7 @@ def check_inputs(params, xs, cell, labels=None, lengths=None, h0=None, *, need_l
         labels, many_to_many = check_labels(labels, batch, time, sizes.num_classes)
     lengths = check_lengths(lengths, batch, time)
     carry0 = check_h0(h0, spec, batch, sizes)
-    return Checked(spec, sizes, xs, labels, lengths, carry0, many_to_many)
+    return Checked(spec, sizes, xs, labels, lengths, carry0, many_to_many, check_resets(resets, batch, time))
 
 
 # --------------------------------------------------------------------------- layered models
@@ -376,10 +413,56 @@ class CheckedModel(NamedTuple):
     targets: Any  # or None
     lengths: Any  # or None
     dropout_key: Any  # or None
+    resets: Any = None  # (batch, time) bool, or None
+    carries0: Any = None  # per layer {direction: carry tuple}, or None
+
+
+def check_carries0(carries0: Any, spec: ModelSpec, batch: int, dtype, name: str = "carries0") -> tuple | None:
+    """Initial carries of a model: a list over layers of ``{direction: h}`` (``(h, c)`` for a cell with
+    two carries; more for a user cell), each ``(batch, hidden)`` of the params' dtype, or None for a
+    layer (zeros); returns per layer ``{direction: carry tuple}`` (None stays None)."""
+    if carries0 is None:
+        return None
+    if not isinstance(carries0, (list, tuple)) or len(carries0) != len(spec.layers):
+        raise ValueError(f"{name}: expected a list of {len(spec.layers)} layers, each {{direction: carry}} "
+                         f"(as model_apply(..., return_carries=True) returns), got {_describe(carries0)}")
+    out = []
+    for k, (layer, given) in enumerate(zip(spec.layers, carries0)):
+        if given is None:
+            out.append(None)
+            continue
+        if not isinstance(given, dict) or set(given) != set(layer.directions):
+            got = sorted(given) if isinstance(given, dict) else _describe(given)
+            raise ValueError(f"{name}[{k}]: expected directions {list(layer.directions)}, got {got}")
+        cell = CELLS[layer.cell]
+        shape = (batch, layer.hidden_size)
+        out.append({d: _check_carry(f"{name}[{k}][{d!r}]", given[d], cell, shape, dtype) for d in layer.directions})
+    return tuple(out)
+
+
+def _check_carry(where: str, carry: Any, cell: Cell, shape: tuple[int, int], dtype) -> tuple:
+    """One direction's carry: an array (one carry) or a tuple of ``cell.carry_size`` arrays of ``shape``."""
+    if cell.carry_size == 1:
+        parts, expect = (carry,), f"an array of shape {shape}"
+    else:
+        expect = (f"a pair (h, c) of arrays of shape {shape}" if cell.carry_size == 2
+                  else f"a tuple of {cell.carry_size} arrays of shape {shape}")
+        if not isinstance(carry, (tuple, list)) or len(carry) != cell.carry_size:
+            raise TypeError(f"{where}: expected {expect} for cell {cell.name!r}, got {_describe(carry)}")
+        parts = tuple(carry)
+    out = []
+    for part in parts:
+        part = as_array(where, part)
+        if tuple(part.shape) != shape:
+            raise ValueError(f"{where}: expected {expect}, got shape {tuple(part.shape)}")
+        if part.dtype != dtype:
+            raise TypeError(f"{where}: expected dtype {dtype} to match params, got {part.dtype}")
+        out.append(part)
+    return tuple(out)
 
 
 def check_model_inputs(params, xs, spec, targets=None, lengths=None, dropout_key=None, *,
-                       need_targets=False) -> CheckedModel:
+                       need_targets=False, resets=None, carries0=None) -> CheckedModel:
     """All checks of a model entry point, in the order of its signature."""
     spec = check_spec(spec)
     dtype = check_model_params(params, spec)
@@ -389,4 +472,5 @@ def check_model_inputs(params, xs, spec, targets=None, lengths=None, dropout_key
     lengths = check_lengths(lengths, batch, time)
     if dropout_key is not None:
         dropout_key = check_key(dropout_key, "dropout_key")
-    return CheckedModel(spec, dtype, xs, targets, lengths, dropout_key)
+    return CheckedModel(spec, dtype, xs, targets, lengths, dropout_key, check_resets(resets, batch, time),
+                        check_carries0(carries0, spec, batch, dtype))

@@ -49,6 +49,7 @@ from perceptron1_jax.scan import (
     input_weights_t,
     kept_dz,
     project_inputs,
+    reset_rows,
     reverse_blocks,
     zero_grads,
 )
@@ -108,12 +109,13 @@ def _valid(mask_tm: Array | None, k: int, layers: int, time: int, batch: int) ->
 
 
 def wavefront_forward(cells: list[str], params: list[Params], xs_tm: Array, carries0: list[Carry],
-                      mask_tm: Array | None, drop_masks: list, *, save: bool):
+                      mask_tm: Array | None, drop_masks: list, *, save: bool, resets_tm: Array | None = None):
     """A stack of forward-only layers over ``xs_tm: (T, B, I)`` (the first layer's input).
 
     ``cells``/``params``/``carries0``: per layer, its cell's name, its ``"fwd"`` params and its
     initial carry; ``drop_masks``: per layer the dropout multiplier on its input ``(T, B, F)`` or
-    None (the first layer's is applied by the caller). Returns per layer ``(hs_tm, final, tape)`` as
+    None (the first layer's is applied by the caller); ``resets_tm: (T, B)`` bool or None: the steps
+    where every layer starts from the zero carry. Returns per layer ``(hs_tm, final, tape)`` as
     :func:`perceptron1_jax.layers.direction_forward`'s (``hs_tm`` None below the top layer unless
     ``save``; ``tape`` a :class:`~perceptron1_jax.layers.DirectionTape`, None unless ``save``).
     """
@@ -123,16 +125,17 @@ def wavefront_forward(cells: list[str], params: list[Params], xs_tm: Array, carr
     first_in = project_inputs(cell_fns[0], params[0], xs_tm) if hoist else xs_tm
     inputs = (_skew(first_in, 0, layers - 1),
               tuple(_valid(mask_tm, k, layers, time, batch) for k in range(layers)),
-              tuple(_skew(m, k, layers - 1 - k) for k, m in enumerate(drop_masks)))
+              tuple(_skew(m, k, layers - 1 - k) for k, m in enumerate(drop_masks)),
+              tuple(_skew(resets_tm, k, layers - 1 - k) for k in range(layers)))
 
     def body(carries, step_inputs):
-        x_t, valid_t, drop_t = step_inputs
+        x_t, valid_t, drop_t, reset_t = step_inputs
         new, kept = [], []
         for k in range(layers):
             layer_in = x_t if k == 0 else carries[k - 1][0]
             if drop_t[k] is not None:
                 layer_in = layer_in * drop_t[k]
-            carry, residuals = forward_step(cell_fns[k], params[k], carries[k], layer_in, valid_t[k],
+            carry, residuals = forward_step(cell_fns[k], params[k], carries[k], layer_in, valid_t[k], reset_t[k],
                                             projected=hoist and k == 0)
             new.append(carry)
             kept.append((carries[k], residuals, layer_in if k > 0 else None))
@@ -145,7 +148,7 @@ def wavefront_forward(cells: list[str], params: list[Params], xs_tm: Array, carr
     for k, (entering, residuals, layer_in) in enumerate(stacked):
         carries_in = tuple(_unskew(c, k, time) for c in entering)
         tape = DirectionTape(xs_tm if k == 0 else _unskew(layer_in, k, time), carries_in, finals[k],
-                             jax.tree.map(lambda a, k=k: _unskew(a, k, time), residuals))
+                             jax.tree.map(lambda a, k=k: _unskew(a, k, time), residuals), resets_tm)
         out.append((carries_after(carries_in[:1], finals[k][:1])[0], finals[k], tape))
     return out
 
@@ -167,7 +170,8 @@ def wavefront_backward(cells: list[str], params: list[Params], tapes: list[Direc
     sk = [dict(xs=_skew(t.xs_tm, k, layers - 1 - k),
                prev=tuple(_skew(c, k, layers - 1 - k, f, edge=True) for c, f in zip(t.carries_in, t.final)),
                residuals=jax.tree.map(lambda a, k=k: _skew(a, k, layers - 1 - k, edge=True), t.residuals),
-               valid=_valid(mask_tm, k, layers, time, batch), drop=_skew(m, k, layers - 1 - k))
+               valid=_valid(mask_tm, k, layers, time, batch), drop=_skew(m, k, layers - 1 - k),
+               resets=_skew(t.resets_tm, k, layers - 1 - k))
           for k, (t, m) in enumerate(zip(tapes, drop_masks))]
     dh_top = _skew(dhs_top_tm, layers - 1, 0)
 
@@ -175,10 +179,10 @@ def wavefront_backward(cells: list[str], params: list[Params], tapes: list[Direc
         dcarries, afters, pending = carry
         new_d, new_after, new_pending, outs = [], [], [None] * layers, []
         for k in range(layers):
-            prev, residuals, valid, drop = xs[k]
+            prev, residuals, valid, drop, reset = xs[k]
             dh_out = xs[layers] if k == layers - 1 else pending[k]
             dcarry = dcarries[k] if dh_out is None else (dcarries[k][0] + dh_out,) + dcarries[k][1:]
-            dzx, dzh, dprev = backward_step(cell_fns[k], params[k], prev, afters[k], residuals, dcarry, valid)
+            dzx, dzh, dprev = backward_step(cell_fns[k], params[k], prev, afters[k], residuals, dcarry, valid, reset)
             dx = None  # the first layer's dL/dx is not needed in the loop: one product per block
             if k > 0:  # the gradient of layer k-1's output at this step, read one iteration later
                 dx = dzx if w_x_t[k] is None else dzx @ w_x_t[k]
@@ -194,10 +198,10 @@ def wavefront_backward(cells: list[str], params: list[Params], tapes: list[Direc
         def take(a):
             return None if a is None else lax.dynamic_slice_in_dim(a, start, length)
 
-        xs = tuple(jax.tree.map(take, (s["prev"], s["residuals"], s["valid"], s["drop"])) for s in sk)
+        xs = tuple(jax.tree.map(take, (s["prev"], s["residuals"], s["valid"], s["drop"], s["resets"])) for s in sk)
         carry, outs = lax.scan(step, carry, xs + (take(dh_top),), reverse=True)
-        acc = tuple(jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc[k],
-                                 cell_fns[k].param_grads(take(s["xs"]), take(s["prev"][0]), o[0], o[1]))
+        acc = tuple(jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc[k], cell_fns[k].param_grads(
+                        take(s["xs"]), reset_rows(take(s["prev"][0]), take(s["resets"])), o[0], o[1]))
                     for k, (s, o) in enumerate(zip(sk, outs)))
         first_dx = outs[0][0] if w_x_t[0] is None else outs[0][0] @ w_x_t[0]
         return (carry, acc), tuple((first_dx if k == 0 else dx, dhs) + kept_dz(cell_fns[k], dzx, dzh, keep_dz)
@@ -215,7 +219,7 @@ def wavefront_backward(cells: list[str], params: list[Params], tapes: list[Direc
 
 
 def stack_forward(spec: ModelSpec, params: dict, x_tm: Array, mask_tm, carries0, layers: range, drop_masks: list, *,
-                  save: bool):
+                  save: bool, resets_tm=None):
     """Layers ``layers`` of a model (a run of :func:`wave_groups`) as a wavefront, in the model's
     layout: ``x_tm`` the run's first input (its dropout applied), ``carries0`` the model's (None or per
     layer ``{direction: carry}``), ``drop_masks`` per layer of the run. Returns ``(top outputs,
@@ -224,7 +228,7 @@ def stack_forward(spec: ModelSpec, params: dict, x_tm: Array, mask_tm, carries0,
     first = [initial_carries(spec.layers[k], None if carries0 is None else carries0[k], x_tm.shape[1],
                              x_tm.dtype)["fwd"] for k in layers]
     out = wavefront_forward([spec.layers[k].cell for k in layers], [params["layers"][k]["fwd"] for k in layers],
-                            x_tm, first, mask_tm, [None, *drop_masks[1:]], save=save)
+                            x_tm, first, mask_tm, [None, *drop_masks[1:]], save=save, resets_tm=resets_tm)
     return out[-1][0], [{"fwd": final} for _, final, _ in out], [{"fwd": tape} for _, _, tape in out]
 
 

@@ -188,5 +188,5 @@ def test_contract_errors_name_the_cell_and_the_array():
     with pytest.raises(ValueError, match=r"cell 'bad': carry_size: expected a positive int, got 0"):
         p1.custom_cell("bad", ind_shapes, ind_init, ind_step, carry_size=0)
     assert "bad" not in CELLS
-    with pytest.raises(ValueError, match=r"cell: the single-layer functions read their sizes off W_x"):
-        p1.bptt({"cell": {}, "readout": {}}, jnp.zeros((1, 2, 3)), jnp.zeros(1, jnp.int32), "indrnn")
+    with pytest.raises(ValueError, match=r"params\['cell'\]: expected the shapes of cell 'indrnn' for input size 3"):
+        p1.unroll({"cell": {}}, jnp.zeros((1, 2, 3)), "indrnn")
