@@ -1,5 +1,6 @@
 """Text from a language model: the prompt is read once, then one step per new token, carrying
-every layer's state (a jitted ``lax.scan``; the model's own forward pass with ``time = 1``).
+every layer's state (a jitted ``lax.scan`` of :func:`perceptron1_jax.model.step_forward`, the step
+that :func:`perceptron1_jax.model_step` runs: the model's own forward pass with ``time = 1``).
 
 Sampling at temperature ``T``: ``p(token) ∝ exp(logit / T)`` over the ``top_k`` largest logits
 (all without ``top_k``); ``T = 0`` is greedy (the arg-max). ``<unk>`` is never produced. The same
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from perceptron1_jax.data import UNK, detokenize, tokenize
-from perceptron1_jax.model import forward
+from perceptron1_jax.model import forward, step_forward
 from perceptron1_jax.runs import Run
 from perceptron1_jax.spec import ModelSpec
 
@@ -53,8 +54,8 @@ def sample(params, prompt_ids, key, spec: ModelSpec, length: int, temperature: f
     def step(carry, key_t):
         logits, carries = carry
         token = pick(logits, key_t, temperature, top_k, banned)
-        fw = forward(params, token[None, None], spec, carries0=carries)
-        return (fw.outputs[-1, 0], fw.finals), token
+        carries, outputs = step_forward(params, carries, token[None], spec)
+        return (outputs[0], carries), token
 
     _, tokens = jax.lax.scan(step, (fw.outputs[-1, 0], fw.finals), jax.random.split(key, length))
     return tokens

@@ -244,11 +244,18 @@ def model_loss(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=N
     return _loss(params, c.xs, c.targets, c.spec, c.lengths, c.dropout_key, c.carries0, c.resets)
 
 
+def step_forward(params, carries, x, spec: ModelSpec, reset=None):
+    """One step of the model (unchecked, traceable): ``(carries, outputs)`` with the carries in the
+    forward pass's layout (per layer ``{direction: carry tuple}``, or None for zeros); ``x: (B, I)``
+    or token ids ``(B,)``; ``outputs: (B, O)``. It is :func:`forward` over one step."""
+    fw = forward(params, x[:, None], spec, None, None, carries, resets=None if reset is None else reset[:, None])
+    return fw.finals, fw.outputs[0] if spec.many_to_many else fw.outputs
+
+
 @partial(jax.jit, static_argnames=("spec",))
 def _model_step(params, carries, x, spec, reset):
-    fw = forward(params, x[:, None], spec, None, None, carries, resets=None if reset is None else reset[:, None])
-    outputs = fw.outputs[0] if spec.many_to_many else fw.outputs
-    return public_carries(spec, fw.finals), outputs
+    finals, outputs = step_forward(params, carries, x, spec, reset)
+    return public_carries(spec, finals), outputs
 
 
 def model_step(params, carries, x, spec: ModelSpec, reset=None):
@@ -270,9 +277,9 @@ def model_step(params, carries, x, spec: ModelSpec, reset=None):
     if x.ndim != (1 if spec.tokens else 2):
         raise ValueError(f"x: expected shape {'(batch,)' if spec.tokens else '(batch, input_size)'}, "
                          f"got {tuple(x.shape)}")
-    c = validate.check_model_inputs(params, x[:, None], spec, carries0=carries,
-                                    resets=validate.step_resets(reset))
-    return _model_step(params, c.carries0, c.xs[:, 0], c.spec, None if c.resets is None else c.resets[:, 0])
+    c = validate.check_model_inputs(params, x[:, None], spec, resets=validate.step_resets(reset))
+    carries = validate.check_carries0(carries, spec, x.shape[0], c.dtype, name="carries")
+    return _model_step(params, carries, c.xs[:, 0], c.spec, None if c.resets is None else c.resets[:, 0])
 
 
 # --------------------------------------------------------------------------- single layer

@@ -76,6 +76,7 @@ def step(params, carry, x, cell: str, reset=None):
     x = validate.as_array("x", x)
     if x.ndim != 2:
         raise ValueError(f"x: expected shape (batch, input), got {tuple(x.shape)}")
-    c = validate.check_inputs(params, x[:, None], cell, h0=carry, resets=validate.step_resets(reset))
-    hs, final = _unroll(cell, params["cell"], c.xs, None, c.carry0, c.resets, c.sizes.hidden_size)
+    c = validate.check_inputs(params, x[:, None], cell, resets=validate.step_resets(reset))
+    carry0 = validate.check_h0(carry, c.cell, x.shape[0], c.sizes, name="carry")
+    hs, final = _unroll(cell, params["cell"], c.xs, None, carry0, c.resets, c.sizes.hidden_size)
     return public_carry(c.cell, final), hs[:, 0]

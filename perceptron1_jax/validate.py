@@ -246,14 +246,14 @@ def check_lengths(lengths: Any, batch: int, time: int) -> Any:
     return lengths.astype(jnp.int32)  # int8/uint8 lengths would wrap where steps are counted
 
 
-def check_h0(h0: Any, cell: Cell, batch: int, sizes: Sizes) -> tuple | None:
+def check_h0(h0: Any, cell: Cell, batch: int, sizes: Sizes, name: str = "h0") -> tuple | None:
     """Initial carry: ``(batch, hidden)`` for Elman/GRU, a pair ``(h, c)`` of those for the LSTM.
 
     Returns the carry as a tuple, or None for the default zeros.
     """
     if h0 is None:
         return None
-    return _check_carry("h0", h0, cell, (batch, sizes.hidden_size), sizes.dtype)
+    return _check_carry(name, h0, cell, (batch, sizes.hidden_size), sizes.dtype)
 
 
 def check_resets(resets: Any, batch: int, time: int, name: str = "resets") -> Any:
