@@ -44,7 +44,7 @@ from perceptron1_jax.parallel import initialize_distributed, make_mesh, use_cpu_
 from perceptron1_jax.prediction import predict_examples
 from perceptron1_jax.scan import set_hoist_input_projection
 from perceptron1_jax.runs import Run, load_run
-from perceptron1_jax.spec import LayerSpec, ModelSpec
+from perceptron1_jax.spec import LayerSpec, LoopForms, ModelSpec
 from perceptron1_jax.train import TrainConfig
 from perceptron1_jax.train import load_checkpoint
 from perceptron1_jax.train import train
@@ -63,6 +63,7 @@ __all__ = (
     "DataInfo",
     "GradientFlow",
     "LayerSpec",
+    "LoopForms",
     "ModelExtras",
     "ModelSpec",
     "Population",

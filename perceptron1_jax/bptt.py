@@ -50,7 +50,7 @@ from perceptron1_jax.model import (
 )
 from perceptron1_jax.parallel import check_mesh, data_parallel
 from perceptron1_jax.scan import WINDOW, check_window, public_carry, step_resets, time_mask, zero_carry, zero_padding
-from perceptron1_jax.spec import ModelSpec
+from perceptron1_jax.spec import PROCESS_FORMS, ModelSpec
 from perceptron1_jax.wavefront import stack_backward, wave_groups
 
 Array = jax.Array
@@ -94,7 +94,7 @@ def explicit_model(params, xs, targets, spec: ModelSpec, lengths=None, dropout_k
         if stop - start == 1:
             layer_grads[start], dxs_tm, backs[start] = recurrent_backward(
                 spec.layers[start], params["layers"][start], fw.tapes[start], fw.finals[start], dout_tm, dfinal_h,
-                fw.mask_tm, lengths, keep_dhs=keep_dhs, keep_dz=keep_dz, window=window,
+                fw.mask_tm, lengths, keep_dhs=keep_dhs, keep_dz=keep_dz, window=window, forms=spec.forms,
             )
         else:
             layers = range(start, stop)
@@ -370,24 +370,25 @@ def explicit_value_and_grad(
 # --------------------------------------------------------------------------- custom_vjp entry
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _unroll_explicit(cell_name, cell_params, xs, lengths, carry0, resets):
-    return _unroll_fwd(cell_name, cell_params, xs, lengths, carry0, resets)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _unroll_explicit(cell_name, hoist, cell_params, xs, lengths, carry0, resets):
+    return _unroll_fwd(cell_name, hoist, cell_params, xs, lengths, carry0, resets)[0]
 
 
-def _unroll_fwd(cell_name, cell_params, xs, lengths, carry0, resets):
+def _unroll_fwd(cell_name, hoist, cell_params, xs, lengths, carry0, resets):
     mask_tm = time_mask(lengths, xs.shape[1])
     xs_tm = zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm)
     hs_tm, final, tape = direction_forward(CELLS[cell_name], cell_params, xs_tm, carry0, mask_tm, lengths,
-                                           reverse=False, save=True, resets_tm=step_resets(resets, mask_tm))
+                                           reverse=False, save=True, resets_tm=step_resets(resets, mask_tm),
+                                           hoist=hoist)
     return (jnp.swapaxes(hs_tm, 0, 1), final), (cell_params, lengths, tape, resets)
 
 
-def _unroll_bwd(cell_name, saved, cotangents):
+def _unroll_bwd(cell_name, hoist, saved, cotangents):
     cell_params, lengths, tape, resets = saved
     d_hs, d_final = cotangents
     back = direction_backward(CELLS[cell_name], cell_params, tape, jnp.swapaxes(d_hs, 0, 1), tuple(d_final),
-                              time_mask(lengths, d_hs.shape[1]), lengths, reverse=False)
+                              time_mask(lengths, d_hs.shape[1]), lengths, reverse=False, hoist=hoist)
     no_gradient = None if resets is None else np.zeros(resets.shape, jax.dtypes.float0)
     return back.grads, jnp.swapaxes(back.dxs_tm, 0, 1), None, back.dcarry0, no_gradient
 
@@ -408,5 +409,5 @@ def unroll_bptt(params, xs, cell: str, lengths=None, h0=None, *, resets=None):
     carry0 = c.carry0
     if carry0 is None:
         carry0 = zero_carry(c.cell, c.xs.shape[0], c.sizes.hidden_size, c.sizes.dtype)
-    hs, final = _unroll_explicit(cell, params["cell"], c.xs, c.lengths, carry0, c.resets)
+    hs, final = _unroll_explicit(cell, PROCESS_FORMS["hoist"], params["cell"], c.xs, c.lengths, carry0, c.resets)
     return hs, public_carry(c.cell, final)

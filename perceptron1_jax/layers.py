@@ -32,11 +32,12 @@ from perceptron1_jax.scan import (
     carries_after,
     choose_form,
     direction_resets,
+    resolve_forms,
     reverse_in_time,
     scan_forward,
     zero_carry,
 )
-from perceptron1_jax.spec import DIRECTIONS, LayerSpec
+from perceptron1_jax.spec import DIRECTIONS, LayerSpec, LoopForms
 
 Array = jax.Array
 
@@ -102,7 +103,7 @@ class DirectionTape(NamedTuple):
 
 def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm, lengths, *,
                       reverse: bool, save: bool, lean: int | None = None, associative: bool = False,
-                      resets_tm=None):
+                      resets_tm=None, hoist: bool | None = None):
     """Run one direction over ``xs_tm: (T, B, I)``.
 
     Returns ``(hs_tm, final, tape)``: ``hs_tm: (T, B, H)`` the state after every step in the
@@ -113,6 +114,7 @@ def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Car
     ``resets_tm: (T, B)`` bool (original time order, :func:`~perceptron1_jax.scan.step_resets`) or
     None: segment starts; the reverse direction reads each segment from its last step back
     (:func:`~perceptron1_jax.scan.direction_resets`). The tape keeps them for the backward.
+    ``hoist``: project the inputs before the loop (None: the process-wide or platform default).
     """
     x = reverse_in_time(xs_tm, lengths) if reverse else xs_tm
     resets_tm = direction_resets(resets_tm, lengths, reverse)
@@ -122,10 +124,10 @@ def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Car
                              f"there are no segments to recompute), got {lean!r}")
         hs, final, tape = associative_forward(cell, cell_params, x, carry0, mask_tm, resets_tm, save=save)
     elif lean is not None:
-        hs, final, tape = lean_forward(cell, cell_params, x, carry0, mask_tm, lean, resets_tm)
+        hs, final, tape = lean_forward(cell, cell_params, x, carry0, mask_tm, lean, resets_tm, hoist=hoist)
     else:
         final, carries, residuals = scan_forward(cell, cell_params, x, carry0, mask_tm, resets_tm,
-                                                 stack_entering=save)
+                                                 stack_entering=save, hoist=hoist)
         hs = carries_after(carries[:1], final[:1])[0] if save else carries[0]
         tape = DirectionTape(x, carries, final, residuals, resets_tm) if save else None
     return (reverse_in_time(hs, lengths) if reverse else hs), final, tape
@@ -133,11 +135,12 @@ def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Car
 
 def direction_backward(cell: Cell, cell_params: Params, tape, dhs_out_tm, final_dcarry: Carry, mask_tm, lengths,
                        *, reverse: bool, keep_dhs: bool = False, keep_dz: bool = False,
-                       window: int = WINDOW) -> Backward:
+                       window: int = WINDOW, hoist: bool | None = None) -> Backward:
     """The explicit backward of :func:`direction_forward` (full or lean tape).
 
     ``dhs_out_tm: (T, B, H)`` (original time order) the gradient reaching each output from above,
-    or None; ``final_dcarry`` the gradient of the final carry. Returns a
+    or None; ``final_dcarry`` the gradient of the final carry; ``hoist`` the forward's (a lean tape's
+    segments are recomputed). Returns a
     :class:`~perceptron1_jax.scan.Backward` whose per-step arrays are in the original time order.
     """
     dhs = reverse_in_time(dhs_out_tm, lengths) if reverse and dhs_out_tm is not None else dhs_out_tm
@@ -149,7 +152,8 @@ def direction_backward(cell: Cell, cell_params: Params, tape, dhs_out_tm, final_
                              final_dcarry, dhs, mask_tm, tape.resets_tm, keep_dhs=keep_dhs, keep_dz=keep_dz,
                              window=window)
     else:
-        back = lean_backward(cell, cell_params, tape, dhs, final_dcarry, keep_dhs=keep_dhs, window=window)
+        back = lean_backward(cell, cell_params, tape, dhs, final_dcarry, keep_dhs=keep_dhs, window=window,
+                             hoist=hoist)
     return in_time_order(back, lengths) if reverse else back
 
 
@@ -167,17 +171,18 @@ def in_time_order(back: Backward, lengths) -> Backward:
 
 
 def fused_directions_enabled() -> bool:
-    """Whether a bidirectional layer runs both directions in one forward and one reverse scan, the
-    direction axis ``vmap``-ed (stacked weights, one batched product per step). By default on
-    accelerators only: on the 2-core CPU the explicit passes measured 0.96-0.97x of one scan per direction
-    (docs/performance.md#both-directions-in-one-scan). :func:`set_fused_directions` chooses."""
+    """Whether a bidirectional layer of a spec that leaves ``forms.fused_directions`` unset runs both
+    directions in one forward and one reverse scan, the direction axis ``vmap``-ed (stacked weights, one
+    batched product per step). By default on accelerators only: on the 2-core CPU the explicit passes
+    measured 0.96-0.97x of one scan per direction (docs/performance.md#both-directions-in-one-scan)."""
     return accelerator_form("fused_directions")
 
 
 def set_fused_directions(enabled: bool | None) -> bool | None:
-    """Choose :func:`fused_directions_enabled` for every later trace: True, False or None (by backend,
-    the default). Clears JAX's compilation caches; returns the previous setting (to restore it)."""
-    return choose_form("fused_directions", "enabled", enabled)
+    """Deprecated: ``ModelSpec(..., forms=LoopForms(fused_directions=...))``. The process-wide choice
+    of :func:`fused_directions_enabled` for specs that leave it unset: True, False or None (by backend,
+    the default). Returns the previous setting (to restore it)."""
+    return choose_form("fused_directions", "enabled", enabled, "set_fused_directions")
 
 
 def _stack(fwd, bwd):
@@ -189,7 +194,7 @@ def _direction(tree, k: int):
 
 
 def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_tm, lengths, *, save: bool,
-                  resets_tm=None):
+                  resets_tm=None, hoist: bool | None = None):
     """Both directions of a layer in one scan: :func:`direction_forward` ``vmap``-ed over the two
     directions' stacked params, inputs and resets (the reverse direction's flipped) and initial carries.
     Returns ``([hs_fwd, hs_bwd], finals, tapes)`` as one :func:`direction_forward` per direction would."""
@@ -197,7 +202,8 @@ def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_t
     resets_both = None if resets_tm is None else jnp.stack(
         [direction_resets(resets_tm, lengths, reverse) for reverse in (False, True)])
     hs, final, tape = jax.vmap(
-        lambda p, x, c, r: direction_forward(cell, p, x, c, mask_tm, lengths, reverse=False, save=save, resets_tm=r)
+        lambda p, x, c, r: direction_forward(cell, p, x, c, mask_tm, lengths, reverse=False, save=save, resets_tm=r,
+                                             hoist=hoist)
     )(_stack(params["fwd"], params["bwd"]), xs_both, _stack(carries0["fwd"], carries0["bwd"]), resets_both)
     finals = {d: _direction(final, k) for k, d in enumerate(DIRECTIONS)}
     tapes = {d: None if tape is None else _direction(tape, k) for k, d in enumerate(DIRECTIONS)}
@@ -218,10 +224,11 @@ def fused_backward(cell: Cell, params: dict, tapes: dict, dhs_out: dict, final_d
     return {"fwd": _direction(back, 0), "bwd": in_time_order(_direction(back, 1), lengths)}
 
 
-def fuses(layer: LayerSpec, lean: int | None = None) -> bool:
-    """Whether this layer's directions run in one scan (:func:`fused_directions_enabled`, bidirectional,
-    sequential scan, not lean)."""
-    return layer.bidirectional and layer.scan == "sequential" and lean is None and fused_directions_enabled()
+def fuses(layer: LayerSpec, lean: int | None = None, forms: LoopForms | None = None) -> bool:
+    """Whether this layer's directions run in one scan (``forms.fused_directions``, resolved; None: the
+    default of :func:`fused_directions_enabled`), bidirectional, sequential scan, not lean."""
+    fused = fused_directions_enabled() if forms is None else resolve_forms(forms).fused_directions
+    return layer.bidirectional and layer.scan == "sequential" and lean is None and fused
 
 
 # --------------------------------------------------------------------------- recurrent layer
@@ -246,45 +253,50 @@ def final_gradients(finals: dict, dfinal_h) -> dict:
 
 
 def recurrent_forward(layer: LayerSpec, params: dict, xs_tm: Array, mask_tm, lengths, carries0=None, *,
-                      save: bool, lean: int | None = None, resets_tm=None):
+                      save: bool, lean: int | None = None, resets_tm=None, forms: LoopForms | None = None):
     """A recurrent layer over ``xs_tm: (T, B, I)``: ``params = {"fwd": ..., "bwd": ...}``,
     ``carries0`` None or ``{direction: carry tuple or None}`` (zeros where None), ``resets_tm: (T, B)``
-    bool or None (segment starts, :func:`direction_forward`).
+    bool or None (segment starts, :func:`direction_forward`), ``forms`` the spec's loop forms (None:
+    the defaults).
 
     Returns ``(out_tm, finals, tapes)``: ``out_tm: (T, B, H)`` or ``(T, B, 2H)``
     (``[h_fwd_t, h_bwd_t]``), and per direction its final carry and tape.
     """
     cell = CELLS[layer.cell]
     first = initial_carries(layer, carries0, xs_tm.shape[1], xs_tm.dtype)
-    if fuses(layer, lean):
+    hoist = None if forms is None else resolve_forms(forms).hoist
+    if fuses(layer, lean, forms):
         outs, finals, tapes = fused_forward(cell, params, xs_tm, first, mask_tm, lengths, save=save,
-                                            resets_tm=resets_tm)
+                                            resets_tm=resets_tm, hoist=hoist)
     else:
         outs, finals, tapes = [], {}, {}
         for d in layer.directions:
             hs, finals[d], tapes[d] = direction_forward(cell, params[d], xs_tm, first[d], mask_tm, lengths,
                                                        reverse=d == "bwd", save=save, lean=lean,
                                                        associative=layer.scan == "associative",
-                                                       resets_tm=resets_tm)
+                                                       resets_tm=resets_tm, hoist=hoist)
             outs.append(hs)
     return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)), finals, tapes
 
 
 def recurrent_backward(layer: LayerSpec, params: dict, tapes: dict, finals: dict, dout_tm, dfinal_h, mask_tm,
-                       lengths, *, keep_dhs: bool = False, keep_dz: bool = False, window: int = WINDOW):
+                       lengths, *, keep_dhs: bool = False, keep_dz: bool = False, window: int = WINDOW,
+                       forms: LoopForms | None = None):
     """The explicit backward of :func:`recurrent_forward`.
 
     ``dout_tm``: ``(T, B, features)`` gradient of the layer's outputs, or None; ``dfinal_h``:
     ``{direction: (B, H)}`` gradient of each direction's final ``h``, or None. Returns
     ``(grads, dxs_tm, backs)``: ``{direction: cell grads}``, ``dL/dx: (T, B, I)`` summed over
-    the directions, and each direction's :class:`~perceptron1_jax.scan.Backward`.
+    the directions, and each direction's :class:`~perceptron1_jax.scan.Backward`. ``forms``: the
+    forward's.
     """
     cell, hidden = CELLS[layer.cell], layer.hidden_size
     dhs = {d: None if dout_tm is None else dout_tm[..., k * hidden:(k + 1) * hidden]
            for k, d in enumerate(layer.directions)}
     dfinals = final_gradients(finals, dfinal_h)
-    options = {"keep_dhs": keep_dhs, "keep_dz": keep_dz, "window": window}
-    if fuses(layer) and all(isinstance(tapes[d], DirectionTape) for d in layer.directions):
+    hoist = None if forms is None else resolve_forms(forms).hoist
+    options = {"keep_dhs": keep_dhs, "keep_dz": keep_dz, "window": window, "hoist": hoist}
+    if fuses(layer, None, forms) and all(isinstance(tapes[d], DirectionTape) for d in layer.directions):
         backs = fused_backward(cell, params, tapes, dhs, dfinals, mask_tm, lengths, **options)
     else:
         backs = {d: direction_backward(cell, params[d], tapes[d], dhs[d], dfinals[d], mask_tm, lengths,

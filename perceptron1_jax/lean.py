@@ -49,9 +49,10 @@ def _segments(a_tm: Array, segment: int, pad: int, fill=0):
 
 
 def lean_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
-                 segment: int, resets_tm: Array | None = None) -> tuple[Array, Carry, LeanTape]:
+                 segment: int, resets_tm: Array | None = None, *,
+                 hoist: bool | None = None) -> tuple[Array, Carry, LeanTape]:
     """Forward over ``xs_tm: (T, B, I)`` in segments of ``segment`` steps (``resets_tm: (T, B)`` the
-    steps that read the zero carry, or None).
+    steps that read the zero carry, or None; ``hoist`` as :func:`~perceptron1_jax.scan.scan_forward`'s).
 
     Returns ``(hs_tm, final, tape)``: ``hs_tm: (T, B, H)`` the state after every step (dead code
     when nothing reads it), ``final`` the carry after the last step.
@@ -66,7 +67,7 @@ def lean_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, m
 
     def body(carry, seg):
         x, v, r = seg
-        final, hs, _ = scan_forward(cell, cell_params, x, carry, v, r)
+        final, hs, _ = scan_forward(cell, cell_params, x, carry, v, r, hoist=hoist)
         return final, (carry, hs[0])
 
     final, (starts, hs) = lax.scan(body, carry0, (seg_xs, seg_valid, seg_resets))
@@ -75,7 +76,7 @@ def lean_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, m
 
 
 def lean_backward(cell: Cell, cell_params: Params, tape: LeanTape, dhs_out_tm: Array | None, final_dcarry: Carry,
-                  *, keep_dhs: bool = False, window: int = WINDOW) -> Backward:
+                  *, keep_dhs: bool = False, window: int = WINDOW, hoist: bool | None = None) -> Backward:
     """The explicit backward of :func:`lean_forward`: segments in reverse, each recomputed from its
     checkpoint and run through :func:`backward_scan`. Same results as the full mode."""
     n_seg, segment = tape.seg_xs.shape[:2]
@@ -85,7 +86,8 @@ def lean_backward(cell: Cell, cell_params: Params, tape: LeanTape, dhs_out_tm: A
     def body(acc, seg):
         dcarry, grads = acc
         start, x, v, r, dh_out = seg
-        final, carries_in, residuals = scan_forward(cell, cell_params, x, start, v, r, stack_entering=True)
+        final, carries_in, residuals = scan_forward(cell, cell_params, x, start, v, r, stack_entering=True,
+                                                    hoist=hoist)
         back = backward_scan(cell, cell_params, x, carries_in, final, residuals, dcarry, dh_out, v, r,
                              keep_dhs=keep_dhs, window=window)
         return (back.dcarry0, jax.tree.map(jnp.add, grads, back.grads)), (back.dxs_tm, back.dhs_tm)

@@ -23,7 +23,7 @@ from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import dropout_mask, dropout_parts, embed_forward, head_forward, recurrent_forward
 from perceptron1_jax.scan import public_carry, step_resets, time_mask, zero_padding
-from perceptron1_jax.spec import LayerSpec, ModelSpec
+from perceptron1_jax.spec import LayerSpec, LoopForms, ModelSpec, with_process_forms
 from perceptron1_jax.wavefront import stack_forward, wave_groups
 
 Array = jax.Array
@@ -107,6 +107,7 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
             x_tm, layer_finals, layer_tapes = recurrent_forward(
                 spec.layers[start], params["layers"][start], x_tm, mask_tm, lengths,
                 None if carries0 is None else carries0[start], save=save, lean=lean, resets_tm=resets_tm,
+                forms=spec.forms,
             )
             finals.append(layer_finals)
             tapes.append(layer_tapes)
@@ -286,9 +287,10 @@ def model_step(params, carries, x, spec: ModelSpec, reset=None):
 
 
 def single_layer_spec(cell: str, sizes: validate.Sizes, many_to_many: bool = False) -> ModelSpec:
-    """The one-layer, one-direction, cross-entropy spec of single-layer ``params``."""
+    """The one-layer, one-direction, cross-entropy spec of single-layer ``params`` (its loop forms the
+    process-wide choices, where the deprecated setters made one)."""
     return ModelSpec((LayerSpec(cell, sizes.hidden_size),), num_outputs=sizes.num_classes or 1,
-                     input_size=sizes.input_size, many_to_many=many_to_many)
+                     input_size=sizes.input_size, many_to_many=many_to_many, forms=with_process_forms(LoopForms()))
 
 
 def spec_of_params(cell: str, params, many_to_many: bool = False) -> ModelSpec:

@@ -31,6 +31,7 @@ residuals, i.e. Elman ``H``, LSTM ``2H + 4H`` (``h``, ``c``, gates), GRU ``H + 3
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceptron1_jax.cells import Carry, Cell, Params, project_inputs
+from perceptron1_jax.spec import FORMS, PROCESS_FORMS, LoopForms, with_process_forms
 
 Array = jax.Array
 
@@ -120,26 +122,32 @@ def reverse_in_time(a_tm: Array, lengths: Array | None) -> Array:
     return jnp.take_along_axis(a_tm, index, axis=0)
 
 
-_ACCELERATOR_FORMS: dict[str, bool | None] = {"hoist": None, "wavefront": None, "fused_directions": None}
-"""How the time loops are laid out (the math is the same in every form): per form True, False or None
-(by backend: on accelerators only). Read by :func:`accelerator_form`, set by :func:`choose_form`."""
+def resolve_forms(forms: LoopForms) -> LoopForms:
+    """``forms`` (a spec's) with every field a bool, at trace time: the spec's choice, else the
+    process-wide one of the deprecated setters, else the platform's default (on accelerators yes, on
+    XLA:CPU no: docs/performance.md)."""
+    forms = with_process_forms(forms)
+    on_accelerator = jax.default_backend() != "cpu"
+    return LoopForms(**{name: on_accelerator if getattr(forms, name) is None else getattr(forms, name)
+                        for name in FORMS})
 
 
 def accelerator_form(name: str) -> bool:
-    """Whether the loops take form ``name`` (a key of ``_ACCELERATOR_FORMS``) in the next trace."""
-    chosen = _ACCELERATOR_FORMS[name]
-    return jax.default_backend() != "cpu" if chosen is None else chosen
+    """Whether a spec that leaves form ``name`` (a field of :class:`~perceptron1_jax.spec.LoopForms`)
+    unset takes it in the next trace."""
+    return getattr(resolve_forms(LoopForms()), name)
 
 
-def choose_form(name: str, argument: str, value: bool | None) -> bool | None:
-    """Set form ``name`` for every later trace (``argument``: the public setter's argument, for the
-    error); clears JAX's compilation caches so that no function keeps the other form; returns the
+def choose_form(name: str, argument: str, value: bool | None, setter: str) -> bool | None:
+    """The deprecated process-wide choice of form ``name`` (``argument``, ``setter``: the public
+    setter's argument and name, for the messages): what a spec leaving it unset takes. Clears no
+    cache: the public functions fold the choice into the spec that ``jax.jit`` sees. Returns the
     previous setting (to restore it)."""
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"{argument}: expected True, False or None, got {value!r}")
-    previous, _ACCELERATOR_FORMS[name] = _ACCELERATOR_FORMS[name], value
-    if previous != value:
-        jax.clear_caches()
+    warnings.warn(f"{setter} is deprecated: choose the form per model, ModelSpec(..., forms=LoopForms({name}=...)) "
+                  "(a static field that jax.jit sees)", DeprecationWarning, stacklevel=3)
+    previous, PROCESS_FORMS[name] = PROCESS_FORMS[name], value
     return previous
 
 
@@ -153,17 +161,17 @@ def hoist_input_projection() -> bool:
     projection into every gate nonlinearity of the step, and those fusions ran ~8x slower than when
     the step's gates read two matmul outputs (measured per XLA thunk with ``jax.profiler``: 79
     against 9 us per step for the LSTM gates; see docs/performance.md).
-    :func:`set_hoist_input_projection` overrides the choice (the math is the same either way).
+    A spec chooses with ``LoopForms(hoist=...)`` (the math is the same either way).
     """
     return accelerator_form("hoist")
 
 
 def set_hoist_input_projection(hoist: bool | None) -> bool | None:
-    """Choose the branch of :func:`hoist_input_projection` for every later trace: True (project
-    all steps before the loop), False (inside the loop) or None (by backend, the default). Clears
-    JAX's compilation caches so that no function keeps the other branch; returns the previous
+    """Deprecated: ``ModelSpec(..., forms=LoopForms(hoist=...))``. The process-wide branch of
+    :func:`hoist_input_projection` for specs that leave it unset: True (project all steps before
+    the loop), False (inside the loop) or None (by backend, the default). Returns the previous
     setting (to restore it)."""
-    return choose_form("hoist", "hoist", hoist)
+    return choose_form("hoist", "hoist", hoist, "set_hoist_input_projection")
 
 
 def forward_step(cell: Cell, cell_params: Params, carry: Carry, input_t: Array, valid_t: Array | None,
@@ -181,7 +189,7 @@ def forward_step(cell: Cell, cell_params: Params, carry: Carry, input_t: Array, 
 
 def scan_forward(
     cell: Cell, cell_params: Params, xs_tm: Array, carry0: Carry, mask_tm: Array | None,
-    resets_tm: Array | None = None, *, stack_entering: bool = False,
+    resets_tm: Array | None = None, *, stack_entering: bool = False, hoist: bool | None = None,
 ) -> tuple[Carry, Carry, object]:
     """Run the cell over time.
 
@@ -191,6 +199,7 @@ def scan_forward(
       mask_tm: ``(time, batch)`` bool validity mask or None.
       resets_tm: ``(time, batch)`` bool or None: where True the step starts from the zero carry
         (:func:`step_resets`, in this direction's order: :func:`direction_resets`).
+      hoist: project every step's input before the loop (None: :func:`hoist_input_projection`).
       stack_entering: stack the carry *entering* each step (``carry0, ..., carry_{T-2}``) instead
         of the carry after it. The explicit backward wants this one: it is the ``H_prev`` operand
         of ``dW_h`` (once reset rows are zeroed), and the reverse scan carries the "after" state itself.
@@ -201,7 +210,7 @@ def scan_forward(
       ``stack_entering``); ``residuals`` stacks the cell's per-step residuals (used only by the
       explicit backward; dead code otherwise).
     """
-    hoist = hoist_input_projection()
+    hoist = hoist_input_projection() if hoist is None else hoist
     # Hoisted: one (T*B, I) x (I, G*H) matmul before the loop, the loop slices its rows.
     inputs_tm = project_inputs(cell, cell_params, xs_tm) if hoist else xs_tm
 

@@ -26,6 +26,7 @@ import numbers
 from perceptron1_jax.cells import CELLS
 
 LOSSES = ("cross_entropy", "mse")
+FORMS = ("hoist", "wavefront", "fused_directions")
 DIRECTIONS = ("fwd", "bwd")
 SCANS = ("sequential", "associative")
 
@@ -81,6 +82,44 @@ class LayerSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoopForms:
+    """How the time loops are laid out; the math is the same in every form (tested equal in float64).
+    Each field True, False or None: None is the process-wide choice of the deprecated setters when one
+    was made, else the default of the platform the computation runs on (on accelerators yes, on CPU no;
+    measured in docs/performance.md).
+
+    * ``hoist``: project every step's input ``x W_x + b`` in one product before the loop;
+    * ``wavefront``: run stacked one-direction layers as one loop (:mod:`perceptron1_jax.wavefront`);
+    * ``fused_directions``: run both directions of a bidirectional layer in one ``vmap``-ed scan.
+
+    A static field of :class:`ModelSpec` (``ModelSpec(..., forms=LoopForms(wavefront=True))``), so
+    ``jax.jit`` sees it: two forms compile side by side in one process."""
+
+    hoist: bool | None = None
+    wavefront: bool | None = None
+    fused_directions: bool | None = None
+
+    def __post_init__(self):
+        for name in FORMS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{name}: expected True, False or None, got {type(value).__name__} {value!r}")
+
+
+PROCESS_FORMS: dict[str, bool | None] = dict.fromkeys(FORMS)
+"""The deprecated process-wide choices (``p1.set_wavefront``, ``p1.set_fused_directions``,
+``p1.set_hoist_input_projection``): what a :class:`LoopForms` field left None takes. The public
+functions fold them into the spec before ``jax.jit`` sees it (:func:`with_process_forms`), so a
+change compiles the other form instead of clearing JAX's caches."""
+
+
+def with_process_forms(forms: LoopForms) -> LoopForms:
+    """``forms`` with each field left None set to the process-wide choice, where one was made."""
+    chosen = {name: PROCESS_FORMS[name] for name in FORMS if getattr(forms, name) is None}
+    return dataclasses.replace(forms, **{k: v for k, v in chosen.items() if v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A layered recurrent model (see the module docstring). ``layers`` may be given as a list."""
 
@@ -92,6 +131,7 @@ class ModelSpec:
     loss: str = "cross_entropy"
     many_to_many: bool = False
     dropout: float = 0.0
+    forms: LoopForms = LoopForms()  # how the loops are laid out (not the model: the same math)
 
     def __post_init__(self):
         layers = self.layers
@@ -123,6 +163,8 @@ class ModelSpec:
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
             raise ValueError(f"dropout: expected a rate in [0, 1), got {rate!r}")
         object.__setattr__(self, "dropout", float(rate))
+        if not isinstance(self.forms, LoopForms):
+            raise TypeError(f"forms: expected a LoopForms, got {type(self.forms).__name__} {self.forms!r}")
 
     @property
     def tokens(self) -> bool:
@@ -170,6 +212,8 @@ def parse_layers(text: str, bidirectional: bool = False, scan: str = "sequential
 def spec_to_dict(spec: ModelSpec) -> dict:
     """A plain dict (JSON, msgpack) that :func:`spec_from_dict` turns back into the same spec."""
     values = dataclasses.asdict(spec)
+    if spec.forms == LoopForms():  # written only when chosen (older readers, same files)
+        del values["forms"]
     # A sequential layer is written as before the scan option existed (older readers, same files).
     values["layers"] = [{k: v for k, v in dataclasses.asdict(layer).items() if (k, v) != ("scan", "sequential")}
                         for layer in spec.layers]
@@ -179,4 +223,6 @@ def spec_to_dict(spec: ModelSpec) -> dict:
 def spec_from_dict(values: dict) -> ModelSpec:
     values = dict(values)
     values["layers"] = tuple(LayerSpec(**layer) for layer in values["layers"])
+    if "forms" in values:
+        values["forms"] = LoopForms(**values["forms"])
     return ModelSpec(**values)

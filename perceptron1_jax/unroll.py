@@ -24,10 +24,11 @@ from perceptron1_jax.scan import (  # the unroll's input-projection branch, by t
     zero_carry,
     zero_padding,
 )
+from perceptron1_jax.spec import PROCESS_FORMS
 
 
-@partial(jax.jit, static_argnames=("cell_name", "hidden"))
-def _unroll(cell_name: str, cell_params, xs, lengths, carry0, resets=None, hidden=None):
+@partial(jax.jit, static_argnames=("cell_name", "hidden", "hoist"))
+def _unroll(cell_name: str, cell_params, xs, lengths, carry0, resets=None, hidden=None, hoist=None):
     cell = validate.get_cell(cell_name)
     batch, time, _ = xs.shape
     if carry0 is None:
@@ -35,7 +36,7 @@ def _unroll(cell_name: str, cell_params, xs, lengths, carry0, resets=None, hidde
     mask_tm = time_mask(lengths, time)
     hs_tm, final, _ = direction_forward(cell, cell_params, zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm), carry0,
                                         mask_tm, lengths, reverse=False, save=False,
-                                        resets_tm=step_resets(resets, mask_tm))
+                                        resets_tm=step_resets(resets, mask_tm), hoist=hoist)
     return jnp.swapaxes(hs_tm, 0, 1), final
 
 
@@ -60,7 +61,8 @@ def unroll(params, xs, cell: str, lengths=None, h0=None, *, resets=None):
       or ``(h, c)`` (LSTM), the state at each sequence's last valid step.
     """
     c = validate.check_inputs(params, xs, cell, lengths=lengths, h0=h0, resets=resets)
-    hs, final = _unroll(cell, params["cell"], c.xs, c.lengths, c.carry0, c.resets, c.sizes.hidden_size)
+    hs, final = _unroll(cell, params["cell"], c.xs, c.lengths, c.carry0, c.resets, c.sizes.hidden_size,
+                        PROCESS_FORMS["hoist"])
     return hs, public_carry(c.cell, final)
 
 
@@ -78,5 +80,6 @@ def step(params, carry, x, cell: str, reset=None):
         raise ValueError(f"x: expected shape (batch, input), got {tuple(x.shape)}")
     c = validate.check_inputs(params, x[:, None], cell, resets=validate.step_resets(reset))
     carry0 = validate.check_h0(carry, c.cell, x.shape[0], c.sizes, name="carry")
-    hs, final = _unroll(cell, params["cell"], c.xs, None, carry0, c.resets, c.sizes.hidden_size)
+    hs, final = _unroll(cell, params["cell"], c.xs, None, carry0, c.resets, c.sizes.hidden_size,
+                        PROCESS_FORMS["hoist"])
     return public_carry(c.cell, final), hs[:, 0]

@@ -8,6 +8,7 @@ expected and what was received.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceptron1_jax.cells import CELLS, Cell
-from perceptron1_jax.spec import ModelSpec, param_shapes
+from perceptron1_jax.spec import ModelSpec, param_shapes, with_process_forms
 
 
 class Sizes(NamedTuple):
@@ -319,9 +320,12 @@ def check_inputs(params, xs, cell, labels=None, lengths=None, h0=None, *, need_l
 
 
 def check_spec(spec: Any) -> ModelSpec:
+    """A :class:`ModelSpec`, its loop forms left unset taking the process-wide choices of the deprecated
+    setters where one was made (so ``jax.jit`` sees them in the spec: a change compiles anew)."""
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"spec: expected a ModelSpec, got {_describe(spec)}")
-    return spec
+    forms = with_process_forms(spec.forms)
+    return spec if forms == spec.forms else dataclasses.replace(spec, forms=forms)
 
 
 def check_model_params(params: Any, spec: ModelSpec) -> Any:

@@ -22,9 +22,9 @@ and a bidirectional layer breaks the wave. :func:`wave_groups` joins runs of con
 forward-only layers with ``scan="sequential"`` (outside lean mode); every other layer runs on its
 own (:func:`perceptron1_jax.layers.recurrent_forward`).
 
-Whether the wavefront runs: :func:`wavefront_enabled` (by default on accelerators only, where a
-loop iteration has a fixed cost; on this package's 2-core CPU it measured no gain:
-docs/performance.md#stacked-layers-as-a-wavefront), :func:`set_wavefront` to choose. The math is
+Whether the wavefront runs: the spec's ``forms=LoopForms(wavefront=...)`` (by default on accelerators
+only, where a loop iteration has a fixed cost; on this package's 2-core CPU it measured no gain:
+docs/performance.md#stacked-layers-as-a-wavefront). The math is
 the same either way (tests/test_wavefront.py: equal in float64).
 """
 
@@ -50,6 +50,7 @@ from perceptron1_jax.scan import (
     kept_dz,
     project_inputs,
     reset_rows,
+    resolve_forms,
     reverse_blocks,
     zero_grads,
 )
@@ -58,22 +59,24 @@ from perceptron1_jax.spec import ModelSpec
 Array = jax.Array
 
 def wavefront_enabled() -> bool:
-    """Whether stacked forward-only layers run as a wavefront (default: on accelerators, not on CPU)."""
+    """Whether stacked forward-only layers of a spec that leaves ``forms.wavefront`` unset run as a
+    wavefront (default: on accelerators, not on CPU)."""
     return accelerator_form("wavefront")
 
 
 def set_wavefront(enabled: bool | None) -> bool | None:
-    """Choose :func:`wavefront_enabled` for every later trace: True, False or None (by backend, the
-    default). Clears JAX's compilation caches so that no function keeps the other form; returns the
-    previous setting (to restore it)."""
-    return choose_form("wavefront", "enabled", enabled)
+    """Deprecated: ``ModelSpec(..., forms=LoopForms(wavefront=...))``. The process-wide choice of
+    :func:`wavefront_enabled` for specs that leave it unset: True, False or None (by backend, the
+    default). Returns the previous setting (to restore it)."""
+    return choose_form("wavefront", "enabled", enabled, "set_wavefront")
 
 
 def wave_groups(spec: ModelSpec, lean: int | None = None) -> tuple[tuple[int, int], ...]:
     """The model's layers as ``(start, stop)`` runs: a run of two or more layers is a wavefront, a run
     of one a layer on its own. Joined: consecutive forward-only layers with ``scan="sequential"``,
-    when :func:`wavefront_enabled` and not in lean mode."""
-    joins = [wavefront_enabled() and lean is None and not layer.bidirectional and layer.scan == "sequential"
+    when the spec's ``forms.wavefront`` resolves True and not in lean mode."""
+    wave = resolve_forms(spec.forms).wavefront
+    joins = [wave and lean is None and not layer.bidirectional and layer.scan == "sequential"
              for layer in spec.layers]
     groups, start = [], 0
     for k in range(1, len(joins) + 1):
@@ -109,7 +112,8 @@ def _valid(mask_tm: Array | None, k: int, layers: int, time: int, batch: int) ->
 
 
 def wavefront_forward(cells: list[str], params: list[Params], xs_tm: Array, carries0: list[Carry],
-                      mask_tm: Array | None, drop_masks: list, *, save: bool, resets_tm: Array | None = None):
+                      mask_tm: Array | None, drop_masks: list, *, save: bool, resets_tm: Array | None = None,
+                      hoist: bool | None = None):
     """A stack of forward-only layers over ``xs_tm: (T, B, I)`` (the first layer's input).
 
     ``cells``/``params``/``carries0``: per layer, its cell's name, its ``"fwd"`` params and its
@@ -121,7 +125,7 @@ def wavefront_forward(cells: list[str], params: list[Params], xs_tm: Array, carr
     """
     layers, (time, batch) = len(cells), xs_tm.shape[:2]
     cell_fns = [CELLS[c] for c in cells]
-    hoist = hoist_input_projection()  # the first layer's inputs may be projected before the loop
+    hoist = hoist_input_projection() if hoist is None else hoist  # the first layer's, before the loop
     first_in = project_inputs(cell_fns[0], params[0], xs_tm) if hoist else xs_tm
     inputs = (_skew(first_in, 0, layers - 1),
               tuple(_valid(mask_tm, k, layers, time, batch) for k in range(layers)),
@@ -228,7 +232,8 @@ def stack_forward(spec: ModelSpec, params: dict, x_tm: Array, mask_tm, carries0,
     first = [initial_carries(spec.layers[k], None if carries0 is None else carries0[k], x_tm.shape[1],
                              x_tm.dtype)["fwd"] for k in layers]
     out = wavefront_forward([spec.layers[k].cell for k in layers], [params["layers"][k]["fwd"] for k in layers],
-                            x_tm, first, mask_tm, [None, *drop_masks[1:]], save=save, resets_tm=resets_tm)
+                            x_tm, first, mask_tm, [None, *drop_masks[1:]], save=save, resets_tm=resets_tm,
+                            hoist=resolve_forms(spec.forms).hoist)
     return out[-1][0], [{"fwd": final} for _, final, _ in out], [{"fwd": tape} for _, _, tape in out]
 
 

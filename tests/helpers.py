@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -93,12 +94,17 @@ def wait_for_metrics(out, proc, enough, timeout=120, what="the records"):
 
 @contextlib.contextmanager
 def loop_form(setter, enabled):
-    """Run a block with a loop form chosen (``p1.set_wavefront``, ``p1.set_fused_directions``), restored after."""
-    previous = setter(enabled)
+    """Run a block with a loop form chosen process-wide (the deprecated ``p1.set_wavefront``,
+    ``p1.set_fused_directions``; the public functions fold it into the spec), restored after."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = setter(enabled)
     try:
         yield
     finally:
-        setter(previous)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            setter(previous)
 
 
 def model_everything(spec, params, xs, targets, lengths=None, key=None):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_trees_close, loop_form, random_model, random_problem, user_tanh_cell
+from helpers import assert_trees_close, random_model, random_problem, user_tanh_cell
 
 import perceptron1_jax as p1
 
@@ -96,14 +96,12 @@ def test_every_loop_form(form, x64):
         spec = p1.ModelSpec((L("mingru", 4, True, scan="associative"), L("minlstm", 3, scan="associative")), 3,
                             input_size=2, many_to_many=True)
     elif form == "wavefront":
-        spec = p1.ModelSpec((L("lstm", 4), L("gru", 3), L("elman", 3)), 3, input_size=2, many_to_many=True)
+        spec = p1.ModelSpec((L("lstm", 4), L("gru", 3), L("elman", 3)), 3, input_size=2, many_to_many=True,
+                            forms=p1.LoopForms(wavefront=True, hoist=True))
     else:
-        spec = p1.ModelSpec((L("lstm", 4, True), L("gru", 3)), 3, input_size=2, many_to_many=True)
-    if form in ("wavefront", "fused_directions"):
-        with loop_form(p1.set_wavefront if form == "wavefront" else p1.set_fused_directions, True):
-            check_packing(spec, seed=3)
-    else:
-        check_packing(spec, seed=3, lean=3 if form == "lean" else None)
+        spec = p1.ModelSpec((L("lstm", 4, True), L("gru", 3)), 3, input_size=2, many_to_many=True,
+                            forms=p1.LoopForms(fused_directions=form == "fused_directions"))
+    check_packing(spec, seed=3, lean=3 if form == "lean" else None)
 
 
 @pytest.mark.parametrize("cell", ["elman", "lstm", "gru", "mingru", USER])
@@ -126,13 +124,8 @@ def test_single_layer_functions_with_resets(cell, x64):
             np.testing.assert_allclose(loss, value, rtol=1e-12)
             assert_trees_close(grads, reference, rtol=1e-6, atol=1e-12)
 
-            def through(unroll):
-                def f(p, h):
-                    hs, final = unroll(p, xs, cell, lengths, h, resets=resets)
-                    return jnp.sum(jnp.sin(hs)) + jnp.sum(jnp.cos(jax.tree.leaves(final)[0]))
-                return jax.grad(f, argnums=(0, 1))(params, h0)
-
-            assert_trees_close(through(p1.unroll_bptt), through(p1.unroll), rtol=1e-6, atol=1e-12)
+            assert_trees_close(_unroll_grads(p1.unroll_bptt, params, xs, cell, lengths, h0, resets),
+                               _unroll_grads(p1.unroll, params, xs, cell, lengths, h0, resets), rtol=1e-6, atol=1e-12)
             # A row starting with a reset ignores h0; accuracy and predict take the resets too.
             first = resets.at[:, 0].set(True)
             hs_h0, _ = p1.unroll(params, xs, cell, lengths, h0, resets=first)
@@ -146,6 +139,14 @@ def test_single_layer_functions_with_resets(cell, x64):
                                            rtol=1e-12)
                 accuracy = p1.accuracy(params, xs, labels, cell, lengths, h0, resets=resets)
                 np.testing.assert_allclose(accuracy, np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(labels)))
+
+
+def _unroll_grads(unroll, params, xs, cell, lengths, h0, resets):
+    """Gradients w.r.t. params and h0 of a loss of every h_t and of the final carry."""
+    def f(p, h):
+        hs, final = unroll(p, xs, cell, lengths, h, resets=resets)
+        return jnp.sum(jnp.sin(hs)) + jnp.sum(jnp.cos(jax.tree.leaves(final)[0]))
+    return jax.grad(f, argnums=(0, 1))(params, h0)
 
 
 def test_resets_without_any_true_change_nothing(x64):

@@ -4,6 +4,9 @@ explicit BPTT equals jax.grad in float64 through each, over cells, depths, direc
 tokens, lean mode and the single-layer API with h0 (T = 1 and batch = 1 among them), and the two
 branches trace different programs with the same result."""
 
+import dataclasses
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,11 +29,16 @@ CASES = {  # name: (spec, batch, time, lengths, lean)
 
 @pytest.fixture(params=[False, True], ids=["in-loop", "hoisted"])
 def hoisted(request):
-    previous = set_hoist_input_projection(request.param)
+    """The deprecated process-wide choice (the public functions fold it into the spec jit sees)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = set_hoist_input_projection(request.param)
     try:
         yield request.param
     finally:
-        set_hoist_input_projection(previous)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            set_hoist_input_projection(previous)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -74,17 +82,15 @@ def test_the_branches_differ_in_program_not_in_result(x64):
     spec = CASES["bi-lstm -> gru, tokens, many-to-many"][0]
     params, xs, targets, lengths = random_model(1, spec, 3, 5, with_lengths=True)
 
-    def apply(params, xs, lengths):
-        return p1.model_apply(params, xs, spec, lengths)
-
     counts, outputs = [], []
     for hoist in (False, True):
-        previous = set_hoist_input_projection(hoist)
-        try:
-            counts.append(_matmuls_outside_loops(apply, params, xs, lengths))
-            outputs.append(apply(params, xs, lengths))
-        finally:
-            set_hoist_input_projection(previous)
+        chosen = dataclasses.replace(spec, forms=p1.LoopForms(hoist=hoist))
+
+        def apply(params, xs, lengths, chosen=chosen):
+            return p1.model_apply(params, xs, chosen, lengths)
+
+        counts.append(_matmuls_outside_loops(apply, params, xs, lengths))
+        outputs.append(apply(params, xs, lengths))
     assert counts[1] == counts[0] + 3  # one projection per direction (2 + 1) moves out of the loop
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-12)
     with pytest.raises(ValueError, match="hoist: expected True, False or None, got 'yes'"):
