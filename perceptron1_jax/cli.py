@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("run", type=Path, help="a run folder (its newest checkpoint) or a checkpoint file")
     source = pred.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="an .npz (xs, optional lengths), a .csv series, or a text "
+    source.add_argument("--data", type=Path, help="an .npz (xs, optional lengths and resets), a .csv series, or a text "
                                                   "file of one example per line")
     source.add_argument("--text", help="one example as a string")
     pred.add_argument("--member", type=int, help=_MEMBER_HELP)
@@ -890,7 +890,9 @@ def cmd_gradflow(args) -> int:
             except ValueError as err:
                 raise UsageError(str(err)) from err
         lengths = None if data.lengths is None else data.lengths[: args.batch]
-        flow = gradient_flow_of(cfg, params, data.xs[: args.batch], data.labels[: args.batch], lengths, spec)
+        resets = None if data.resets is None else data.resets[: args.batch]
+        flow = gradient_flow_of(cfg, params, data.xs[: args.batch], data.labels[: args.batch], lengths, resets,
+                                spec=spec)
         profiles[label] = np.asarray(jax.device_get(flow.dh_norm))
     time = next(iter(profiles.values())).size
     lags = sorted({lag for lag in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if lag < time} | {time - 1})

@@ -22,7 +22,7 @@ from perceptron1_jax.data import (
     series_windows,
     tokenize,
 )
-from perceptron1_jax.data.arrays import NPZ_KEYS, check_lengths, check_xs, read_npz
+from perceptron1_jax.data.arrays import NPZ_KEYS, check_lengths, check_resets, check_xs, read_npz
 from perceptron1_jax.data.heldout import resolve_paths
 from perceptron1_jax.data.standardize import standardize_inputs
 from perceptron1_jax.data.text import read_text
@@ -36,6 +36,7 @@ CHUNK = 1024  # examples per model call
 class Inputs(NamedTuple):
     xs: np.ndarray  # (n, time, features) floats or (n, time) token ids
     lengths: np.ndarray | None  # (n,) or None
+    resets: np.ndarray | None = None  # (n, time) bool or None
 
 
 class Predictions(NamedTuple):
@@ -44,9 +45,9 @@ class Predictions(NamedTuple):
     lengths: np.ndarray | None  # the inputs' lengths (many-to-many records keep the valid steps)
 
 
-def predict_examples(run: Run, xs, lengths=None) -> Predictions:
+def predict_examples(run: Run, xs, lengths=None, resets=None) -> Predictions:
     """Run the model of ``run`` on ``xs`` (``(n, time, features)`` floats or ``(n, time)`` token
-    ids, with optional ``lengths (n,)``), in chunks; classifiers give class ids and softmax
+    ids, with optional ``lengths (n,)`` and ``resets (n, time)`` bool), in chunks; classifiers give class ids and softmax
     probabilities, regression models their outputs. Float inputs are standardized first with the
     run's saved statistics when it trained on standardized inputs (give raw inputs here)."""
     xs = standardize_inputs(np.asarray(xs), lengths, run.info)
@@ -56,7 +57,8 @@ def predict_examples(run: Run, xs, lengths=None) -> Predictions:
         part = xs[start:start + CHUNK]
         part = part.astype(dtype) if np.issubdtype(part.dtype, np.floating) else part
         lens = None if lengths is None else np.asarray(lengths)[start:start + CHUNK]
-        outputs = model_apply(run.params, part, run.spec, lens)
+        starts = None if resets is None else np.asarray(resets)[start:start + CHUNK]
+        outputs = model_apply(run.params, part, run.spec, lens, resets=starts)
         if run.info.classifier:
             p = jax.nn.softmax(outputs, axis=-1)
             probs.append(np.asarray(p))
@@ -67,10 +69,10 @@ def predict_examples(run: Run, xs, lengths=None) -> Predictions:
                        None if lengths is None else np.asarray(lengths))
 
 
-def ensemble_predictions(runs: list[Run], xs, lengths=None) -> Predictions:
+def ensemble_predictions(runs: list[Run], xs, lengths=None, resets=None) -> Predictions:
     """The members' mean: of their softmax probabilities (classifiers; the class the mean ranks
     first) or of their outputs (regression), each member's from :func:`predict_examples`."""
-    each = [predict_examples(run, xs, lengths) for run in runs]
+    each = [predict_examples(run, xs, lengths, resets) for run in runs]
     if runs[0].info.classifier:
         mean = np.mean([p.probabilities for p in each], axis=0)
         return Predictions(mean.argmax(-1), mean, each[0].lengths)
@@ -106,7 +108,7 @@ def _encode(run: Run, tokenized: list[list[str]]) -> Inputs:
 
 
 def file_inputs(run: Run, path) -> Inputs:
-    """The examples of a file for ``run``: ``.npz`` (``xs``, optional ``lengths``), ``.ts`` (its
+    """The examples of a file for ``run``: ``.npz`` (``xs``, optional ``lengths`` and ``resets``), ``.ts`` (its
     series; unequal lengths padded, with ``lengths``; ``aeon:NAME``: its TEST file), ``.csv``
     (windows of the run's ``seq_len`` rows) or text (one example per line; a blank line is refused
     by its number). The inputs
@@ -117,8 +119,9 @@ def file_inputs(run: Run, path) -> Inputs:
         arrays = read_npz(path, NPZ_KEYS)  # labels or targets may be there; they are not read
         xs = check_xs(str(path), "xs", arrays["xs"], run.spec.vocab_size)
         lengths = None if "lengths" not in arrays else check_lengths(str(path), "lengths", arrays["lengths"], xs)
+        resets = None if "resets" not in arrays else check_resets(str(path), "resets", arrays["resets"], xs)
         _check_input_size(run, xs, str(path))
-        return Inputs(xs, lengths)
+        return Inputs(xs, lengths, resets)
     if suffix == ".ts":
         found = read_ts(path, run.config.missing)  # its labels, if any, are not read
         _check_input_size(run, found["xs"], str(path))

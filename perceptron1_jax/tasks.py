@@ -21,6 +21,7 @@ class Dataset(NamedTuple):
     xs: Array  # (n, time, input_size) floats, or (n, time) int tokens when vocab_size is set
     labels: Array  # (n,) or (n, time) int32 class ids, or float regression targets (n, k) / (n, time, k)
     lengths: Array | None = None  # (n,) valid steps of each example, None: all
+    resets: Array | None = None  # (n, time) bool: where a new segment starts (packed sequences), None: none
 
 
 class TaskSpec(NamedTuple):

@@ -2,8 +2,10 @@
 
 ``xs``: floats ``(n, time, features)`` or integer token ids ``(n, time)``; either ``labels``
 (integers ``(n,)`` or ``(n, time)``: classification) or ``targets`` (floats ``(n, k)`` or
-``(n, time, k)``: regression with mean squared error); optional ``lengths (n,)`` in ``[1, time]``.
-The evaluation split is ``xs_val`` with ``labels_val``/``targets_val`` (and ``lengths_val``) when
+``(n, time, k)``: regression with mean squared error); optional ``lengths (n,)`` in ``[1, time]``
+and ``resets (n, time)`` bool (True where a new segment starts: episodes or documents packed into
+one row, see :func:`perceptron1_jax.unroll`). The evaluation split is ``xs_val`` with
+``labels_val``/``targets_val`` (and ``lengths_val``, ``resets_val``) when
 given, else a seeded random ``val_fraction`` of the examples. Every array is checked; an error
 names the source, the array and the first bad index.
 """
@@ -18,8 +20,8 @@ import numpy as np
 from perceptron1_jax.data.source import Data, DataError, DataInfo, split_indices, take
 from perceptron1_jax.tasks import Dataset
 
-NPZ_KEYS = ("xs", "labels", "targets", "lengths", "xs_val", "labels_val", "targets_val", "lengths_val",
-            "num_classes", "vocab_size")
+NPZ_KEYS = ("xs", "labels", "targets", "lengths", "resets", "xs_val", "labels_val", "targets_val", "lengths_val",
+            "resets_val", "num_classes", "vocab_size")
 
 
 def _first(mask: np.ndarray) -> tuple:
@@ -94,6 +96,14 @@ def _check_targets(where: str, name: str, targets, xs: np.ndarray, k: int | None
     return targets
 
 
+def check_resets(where: str, name: str, resets, xs: np.ndarray) -> np.ndarray:
+    resets = np.asarray(resets)
+    if resets.dtype != np.bool_ or resets.shape != xs.shape[:2]:
+        raise DataError(f"{where}: array {name!r}: expected bool (n, time) = {xs.shape[:2]} (True where a new "
+                        f"segment starts), got {resets.dtype} {resets.shape}")
+    return resets
+
+
 def check_lengths(where: str, name: str, lengths, xs: np.ndarray) -> np.ndarray:
     lengths = np.asarray(lengths)
     _check_count(where, name, lengths, xs.shape[0], "xs")
@@ -119,9 +129,9 @@ def _positive(where: str, name: str, value) -> int | None:
 DEFAULT_VAL_FRACTION = 0.1  # of TrainConfig and load_data; refused beside an own split ('xs_val')
 
 
-def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, labels_val=None, targets_val=None,
-                lengths_val=None, num_classes=None, vocab_size=None, val_fraction: float = 0.1, seed: int = 0,
-                name: str = "arrays", stratify: bool = False) -> Data:
+def from_arrays(xs, labels=None, targets=None, lengths=None, *, resets=None, xs_val=None, labels_val=None,
+                targets_val=None, lengths_val=None, resets_val=None, num_classes=None, vocab_size=None,
+                val_fraction: float = 0.1, seed: int = 0, name: str = "arrays", stratify: bool = False) -> Data:
     """Check numpy arrays and make them a :class:`~perceptron1_jax.data.Data` (see the module doc).
 
     ``num_classes`` / ``vocab_size`` default to the largest label / token id (of both splits) + 1.
@@ -134,7 +144,8 @@ def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, lab
     if (labels is None) == (targets is None):
         raise DataError(f"{where}: expected exactly one of 'labels' (classification) or 'targets' (regression), "
                         f"got {'both' if labels is not None else 'neither'}")
-    given_val = {"labels_val": labels_val, "targets_val": targets_val, "lengths_val": lengths_val}
+    given_val = {"labels_val": labels_val, "targets_val": targets_val, "lengths_val": lengths_val,
+                 "resets_val": resets_val}
     if xs_val is not None and val_fraction != DEFAULT_VAL_FRACTION:
         raise ValueError(f"val_fraction: expected the default {DEFAULT_VAL_FRACTION} with {where}'s own evaluation "
                          f"split 'xs_val' (nothing is carved from 'xs'), got {val_fraction!r}")
@@ -182,11 +193,15 @@ def from_arrays(xs, labels=None, targets=None, lengths=None, *, xs_val=None, lab
         lengths = check_lengths(where, "lengths", lengths, xs)
     if lengths_val is not None:
         lengths_val = check_lengths(where, "lengths_val", lengths_val, xs_val)
+    if resets is not None:
+        resets = check_resets(where, "resets", resets, xs)
+    if resets_val is not None:
+        resets_val = check_resets(where, "resets_val", resets_val, xs_val)
     info = DataInfo(kind, outputs, many_to_many, input_size=None if tokens else xs.shape[2],
                     vocab_size=vocab_size if tokens else None, source=where)
-    everything = Dataset(xs, ys, lengths)
+    everything = Dataset(xs, ys, lengths, resets)
     if xs_val is not None:
-        return Data(everything, Dataset(xs_val, ys_val, lengths_val), info)
+        return Data(everything, Dataset(xs_val, ys_val, lengths_val, resets_val), info)
     strata = ys if stratify and info.classifier and not many_to_many else None
     train_index, val_index = split_indices(xs.shape[0], val_fraction, seed, where, strata)
     return Data(take(everything, train_index), take(everything, val_index), info)

@@ -26,7 +26,7 @@ from perceptron1_jax.data.ts import read_ts
 from perceptron1_jax.data.vocab import tokenize
 from perceptron1_jax.tasks import Dataset
 
-ONE_SPLIT_KEYS = ("xs", "labels", "targets", "lengths", "num_classes", "vocab_size")
+ONE_SPLIT_KEYS = ("xs", "labels", "targets", "lengths", "resets", "num_classes", "vocab_size")
 
 
 def resolve_paths(paths, split: str = "TEST") -> list[Path]:

@@ -27,7 +27,8 @@ def evaluate_split(params, data: Dataset, spec: ModelSpec, chunk: int = EVAL_CHU
     chunks of ``chunk`` examples."""
 
     def score(part: Dataset):
-        return evaluate(params, part.xs, part.labels, spec, part.lengths), scored_units(spec, part.xs, part.lengths)
+        return (evaluate(params, part.xs, part.labels, spec, part.lengths, None, part.resets),
+                scored_units(spec, part.xs, part.lengths))
 
     return {k: float(v) for k, v in _chunked_means(score, data, 0, chunk).items()}
 
@@ -43,7 +44,8 @@ def evaluate_members(params, data: Dataset, which, spec: ModelSpec, chunk: int =
 @functools.lru_cache(maxsize=32)
 def _member_scores(spec: ModelSpec) -> Callable:
     def one(params, part: Dataset):
-        return evaluate(params, part.xs, part.labels, spec, part.lengths), scored_units(spec, part.xs, part.lengths)
+        return (evaluate(params, part.xs, part.labels, spec, part.lengths, None, part.resets),
+                scored_units(spec, part.xs, part.lengths))
 
     def members(params, data: Dataset, which):
         part = Dataset(*(None if a is None else a[which] for a in data))
@@ -77,7 +79,9 @@ def ensemble_accuracy(members: list, spec: ModelSpec, chunk: int = EVAL_CHUNK) -
     total = 0.0
     for params, split in members:
         parts = [jax.nn.softmax(model_apply(params, split.xs[i:i + chunk], spec,
-                                            None if split.lengths is None else split.lengths[i:i + chunk]), axis=-1)
+                                            None if split.lengths is None else split.lengths[i:i + chunk],
+                                            resets=None if split.resets is None else split.resets[i:i + chunk]),
+                                axis=-1)
                  for i in range(0, split.xs.shape[0], chunk)]
         total = total + np.concatenate([np.asarray(p, np.float64) for p in parts])
     right = total.argmax(-1) == labels
@@ -92,10 +96,11 @@ def make_evaluate(cfg: TrainConfig, spec: ModelSpec | None = None) -> Callable:
     return lambda params, data: evaluate_split(params, data, spec)
 
 
-def gradient_flow_of(cfg: TrainConfig, params, xs, labels, lengths=None, spec: ModelSpec | None = None):
+def gradient_flow_of(cfg: TrainConfig, params, xs, labels, lengths=None, resets=None, *,
+                     spec: ModelSpec | None = None):
     """:class:`~perceptron1_jax.diagnostics.GradientFlow` of the first layer's forward direction
     (the gradient that has crossed every layer above) on one batch."""
-    return model_gradient_flow(params, xs, labels, spec or cfg.model_spec, lengths)[0]["fwd"]
+    return model_gradient_flow(params, xs, labels, spec or cfg.model_spec, lengths, resets=resets)[0]["fwd"]
 
 
 def json_scalar(value):

@@ -54,12 +54,15 @@ def task_datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
 
 
 def on_device(data: Data, dtype) -> Data:
-    """``data`` as device arrays: float inputs and targets in ``dtype``, ids, labels and lengths int32."""
+    """``data`` as device arrays: float inputs and targets in ``dtype``, ids, labels and lengths int32,
+    resets bool."""
 
     def put(array):
         if array is None:
             return None
         array = np.asarray(array)
+        if array.dtype == np.bool_:
+            return jnp.asarray(array)
         return jnp.asarray(array, dtype if np.issubdtype(array.dtype, np.floating) else jnp.int32)
 
     return Data(Dataset(*map(put, data.train)), Dataset(*map(put, data.eval)), data.info,
@@ -86,7 +89,7 @@ def get_batch(data: Dataset, shuffle_key, step, batch_size: int):
     """Minibatch of step ``step``: epoch ``e = step // (n // batch_size)`` walks the permutation
     drawn from ``fold_in(shuffle_key, e)`` (the tail of ``n % batch_size`` examples is dropped)."""
     index = batch_index(data.labels.shape[0], shuffle_key, step, batch_size)
-    return data.xs[index], data.labels[index], None if data.lengths is None else data.lengths[index]
+    return tuple(None if a is None else a[index] for a in data)  # (xs, labels, lengths, resets)
 
 
 def batch_index(n: int, shuffle_key, step, batch_size: int):

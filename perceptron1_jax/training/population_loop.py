@@ -137,9 +137,10 @@ class PopulationLoop(Loop):
         for k in self.live():
             member = self.members[k]
             data = member_split(self.population_data, k).train
-            xs, labels, lengths = get_batch(data, seed_keys(member.seed)[4], state.step - 1, member.batch_size)
+            xs, labels, lengths, resets = get_batch(data, seed_keys(member.seed)[4], state.step - 1,
+                                                    member.batch_size)
             params = member_of(state.params, k)
-            flow = gradient_flow_of(member, params, xs, labels, lengths, spec=state.spec)
+            flow = gradient_flow_of(member, params, xs, labels, lengths, resets, spec=state.spec)
             self.folder.record(state, {"step": state.step, "member": k,
                                        "gradflow_dh_norm": [json_scalar(v) for v in jax.device_get(flow.dh_norm)],
                                        "gradflow_recurrent": [json_scalar(v) for v in

@@ -98,11 +98,11 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
 def update_step(cfg: TrainConfig, spec: ModelSpec, value_and_grad: Callable, optimizer, params, opt_state, batch,
                 dropout_key=None):
     """One step of :func:`make_train_step` (traceable): ``(params, opt_state, metrics)`` after the
-    loss and gradients of ``value_and_grad(params, xs, labels, dropout_key, lengths)`` and one
+    loss and gradients of ``value_and_grad(params, xs, labels, dropout_key, lengths, resets)`` and one
     guarded update. ``cfg.clip``/``cfg.clip_value`` (and the ``optimizer`` built from ``cfg``)
     may hold traced scalars: a population member's, under ``vmap``."""
-    xs, labels, lengths = (*batch, None)[:3]
-    loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths)
+    xs, labels, lengths, resets = (*batch, None, None)[:4]
+    loss, grads, outputs = value_and_grad(params, xs, labels, dropout_key, lengths, resets)
     params, opt_state, grad_norm, clipped, finite = guarded_update(optimizer, cfg.clip, cfg.clip_value, params,
                                                                    opt_state, grads, loss)
     metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": clipped, "finite": finite}
@@ -124,7 +124,7 @@ def truncated_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_s
     """One step of :func:`make_truncated_step` (traceable, as :func:`update_step`): an update per
     window by ``apply`` (default: :func:`guarded_update` of ``optimizer``, unjitted)."""
     apply = apply or partial(guarded_update, optimizer, cfg.clip, cfg.clip_value)
-    xs, labels = batch[:2]
+    xs, labels, _, resets = (*batch, None, None)[:4]
     holder = {"opt_state": opt_state, "norms": [], "clipped": [], "finite": []}
 
     def update(params, loss, grads):
@@ -134,7 +134,8 @@ def truncated_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_s
         holder["finite"].append(finite)
         return new
 
-    params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update)
+    params, results, _ = run_windows(params, xs, labels, spec, cfg.tbptt_k1, cfg.tbptt_k2, update=update,
+                                     resets=resets)
     metrics = {
         "loss": jnp.mean(jnp.stack([loss for _, loss, _ in results])),
         "grad_norm": holder["norms"][-1],
@@ -142,7 +143,7 @@ def truncated_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_s
         "finite": jnp.all(jnp.stack(holder["finite"])),
     }
     if spec.loss == "cross_entropy":
-        metrics["accuracy"] = evaluate(params, xs, labels, spec)["accuracy"]
+        metrics["accuracy"] = evaluate(params, xs, labels, spec, resets=resets)["accuracy"]
     return params, holder["opt_state"], metrics
 
 
@@ -214,11 +215,11 @@ def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None, spec: ModelSpec | None 
 
 def gradient_agreement(cfg: TrainConfig, params, batch, spec: ModelSpec | None = None) -> float:
     """Max relative difference between the explicit BPTT and ``jax.grad`` gradients on a batch
-    ``(xs, labels[, lengths])``."""
+    ``(xs, labels[, lengths[, resets]])``."""
     spec = spec or cfg.model_spec
-    xs, labels, lengths = (*batch, None)[:3]
-    _, ours, _ = _jitted_value_and_grad(spec, "bptt")(params, xs, labels, None, lengths)
-    _, ref, _ = _jitted_value_and_grad(spec, "autodiff")(params, xs, labels, None, lengths)
+    xs, labels, lengths, resets = (*batch, None, None)[:4]
+    _, ours, _ = _jitted_value_and_grad(spec, "bptt")(params, xs, labels, None, lengths, resets)
+    _, ref, _ = _jitted_value_and_grad(spec, "autodiff")(params, xs, labels, None, lengths, resets)
     return max_relative_error(ours, ref)
 
 
