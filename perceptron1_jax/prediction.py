@@ -47,8 +47,8 @@ class Predictions(NamedTuple):
 
 def predict_examples(run: Run, xs, lengths=None, resets=None) -> Predictions:
     """Run the model of ``run`` on ``xs`` (``(n, time, features)`` floats or ``(n, time)`` token
-    ids, with optional ``lengths (n,)`` and ``resets (n, time)`` bool), in chunks; classifiers give class ids and softmax
-    probabilities, regression models their outputs. Float inputs are standardized first with the
+    ids, with optional ``lengths (n,)`` and ``resets (n, time)`` bool), in chunks; classifiers give
+    class ids and softmax probabilities, regression models their outputs. Float inputs are standardized first with the
     run's saved statistics when it trained on standardized inputs (give raw inputs here)."""
     xs = standardize_inputs(np.asarray(xs), lengths, run.info)
     dtype = run.params["head"]["W"].dtype

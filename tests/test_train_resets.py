@@ -55,7 +55,7 @@ def test_a_population_trains_each_member_as_its_single_run(tmp_path):
     pop, _ = run(tmp_path, "pop", RESETS, population=population)
     for k, seed in enumerate((0, 1)):
         single, _ = run(tmp_path, f"single{seed}", RESETS, cfg=dataclasses.replace(CFG, seed=seed))
-        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[k], pop.params)), jax.tree.leaves(single.params)):
+        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x, k=k: x[k], pop.params)), jax.tree.leaves(single.params)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
