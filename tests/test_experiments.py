@@ -16,7 +16,7 @@ import pytest
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 NAMES = ["vanishing_gradients", "clipping", "long_range", "truncation", "optimizers", "flax_nnx", "char_model",
          "word_model", "sentiment", "bidirectional", "stdlib_chars", "time_series_classification", "min_rnns",
-         "bptt_vs_autodiff"]
+         "recurrent_ppo", "bptt_vs_autodiff"]
 
 pytestmark = pytest.mark.standard_promotion  # the experiments train with optax
 
@@ -28,6 +28,8 @@ def out(tmp_path_factory):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_experiment_quick(name, out, monkeypatch):
+    if name == "recurrent_ppo":
+        pytest.importorskip("gymnax")
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     module = importlib.import_module(name)
     rows = module.main(quick=True, out=out)
