@@ -7,7 +7,7 @@ one process (median):
   (``recurrent_forward`` / ``recurrent_backward``);
 * the same explicit passes with the two directions stacked and ``vmap``-ed into one forward and one
   reverse scan (one batched product per step: "stacked weights"; the library's
-  ``set_fused_directions(True)``, :func:`perceptron1_jax.layers.fused_forward`);
+  ``LoopForms(fused_directions=True)``, :func:`perceptron1_jax.layers.fused_forward`);
 * a plain LSTM forward, and its ``jax.grad``, with one scan per direction against one scan whose
   body runs both directions' steps as two separate products.
 
@@ -35,25 +35,22 @@ from perceptron1_jax.layers import recurrent_backward, recurrent_forward
 
 def explicit_contenders(batch, inputs, hidden, time):
     """The library's explicit forward + backward of one bidirectional LSTM layer, traced with one scan
-    per direction (``set_fused_directions(False)``) and with both in one (``True``)."""
+    per direction (``LoopForms(fused_directions=False)``) and with both in one (``True``)."""
     cell, layer = CELLS["lstm"], p1.LayerSpec("lstm", hidden, bidirectional=True)
     key = jax.random.key(0)
     params = {d: cell.init(jax.random.fold_in(key, i), inputs, hidden) for i, d in enumerate(("fwd", "bwd"))}
     xs = jax.random.normal(key, (time, batch, inputs))
     dout = jax.random.normal(jax.random.fold_in(key, 9), (time, batch, 2 * hidden))
 
-    def passes(params, xs, dout):
-        out, finals, tapes = recurrent_forward(layer, params, xs, None, None, save=True)
-        return recurrent_backward(layer, params, tapes, finals, dout, None, None, None)[:2]
+    def passes(params, xs, dout, forms):
+        out, finals, tapes = recurrent_forward(layer, params, xs, None, None, save=True, forms=forms)
+        return recurrent_backward(layer, params, tapes, finals, dout, None, None, None, forms=forms)[:2]
 
     out = []
     for name, enabled in (("explicit, one scan per direction", False),
                           ("explicit, both directions vmap-ed into one scan", True)):
-        previous = p1.set_fused_directions(enabled)
-        try:
-            compiled = jax.jit(passes).lower(params, xs, dout).compile()
-        finally:
-            p1.set_fused_directions(previous)
+        forms = p1.LoopForms(fused_directions=enabled)
+        compiled = jax.jit(passes, static_argnums=3).lower(params, xs, dout, forms).compile()
         out.append(bench.Contender(name, lambda f=compiled: jax.block_until_ready(f(params, xs, dout))))
     return out
 

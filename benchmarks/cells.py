@@ -27,7 +27,6 @@ import perceptron1_jax as p1
 from perceptron1_jax import bench
 from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.cells import CELLS
-from perceptron1_jax.scan import set_hoist_input_projection
 
 BUILT_IN = ("gru", "mingru", "lstm", "minlstm")
 MIN = ("mingru", "minlstm")
@@ -55,22 +54,19 @@ def indrnn() -> None:
 
 def contenders(cell: str, size: bench.Size, grads: tuple[str, ...], scan: str = "sequential",
                hoist: bool | None = None) -> list[bench.Contender]:
-    """Compiled Adam steps of one layer of ``cell`` (each contender compiled now, so a ``hoist``
-    choice of the input projection holds for it whatever is chosen later)."""
-    spec = p1.ModelSpec([p1.LayerSpec(cell, size.hidden, scan=scan)], size.classes, input_size=size.input)
+    """Compiled Adam steps of one layer of ``cell``; ``hoist``: the spec's choice of the input
+    projection (``LoopForms(hoist=...)``; None: the platform's default)."""
+    spec = p1.ModelSpec([p1.LayerSpec(cell, size.hidden, scan=scan)], size.classes, input_size=size.input,
+                        forms=p1.LoopForms(hoist=hoist))
     params = p1.init_model(jax.random.key(0), spec)
     xs, labels = bench._problem(size)
     out = []
-    previous = set_hoist_input_projection(hoist)
-    try:
-        for grad in grads:
-            fn = make_value_and_grad(spec, grad)
-            name = f"{cell}, {'explicit BPTT' if grad == 'bptt' else 'jax.grad'}"
-            name += "" if scan == "sequential" else f", {scan}"
-            name += "" if hoist is None else f", projection {'hoisted' if hoist else 'in the loop'}"
-            out.append(bench._jax_contender(name, lambda p, x, y, fn=fn: fn(p, x, y)[:2], params, xs, labels))
-    finally:
-        set_hoist_input_projection(previous)
+    for grad in grads:
+        fn = make_value_and_grad(spec, grad)
+        name = f"{cell}, {'explicit BPTT' if grad == 'bptt' else 'jax.grad'}"
+        name += "" if scan == "sequential" else f", {scan}"
+        name += "" if hoist is None else f", projection {'hoisted' if hoist else 'in the loop'}"
+        out.append(bench._jax_contender(name, lambda p, x, y, fn=fn: fn(p, x, y)[:2], params, xs, labels))
     return out
 
 

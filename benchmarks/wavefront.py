@@ -2,7 +2,7 @@
 
 Times, per cell and depth, a training step (explicit BPTT + Adam, many-to-one, float32, one device)
 and the plain forward of a stack of forward-only layers, with the layers one after the other
-(``set_wavefront(False)``) and as a wavefront (``set_wavefront(True)``:
+(``LoopForms(wavefront=False)``) and as a wavefront (``LoopForms(wavefront=True)``:
 :mod:`perceptron1_jax.wavefront`), interleaved rounds in one process (median):
 
     python benchmarks/wavefront.py                           # B64 I32 H128 T128, depth 2 and 4
@@ -25,24 +25,20 @@ import perceptron1_jax as p1
 from perceptron1_jax import bench
 from perceptron1_jax.bptt import explicit_model
 from perceptron1_jax.model import forward
-from perceptron1_jax.wavefront import set_wavefront
 
 
 def contenders(cell: str, depth: int, batch: int, inputs: int, hidden: int, time: int, wave: bool):
     """A compiled training step and a compiled forward of the stack, traced with the wavefront on or off."""
-    spec = p1.ModelSpec(tuple(p1.LayerSpec(cell, hidden) for _ in range(depth)), num_outputs=10, input_size=inputs)
+    spec = p1.ModelSpec(tuple(p1.LayerSpec(cell, hidden) for _ in range(depth)), num_outputs=10, input_size=inputs,
+                        forms=p1.LoopForms(wavefront=wave))
     key = jax.random.key(0)
     params = p1.init_model(key, spec)
     xs = jax.random.normal(key, (batch, time, inputs))
     labels = jax.random.randint(jax.random.fold_in(key, 1), (batch,), 0, 10)
     label = f"{cell} x{depth}, {'wavefront' if wave else 'layer by layer'}"
-    previous = set_wavefront(wave)
-    try:
-        step = bench._jax_contender(f"{label}, train step", lambda p, x, y: explicit_model(p, x, y, spec)[:2],
-                                    params, xs, labels)
-        compiled = jax.jit(lambda p, x: forward(p, x, spec).outputs).lower(params, xs).compile()
-    finally:
-        set_wavefront(previous)
+    step = bench._jax_contender(f"{label}, train step", lambda p, x, y: explicit_model(p, x, y, spec)[:2],
+                                params, xs, labels)
+    compiled = jax.jit(lambda p, x: forward(p, x, spec).outputs).lower(params, xs).compile()
     return [step, bench.Contender(f"{label}, forward", lambda: jax.block_until_ready(compiled(params, xs)))]
 
 
