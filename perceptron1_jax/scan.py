@@ -14,6 +14,12 @@ layer reads each sequence backwards *from its own last valid step* (PyTorch's pa
 the flipped inputs, and its outputs are flipped back (the flip is its own inverse, so the
 backward pass flips gradients the same way).
 
+Resets: with ``resets_tm: (time, batch)`` a step marked True starts a new segment: it reads the
+zero carry instead of the carry before it, ``h_t = f(x_t, 0)``. Its backward uses that zero as
+``H_prev`` (so nothing reaches ``dW_h`` from it) and passes no gradient to the carry before it,
+``dL/dh_{t-1} = 0`` across the reset. The reverse direction of a bidirectional layer starts afresh
+at every segment's last step (:func:`direction_resets`), so each segment reads as if run alone.
+
 Explicit backward (never ``jax.grad``/``jax.vjp``), :func:`backward_scan`: a reverse ``lax.scan``
 carrying only ``dL/dh`` (and ``dL/dc``) and the state after the step; at step ``t`` the carried
 gradient plus the step's own output gradient is the total ``dL/dh_t``; the cell's

@@ -66,7 +66,7 @@ def test_a_non_finite_step_is_not_applied():
     params, optimizer = init_run_params(k_init, cfg), _optimizer(cfg)
     opt_state = optimizer.init(params)
     step = make_train_step(cfg, optimizer)
-    xs, labels, _ = get_batch(data, k_shuffle, 0, cfg.batch_size)
+    xs, labels = get_batch(data, k_shuffle, 0, cfg.batch_size)[:2]
     new, new_state, metrics = step(params, opt_state, (xs.at[0, 1, 2].set(jnp.nan), labels))
     assert not bool(metrics["finite"]) and not np.isfinite(float(metrics["loss"]))
     _same_params(new, params)
