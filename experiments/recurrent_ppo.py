@@ -205,7 +205,10 @@ def run(memory_length: int, gradient: str, seeds: int, s: Settings, seed: int = 
     return np.asarray(rates), np.asarray(rewards), env_steps / seconds
 
 
-def main(quick: bool = False, out=None, seed: int = 0, lengths=(1, 2, 4, 8, 16, 32), settings=Settings()):
+DEFAULTS = Settings()
+
+
+def main(quick: bool = False, out=None, seed: int = 0, lengths=(1, 2, 4, 8, 16, 32), settings=DEFAULTS):
     if quick:
         lengths, settings = (2,), settings._replace(hidden=8, envs=8, steps=8, updates=3, minibatches=2)
     seeds = seeds_for(quick)
@@ -218,7 +221,8 @@ def main(quick: bool = False, out=None, seed: int = 0, lengths=(1, 2, 4, 8, 16, 
             row[f"seeds solved, {gradient}"] = f"{int(np.sum(rates >= 0.95))}/{seeds}"
             row[f"env steps/s, {gradient}"] = round(speed)
             curves[length, gradient] = rewards.mean(0)
-        row["speed ratio (explicit / jax.grad)"] = round(row["env steps/s, explicit BPTT"] / row["env steps/s, jax.grad"], 3)
+        ratio = row["env steps/s, explicit BPTT"] / row["env steps/s, jax.grad"]
+        row["speed ratio (explicit / jax.grad)"] = round(ratio, 3)
         rows.append(row)
         print(row, flush=True)
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -227,7 +231,8 @@ def main(quick: bool = False, out=None, seed: int = 0, lengths=(1, 2, 4, 8, 16, 
     ax.set(xlabel="update", ylabel="mean reward per step (over seeds)", title="PPO on MemoryChain-bsuite")
     ax.legend(fontsize=7, ncol=2)
     s = settings
-    return publish(fig, out, "recurrent_ppo", rows, "Recurrent PPO on MemoryChain-bsuite: explicit BPTT against jax.grad",
+    title = "Recurrent PPO on MemoryChain-bsuite: explicit BPTT against jax.grad"
+    return publish(fig, out, "recurrent_ppo", rows, title,
                    notes=f"{seeds} seeds per (memory length, gradient), one vmapped program each; GRU {s.hidden}, "
                          f"{s.envs} environments x {s.steps} steps per rollout, {s.updates} updates, {s.epochs} "
                          f"epochs x {s.minibatches} minibatches, Adam {s.lr}, clip 0.2, GAE {s.gamma}/{s.lam}. "

@@ -49,7 +49,15 @@ from perceptron1_jax.model import (
     spec_of_params,
 )
 from perceptron1_jax.parallel import check_mesh, data_parallel
-from perceptron1_jax.scan import WINDOW, check_window, public_carry, step_resets, time_mask, zero_carry, zero_padding
+from perceptron1_jax.scan import (
+    WINDOW,
+    check_window,
+    public_carry,
+    resets_time_major,
+    time_mask,
+    zero_carry,
+    zero_padding,
+)
 from perceptron1_jax.spec import PROCESS_FORMS, ModelSpec
 from perceptron1_jax.wavefront import stack_backward, wave_groups
 
@@ -379,7 +387,7 @@ def _unroll_fwd(cell_name, hoist, cell_params, xs, lengths, carry0, resets):
     mask_tm = time_mask(lengths, xs.shape[1])
     xs_tm = zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm)
     hs_tm, final, tape = direction_forward(CELLS[cell_name], cell_params, xs_tm, carry0, mask_tm, lengths,
-                                           reverse=False, save=True, resets_tm=step_resets(resets, mask_tm),
+                                           reverse=False, save=True, resets_tm=resets_time_major(resets, mask_tm),
                                            hoist=hoist)
     return (jnp.swapaxes(hs_tm, 0, 1), final), (cell_params, lengths, tape, resets)
 

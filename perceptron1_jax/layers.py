@@ -111,8 +111,8 @@ def direction_forward(cell: Cell, cell_params: Params, xs_tm: Array, carry0: Car
     direction: after reading back to step 0), ``tape`` what the backward needs (None unless
     ``save``). ``lean=k`` keeps a carry every ``k`` steps instead of every step; ``associative``
     runs a linear recurrence as an associative scan (:mod:`perceptron1_jax.associative`).
-    ``resets_tm: (T, B)`` bool (original time order, :func:`~perceptron1_jax.scan.step_resets`) or
-    None: segment starts; the reverse direction reads each segment from its last step back
+    ``resets_tm: (T, B)`` bool (original time order, :func:`~perceptron1_jax.scan.resets_time_major`)
+    or None: segment starts; the reverse direction reads each segment from its last step back
     (:func:`~perceptron1_jax.scan.direction_resets`). The tape keeps them for the backward.
     ``hoist``: project the inputs before the loop (None: the process-wide or platform default).
     """

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import dropout_mask, dropout_parts, embed_forward, head_forward, recurrent_forward
-from perceptron1_jax.scan import public_carry, step_resets, time_mask, zero_padding
+from perceptron1_jax.scan import public_carry, resets_time_major, time_mask, zero_padding
 from perceptron1_jax.spec import LayerSpec, LoopForms, ModelSpec, with_process_forms
 from perceptron1_jax.wavefront import stack_forward, wave_groups
 
@@ -90,7 +90,7 @@ def forward(params, xs, spec: ModelSpec, lengths=None, dropout_key=None, carries
     dtype = params["head"]["W"].dtype
     inputs = embed_forward(params["embed"], xs) if spec.tokens else xs
     mask_tm = time_mask(lengths, inputs.shape[1])
-    resets_tm = step_resets(resets, mask_tm)
+    resets_tm = resets_time_major(resets, mask_tm)
     x_tm = jnp.swapaxes(inputs, 0, 1)
     if not spec.tokens:  # float inputs may hold anything past the lengths (token ids look up finite rows)
         x_tm = zero_padding(x_tm, mask_tm)
@@ -278,7 +278,7 @@ def model_step(params, carries, x, spec: ModelSpec, reset=None):
     if x.ndim != (1 if spec.tokens else 2):
         raise ValueError(f"x: expected shape {'(batch,)' if spec.tokens else '(batch, input_size)'}, "
                          f"got {tuple(x.shape)}")
-    c = validate.check_model_inputs(params, x[:, None], spec, resets=validate.step_resets(reset))
+    c = validate.check_model_inputs(params, x[:, None], spec, resets=validate.one_step_resets(reset))
     carries = validate.check_carries0(carries, spec, x.shape[0], c.dtype, name="carries")
     return _model_step(params, carries, c.xs[:, 0], c.spec, None if c.resets is None else c.resets[:, 0])
 

@@ -74,7 +74,7 @@ def zero_padding(x_tm: Array, mask_tm: Array | None) -> Array:
     return x_tm if mask_tm is None else jnp.where(mask_tm[..., None], x_tm, jnp.zeros((), x_tm.dtype))
 
 
-def step_resets(resets: Array | None, mask_tm: Array | None) -> Array | None:
+def resets_time_major(resets: Array | None, mask_tm: Array | None) -> Array | None:
     """Batch-major ``resets: (batch, time)`` bool -> time-major ``(time, batch)``, True only on valid
     steps (a reset past a sequence's length changes nothing: the state there is held). None if None."""
     if resets is None:
@@ -88,7 +88,7 @@ def direction_resets(resets_tm: Array | None, lengths: Array | None, reverse: bo
     from its own last step back to its first, so the direction starts afresh at every segment's last
     step (the step before a reset, ``ends[s] = resets[s + 1]``), in the flipped order of
     :func:`reverse_in_time`. The reverse direction's first step (a sequence's last valid step) is
-    never a reset: its initial carry enters there. ``resets_tm: (T, B)`` from :func:`step_resets`."""
+    never a reset: its initial carry enters there. ``resets_tm: (T, B)`` from :func:`resets_time_major`."""
     if resets_tm is None or not reverse:
         return resets_tm
     ends = jnp.concatenate([resets_tm[1:], jnp.zeros_like(resets_tm[:1])], axis=0)
@@ -204,7 +204,7 @@ def scan_forward(
       carry0: initial carry tuple, each ``(batch, hidden)``.
       mask_tm: ``(time, batch)`` bool validity mask or None.
       resets_tm: ``(time, batch)`` bool or None: where True the step starts from the zero carry
-        (:func:`step_resets`, in this direction's order: :func:`direction_resets`).
+        (:func:`resets_time_major`, in this direction's order: :func:`direction_resets`).
       hoist: project every step's input before the loop (None: :func:`hoist_input_projection`).
       stack_entering: stack the carry *entering* each step (``carry0, ..., carry_{T-2}``) instead
         of the carry after it. The explicit backward wants this one: it is the ``H_prev`` operand
@@ -278,7 +278,7 @@ def backward_step(cell: Cell, cell_params: Params, prev: Carry, after: Carry, re
     held its carry: the gradient passes to the previous carry unchanged and nothing reaches the cell.
     Where ``reset_t`` is True the step read the zero carry: ``prev`` (the carry before the reset) is
     replaced by zeros and no gradient reaches it, ``dL/d(previous carry) = 0`` (a reset is only ever
-    on a valid step, :func:`step_resets`)."""
+    on a valid step, :func:`resets_time_major`)."""
     prev_read = reset_carry(prev, reset_t)
     if valid_t is None:
         dzx, dzh, dprev = cell.backward_step(cell_params, prev_read, after, residuals_t, dcarry)

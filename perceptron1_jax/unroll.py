@@ -18,8 +18,8 @@ from perceptron1_jax.layers import direction_forward
 from perceptron1_jax.scan import (  # the unroll's input-projection branch, by the name the issues use
     hoist_input_projection,  # noqa: F401
     public_carry,
+    resets_time_major,
     set_hoist_input_projection,  # noqa: F401
-    step_resets,
     time_mask,
     zero_carry,
     zero_padding,
@@ -36,7 +36,7 @@ def _unroll(cell_name: str, cell_params, xs, lengths, carry0, resets=None, hidde
     mask_tm = time_mask(lengths, time)
     hs_tm, final, _ = direction_forward(cell, cell_params, zero_padding(jnp.swapaxes(xs, 0, 1), mask_tm), carry0,
                                         mask_tm, lengths, reverse=False, save=False,
-                                        resets_tm=step_resets(resets, mask_tm), hoist=hoist)
+                                        resets_tm=resets_time_major(resets, mask_tm), hoist=hoist)
     return jnp.swapaxes(hs_tm, 0, 1), final
 
 
@@ -78,7 +78,7 @@ def step(params, carry, x, cell: str, reset=None):
     x = validate.as_array("x", x)
     if x.ndim != 2:
         raise ValueError(f"x: expected shape (batch, input), got {tuple(x.shape)}")
-    c = validate.check_inputs(params, x[:, None], cell, resets=validate.step_resets(reset))
+    c = validate.check_inputs(params, x[:, None], cell, resets=validate.one_step_resets(reset))
     carry0 = validate.check_h0(carry, c.cell, x.shape[0], c.sizes, name="carry")
     hs, final = _unroll(cell, params["cell"], c.xs, None, carry0, c.resets, c.sizes.hidden_size,
                         PROCESS_FORMS["hoist"])

@@ -269,7 +269,7 @@ def check_resets(resets: Any, batch: int, time: int, name: str = "resets") -> An
     return resets
 
 
-def step_resets(reset: Any) -> Any:
+def one_step_resets(reset: Any) -> Any:
     """One step's ``reset: (batch,)`` bool (or None) -> ``(batch, 1)``, the one-step ``resets`` that the
     sequence checks then match against the batch (errors here name ``reset``)."""
     if reset is None:
