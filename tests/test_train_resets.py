@@ -1,6 +1,7 @@
 """Training on packed sequences: ``from_arrays(..., resets=...)`` and an ``.npz`` array ``resets``
-train with them (the explicit BPTT, the evaluation, a population and ``predict`` read them); no
-resets and all-False resets train bit-identically; a malformed array is refused by name."""
+train with them (the explicit BPTT, the evaluation, a population and ``predict`` read them; the
+command line in a fresh process); no resets and all-False resets train bit-identically; a malformed
+array is refused by name."""
 
 import dataclasses
 import json
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 import perceptron1_jax as p1
+from perceptron1_jax.cli import main
 from perceptron1_jax.data import DataError, from_arrays
 from perceptron1_jax.train import TrainConfig, train
 
@@ -48,14 +50,12 @@ def test_training_reads_the_resets(tmp_path):
     without = p1.model_loss(packed.params, jnp.asarray(ev.xs), jnp.asarray(ev.labels), packed.spec)
     np.testing.assert_allclose(last_eval["eval_loss"], with_resets, rtol=1e-5)
     assert abs(float(with_resets) - float(without)) > 1e-4
-
-
-def test_a_population_trains_each_member_as_its_single_run(tmp_path):
-    population = p1.Population(seeds=2)  # seeds 0 and 1
-    pop, _ = run(tmp_path, "pop", RESETS, population=population)
-    for k, seed in enumerate((0, 1)):
-        single, _ = run(tmp_path, f"single{seed}", RESETS, cfg=dataclasses.replace(CFG, seed=seed))
-        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x, k=k: x[k], pop.params)), jax.tree.leaves(single.params)):
+    # A population reads them too: each member trains as its single run (member 0: the run above).
+    pop, _ = run(tmp_path, "pop", RESETS, population=p1.Population(seeds=2))
+    single1, _ = run(tmp_path, "single1", RESETS, cfg=dataclasses.replace(CFG, seed=1))
+    for k, single in enumerate((packed, single1)):
+        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x, k=k: x[k], pop.params)),
+                        jax.tree.leaves(single.params)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -77,11 +77,14 @@ def test_the_command_line_trains_and_predicts_with_an_npz_of_resets(tmp_path):
     expected = np.asarray(p1.model_apply(loaded.params, jnp.asarray(XS[:4]), loaded.spec,
                                          resets=jnp.asarray(RESETS[:4]))).argmax(-1)
     assert [r["prediction"] for r in records] == expected.tolist()
+
+
+def test_the_command_line_refuses_a_malformed_resets_array(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, xs=XS, labels=LABELS, resets=RESETS[:, :3])
-    refused = subprocess.run([sys.executable, "-m", "perceptron1_jax", "train", "--data", str(bad), "--steps", "1",
-                              "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "array 'resets': expected bool (n, time) = (48, 10)" in refused.stderr
+    assert main(["train", "--data", str(bad), "--steps", "1", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "array 'resets': expected bool (n, time) = (48, 10)" in err and "\n" not in err
 
 
 def test_from_arrays_refuses_malformed_resets():
