@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceptron1_jax.cells import Carry, Cell, Params, project_inputs
-from perceptron1_jax.scan import Backward, accumulation_dtype, input_weights_t, kept_dz, reset_rows
+from perceptron1_jax.scan import Backward, accumulation_dtype, carries_after, input_weights_t, kept_dz, reset_rows
 
 Array = jax.Array
 
@@ -107,7 +107,7 @@ def associative_backward(cell: Cell, cell_params: Params, tape: AssociativeTape,
     a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])], axis=0)  # a_{t+1}; nothing after the last step
     _, dhs = lax.associative_scan(_compose, (a_next, outside), axis=0, reverse=True)
     into_cell = dhs if mask_tm is None else jnp.where(mask_tm[..., None], dhs, 0.0).astype(dhs.dtype)
-    h_after = jnp.concatenate([tape.carries_in[0][1:], tape.final[0][None]], axis=0)
+    (h_after,) = carries_after(tape.carries_in, tape.final)
     h_in = reset_rows(tape.carries_in[0], tape.resets_tm)  # what each step read
     dzx, dzh_part, _ = jax.vmap(lambda hp, ha, r, d: cell.backward_step(cell_params, (hp,), (ha,), r, (d,)))(
         h_in, h_after, tape.residuals, into_cell)

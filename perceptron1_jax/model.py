@@ -172,13 +172,6 @@ def public_carries(spec: ModelSpec, finals) -> list:
             for layer, layer_finals in zip(spec.layers, finals)]
 
 
-def internal_carries(carries0):
-    """The inverse of :func:`public_carries` (None stays None)."""
-    if carries0 is None:
-        return None
-    return tuple({d: (c if isinstance(c, tuple) else (c,)) for d, c in layer.items()} for layer in carries0)
-
-
 @partial(jax.jit, static_argnames=("spec", "return_carries"))
 def _apply(params, xs, spec, lengths, dropout_key, carries0=None, resets=None, return_carries=False):
     fw = forward(params, xs, spec, lengths, dropout_key, carries0, resets=resets)
