@@ -25,6 +25,8 @@ Your own data (npz, text, text classes, CSV), then text and predictions from a t
     run = load_run("runs/book")
     text = generate(run, "It was", 300, temperature=0.8, seed=1)
     result = predict_examples(run, xs, lengths)       # .predictions, .probabilities
+    export_params("runs/book", "book.npz")            # layers/0/fwd/W_x, ...: numpy.load opens it
+    params = load_params("book.npz")                  # back in the model's layout
 """
 
 from perceptron1_jax.bptt import BPTTExtras, ModelExtras, bptt, model_bptt, model_loss_explicit, unroll_bptt
@@ -36,6 +38,7 @@ from perceptron1_jax.diagnostics import decay_rate
 from perceptron1_jax.diagnostics import gradient_flow
 from perceptron1_jax.diagnostics import model_gradient_flow
 from perceptron1_jax.diagnostics import set_spectral_radius
+from perceptron1_jax.export import export_params, load_params
 from perceptron1_jax.generate import generate
 from perceptron1_jax.layers import set_fused_directions
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, model_step, predict
@@ -73,11 +76,13 @@ __all__ = (
     "bptt",
     "custom_cell",
     "decay_rate",
+    "export_params",
     "from_arrays",
     "generate",
     "gradient_flow",
     "init_model",
     "initialize_distributed",
+    "load_params",
     "init_params",
     "load_checkpoint",
     "load_data",

@@ -24,7 +24,7 @@ from perceptron1_jax.data import (
 )
 from perceptron1_jax.data.arrays import NPZ_KEYS, check_lengths, check_resets, check_xs, read_npz
 from perceptron1_jax.data.heldout import resolve_paths
-from perceptron1_jax.data.standardize import standardize_inputs
+from perceptron1_jax.data.standardize import standardize_inputs, unstandardize_outputs
 from perceptron1_jax.data.text import read_text
 from perceptron1_jax.data.ts import read_ts
 from perceptron1_jax.model import model_apply
@@ -48,8 +48,10 @@ class Predictions(NamedTuple):
 def predict_examples(run: Run, xs, lengths=None, resets=None) -> Predictions:
     """Run the model of ``run`` on ``xs`` (``(n, time, features)`` floats or ``(n, time)`` token
     ids, with optional ``lengths (n,)`` and ``resets (n, time)`` bool), in chunks; classifiers give
-    class ids and softmax probabilities, regression models their outputs. Float inputs are standardized first with the
-    run's saved statistics when it trained on standardized inputs (give raw inputs here)."""
+    class ids and softmax probabilities, regression models their outputs (in the targets' own units:
+    a run trained on standardized targets has its outputs mapped back). Float inputs are
+    standardized first with the run's saved statistics when it trained on standardized inputs (give
+    raw inputs here)."""
     xs = standardize_inputs(np.asarray(xs), lengths, run.info)
     dtype = run.params["head"]["W"].dtype
     preds, probs = [], []
@@ -64,7 +66,7 @@ def predict_examples(run: Run, xs, lengths=None, resets=None) -> Predictions:
             probs.append(np.asarray(p))
             preds.append(np.asarray(outputs.argmax(-1)))
         else:
-            preds.append(np.asarray(outputs))
+            preds.append(unstandardize_outputs(np.asarray(outputs), run.info))
     return Predictions(np.concatenate(preds), np.concatenate(probs) if probs else None,
                        None if lengths is None else np.asarray(lengths))
 

@@ -9,26 +9,45 @@ import tempfile
 import jax
 import pytest
 
-# XLA's compiled programs cached on disk for this session only (a fresh folder each run, shared by
-# the xdist workers and the subprocesses the tests start, which inherit the variable): the suite
-# compiles the same small programs in many tests. The cache changes no result, only compile time.
+# XLA's compiled programs cached on disk for this session only (a fresh folder each run) for the
+# subprocesses the tests start, which inherit the variable: they are command lines that compile the
+# same programs (start-up, the default task) again and again. The test processes themselves do not
+# use it: they compile thousands of programs that no other test shares, and writing each to disk
+# cost a quarter of their compile time (tests/test_model_bptt.py: 106 s with it, 84 s without).
+# The cache changes no result, only compile time.
 CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE = CACHE_VARIABLE not in os.environ
 if _OWN_CACHE:
     os.environ[CACHE_VARIABLE] = tempfile.mkdtemp(prefix="perceptron1-jax-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_VARIABLE])
+jax.config.update("jax_compilation_cache_dir", None)
 
 # The suite compiles thousands of small programs and runs most of them once, on tiny arrays: LLVM's
-# optimisation of XLA:CPU's kernels was a fifth of its time and buys nothing at these sizes. The
-# programs themselves (HLO, fusions, the matrix-product library calls) are the ones users run;
-# only the machine code of the fused kernels is less optimised. Set before the backend starts, and
-# inherited by the subprocesses; a flag of your own (XLA_FLAGS) wins. Benchmarks and the command
-# line keep XLA's default.
-OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
-if OPT_LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_LEVEL_FLAG}=0".strip()
+# optimisation of XLA:CPU's kernels was a fifth of its time, and XLA:CPU's MLIR fusion emitters
+# half of what was left (tests/test_model_bptt.py's random shapes: 81 ms of backend compile per
+# program with them, 41 ms with the older elemental emitters); neither buys anything at these
+# sizes. The programs themselves (HLO, fusions, the matrix-product library calls) are the ones
+# users run; only the machine code of the fused kernels is made differently. Set before the
+# backend starts, and inherited by the subprocesses; a flag of your own (XLA_FLAGS) wins.
+# Benchmarks and the command line keep XLA's defaults.
+CODEGEN_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
+for _flag, _value in CODEGEN_FLAGS.items():
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
+_ADDED_FLAGS = [f"{flag}={value}" for flag, value in CODEGEN_FLAGS.items()]
+
+
+def default_codegen_env() -> dict:
+    """This process's environment without the codegen flags above, for a subprocess that checks a
+    claim about the machine code users run: that two programs give bit-identical results (with
+    the older elemental emitters, two programs that differ only in a select already differ in
+    the last bit of a transcendental function)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in _ADDED_FLAGS)
+    return env
+
+
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
@@ -69,6 +88,15 @@ def strict_promotion(request):
     mode = "standard" if request.node.get_closest_marker("standard_promotion") else "strict"
     with jax.numpy_dtype_promotion(mode):
         yield
+
+
+@pytest.fixture(autouse=True)
+def no_disk_cache_in_process():
+    """Keep the test process off the disk cache (see above) after a test that ran the command line
+    in process (its ``main`` turns the cache on, as it does for a user)."""
+    yield
+    if jax.config.jax_compilation_cache_dir is not None:
+        jax.config.update("jax_compilation_cache_dir", None)
 
 
 @pytest.fixture(autouse=True, scope="module")

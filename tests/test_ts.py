@@ -3,6 +3,7 @@ class labels in @classLabel's order, every error naming the file, the line and t
 values, and the command line (train, predict)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,26 @@ def test_the_command_line_trains_on_a_ts_file_and_predicts_with_its_class_names(
     assert main(["train", "--data", str(bad), "--steps", "1", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"perceptron1: error: {bad}: line 6: channel 1, value 3: expected a number, got 'x'"]
+
+
+def test_percent_comments_and_a_regression_file_read_with_targets(tmp_path):
+    text = ("% a comment as aeon's UnitTest writes them\n%\n@problemName Rates\n@univariate true\n"
+            "@equalLength true\n@targetLabel true\n@data\n1,2,3:0.5\n% between rows too\n4,5,6:-1.25\n")
+    found = read_ts(_write(tmp_path, text))
+    assert found["labels"] is None and found["class_names"] is None
+    np.testing.assert_array_equal(found["targets"], np.float32([0.5, -1.25]))
+    np.testing.assert_array_equal(found["xs"][:, :, 0], np.float32([[1, 2, 3], [4, 5, 6]]))
+    data = load_data(str(_write(tmp_path, text, "r.ts")), val_fraction=0.5, seed=0)
+    assert data.info.kind == "regression" and data.info.num_outputs == 1 and not data.info.many_to_many
+    assert data.train.labels.shape == (1, 1) and data.train.labels.dtype == np.float32
+
+
+@pytest.mark.parametrize("text, message", [
+    ("@targetLabel true\n@data\n1,2,3:x\n", "line 3: target: expected a number (@targetLabel true), got 'x'"),
+    ("@targetLabel true\n@data\n1,2,3\n", "line 3: expected the channels and a target value after ':'"),
+    ("@targetLabel maybe\n@data\n1,2:3\n", "line 1: @targetLabel: expected true or false, got 'maybe'"),
+    ("@classLabel true a b\n@targetLabel true\n@data\n1,2:a\n", "line 2: @targetLabel: expected either"),
+])
+def test_a_bad_regression_file_is_refused_naming_the_line(tmp_path, text, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_ts(_write(tmp_path, text))

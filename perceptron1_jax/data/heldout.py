@@ -110,8 +110,12 @@ def _npz_split(path: Path, info: DataInfo) -> Dataset:
 
 def _ts_split(path: Path, info: DataInfo, missing: str) -> Dataset:
     found = read_ts(path, missing)
+    if found["targets"] is not None:
+        _fits(str(path), info, kind="regression", many_to_many=False, features=found["xs"].shape[2], outputs=1)
+        return Dataset(found["xs"], found["targets"][:, None], found["lengths"])
     if found["labels"] is None:
-        raise DataError(f"{path}: expected class labels (@classLabel true ...) to score, got none")
+        raise DataError(f"{path}: expected class labels (@classLabel true ...) or targets (@targetLabel true) to "
+                        "score, got neither")
     if info.class_names is not None and found["class_names"] != info.class_names:
         raise DataError(f"{path}: @classLabel: expected the training data's labels {list(info.class_names)}, got "
                         f"{list(found['class_names'])}")

@@ -40,6 +40,8 @@ class DataInfo:
     source: str = ""  # where the data came from, for humans
     input_mean: tuple[float, ...] | None = None  # standardized float inputs: each feature's training mean
     input_std: tuple[float, ...] | None = None  # ... and standard deviation (inputs become (x - mean) / std)
+    target_mean: tuple[float, ...] | None = None  # standardized regression targets: each output's training mean
+    target_std: tuple[float, ...] | None = None  # ... and standard deviation (predictions are mapped back)
 
     def __post_init__(self):
         if self.kind not in KINDS:

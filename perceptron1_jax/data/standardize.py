@@ -2,7 +2,12 @@
 over the training split's valid steps (padding excluded), saved in the run's
 :class:`~perceptron1_jax.data.DataInfo` and applied to every split and to every input the run
 reads later (``eval``, ``predict``, the test split): ``x' = (x - mean) / std`` at valid steps,
-padded steps left at 0. A constant feature (std below :data:`MIN_STD`) is divided by 1."""
+padded steps left at 0. A constant feature (std below :data:`MIN_STD`) is divided by 1.
+
+Regression targets are standardized the same way, per output, by the training split's statistics
+(``target_mean``/``target_std``): the model learns ``(y - mean) / std``, its evaluation loss is the
+mean squared error in those units, and :func:`unstandardize_outputs` maps its outputs back to the
+targets' own units for ``predict``."""
 
 from __future__ import annotations
 
@@ -49,19 +54,42 @@ def standardize_inputs(xs, lengths, info: DataInfo) -> np.ndarray:
     return scaled.astype(xs.dtype)
 
 
+def target_stats(split: Dataset, many_to_many: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per output of float targets ``(n, k)`` (or ``(n, time, k)`` over valid steps)."""
+    ys = np.asarray(split.labels, np.float64)
+    return input_stats(ys if many_to_many else ys[:, None, :], split.lengths if many_to_many else None)
+
+
 def standardize_split(split: Dataset | None, info: DataInfo) -> Dataset | None:
     if split is None:
         return None
-    return split._replace(xs=standardize_inputs(split.xs, split.lengths, info))
+    split = split._replace(xs=standardize_inputs(split.xs, split.lengths, info))
+    if info.target_mean is None:
+        return split
+    ys = np.asarray(split.labels)
+    scaled = (ys.astype(np.float64) - np.asarray(info.target_mean)) / np.asarray(info.target_std)
+    return split._replace(labels=scaled.astype(ys.dtype))
+
+
+def unstandardize_outputs(outputs, info: DataInfo):
+    """A regression model's ``outputs (..., k)`` in the targets' own units (unchanged without target
+    statistics)."""
+    if info.target_mean is None:
+        return outputs
+    out = np.asarray(outputs)
+    return (out.astype(np.float64) * np.asarray(info.target_std) + np.asarray(info.target_mean)).astype(out.dtype)
 
 
 def standardized(data: Data) -> Data:
-    """``data`` with its float inputs standardized by the statistics of its training split, which
-    its info now holds (a ``ValueError`` for token inputs)."""
+    """``data`` with its float inputs (and regression targets) standardized by the statistics of its
+    training split, which its info now holds (a ``ValueError`` for token inputs)."""
     if data.info.input_size is None:
         raise ValueError(f"standardize: expected float inputs, got the token ids of {data.info.source}")
     train = data.train
     mean, std = input_stats(train.xs, train.lengths)
     info = dataclasses.replace(data.info, input_mean=mean, input_std=std)
+    if not info.classifier:
+        target_mean, target_std = target_stats(train, info.many_to_many)
+        info = dataclasses.replace(info, target_mean=target_mean, target_std=target_std)
     return Data(standardize_split(train, info), standardize_split(data.eval, info), info,
                 standardize_split(data.test, info))

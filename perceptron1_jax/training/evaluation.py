@@ -123,7 +123,8 @@ def describe_eval(entry: dict, info: DataInfo, split: str = "eval", digits: int 
     if loss is None:
         return f"{split} loss nan (non-finite)"
     if not info.classifier:
-        return f"{split} loss (MSE) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
+        units = ", standardized targets" if info.target_mean is not None else ""
+        return f"{split} loss (MSE{units}) {loss:.4g} (RMSE {math.sqrt(loss):.4g})"
     bits = f" ({loss / math.log(2):.3f} bits/{info.tokens[:-1] if info.tokens else 'token'})" if info.next_token else ""
     return f"{split} loss {loss:.4f}{bits}, {split} accuracy {format_value(entry[f'{split}_accuracy'], f'.{digits}f')}"
 
