@@ -35,19 +35,6 @@ CODEGEN_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_
 for _flag, _value in CODEGEN_FLAGS.items():
     if _flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
-_ADDED_FLAGS = [f"{flag}={value}" for flag, value in CODEGEN_FLAGS.items()]
-
-
-def default_codegen_env() -> dict:
-    """This process's environment without the codegen flags above, for a subprocess that checks a
-    claim about the machine code users run: that two programs give bit-identical results (with
-    the older elemental emitters, two programs that differ only in a select already differ in
-    the last bit of a transcendental function)."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in _ADDED_FLAGS)
-    return env
-
-
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -41,7 +41,8 @@ def assert_same_params(actual, expected):
 def test_flat_names_join_the_path_and_nest_back_with_lists_for_layers(run_folder):
     params = load_run(run_folder).params
     flat = flat_params(params)
-    assert {"layers/0/fwd/W_x", "layers/0/bwd/b", "layers/1/fwd/W_h", "head/W", "head/b"} <= set(flat)
+    assert {"layers/0/fwd/W_x", "layers/0/bwd/b_h", "layers/1/fwd/W_h", "layers/1/bwd/b", "head/W",
+            "head/b"} <= set(flat)
     assert isinstance(nested_params(flat)["layers"], list)
     assert_same_params(nested_params(flat), params)
 

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,14 +34,17 @@ def run(tmp_path, name, resets, cfg=CFG, **kwargs):
     return state, data
 
 
-def test_no_resets_and_all_false_resets_train_bit_identically():
-    from conftest import default_codegen_env
-
-    script = Path(__file__).parent / "scripts" / "no_resets_equal_all_false.py"
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env=default_codegen_env())
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == {"identical": True, "leaves": 13}
+def test_no_resets_and_all_false_resets_train_alike(tmp_path, x64):
+    # The same arithmetic in two programs: equal to float64 rounding (the programs differ, so XLA
+    # may fuse them differently; in float32 with XLA's default code generation they differ in
+    # the last bit of a few entries).
+    cfg = dataclasses.replace(CFG, dtype="float64")
+    plain, _ = run(tmp_path, "plain", None, cfg=cfg)
+    false, _ = run(tmp_path, "false", np.zeros_like(RESETS), cfg=cfg)
+    assert [e["loss"] for e in plain.history if "loss" in e] == pytest.approx(
+        [e["loss"] for e in false.history if "loss" in e], rel=1e-12)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(false.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
 def test_training_reads_the_resets(tmp_path):

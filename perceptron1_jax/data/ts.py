@@ -79,6 +79,7 @@ def read_ts(path, missing: str = "error") -> dict:
     series, labels = [], []
     for number, line in zip(line_numbers, rows):
         values, label = _parse_row(path, number, line, channels, class_names, missing, regression)
+        channels = values.shape[1]  # without @univariate or @dimensions, the first row decides
         series.append(values)
         labels.append(label)
     lengths = np.asarray([s.shape[0] for s in series], np.int32)
