@@ -19,7 +19,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _weights(labels: Array, mask: Array | None, dtype) -> Array:
+def position_weights(labels: Array, mask: Array | None, dtype) -> Array:
     """Per-position weight ``mask / count`` (or ``1 / count``), so the loss is a weighted sum. The
     count is an integer and the division runs in at least float32: in float16 a sum past 65,504
     valid positions would overflow to inf and zero every weight."""
@@ -37,7 +37,7 @@ def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Ar
     """
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-    return -jnp.sum(_weights(labels, mask, logits.dtype) * picked)
+    return -jnp.sum(position_weights(labels, mask, logits.dtype) * picked)
 
 
 def cross_entropy_with_grad(logits: Array, labels: Array, mask: Array | None = None) -> tuple[Array, Array]:
@@ -46,7 +46,7 @@ def cross_entropy_with_grad(logits: Array, labels: Array, mask: Array | None = N
     ``dL/dlogits = w * (softmax(logits) - onehot(labels))`` with ``w`` the per-position weight
     (``1/count`` on valid positions, 0 on padding). Shape of the gradient: that of ``logits``.
     """
-    return weighted_cross_entropy_with_grad(logits, labels, _weights(labels, mask, logits.dtype))
+    return weighted_cross_entropy_with_grad(logits, labels, position_weights(labels, mask, logits.dtype))
 
 
 def weighted_cross_entropy_with_grad(logits: Array, labels: Array, weights: Array) -> tuple[Array, Array]:
@@ -79,7 +79,7 @@ def mean_squared_error(preds: Array, targets: Array, mask: Array | None = None) 
 def mean_squared_error_with_grad(preds: Array, targets: Array, mask: Array | None = None) -> tuple[Array, Array]:
     """The loss of :func:`mean_squared_error` and its gradient ``2 w (preds - targets)``, with
     ``w = 1 / (valid rows * outputs)`` on valid rows and 0 on padding."""
-    row_weights = _weights(preds[..., 0], mask, preds.dtype) / preds.shape[-1]
+    row_weights = position_weights(preds[..., 0], mask, preds.dtype) / preds.shape[-1]
     diff = preds - targets
     weighted = row_weights[..., None] * diff
     return jnp.sum(weighted * diff), 2.0 * weighted

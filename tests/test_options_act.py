@@ -111,6 +111,7 @@ WHERE = {
     "max_nonfinite": ({"lr": 1e38}, {"max_nonfinite": 2}, "stopped"),
     "compute_dtype": ({}, {"compute_dtype": "bfloat16"}, "params"),
     "keep_best": ({}, {"keep_best": True}, "files"),
+    "tensorboard": ({}, {"tensorboard": True}, "files"),  # out/tensorboard
     "test": ({"data": "d.npz"}, {"test": "t.npz"}, "metrics"),
     "standardize": ({"data": "d.npz"}, {"standardize": True}, "params"),
 }

@@ -62,6 +62,8 @@ HELP = {
             "validation split carved from the training data (--val-fraction, stratified by class; 0: none), "
             "the best checkpoint is kept (--keep-best) and scored once on the test split at the end "
             "(--data aeon:NAME sets it to NAME's TEST file)",
+    "tensorboard": "also write the metrics as TensorBoard event files in --out/tensorboard (tensorboard --logdir "
+                   "runs/; pip install 'perceptron1_jax[tensorboard]')",
     "standardize": "standardize each input feature by the training split's mean and standard deviation, saved "
                    "with the run and applied by eval, predict and the test split (default: on for .ts files and "
                    "aeon:NAME, off otherwise)",

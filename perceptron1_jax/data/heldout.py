@@ -114,8 +114,8 @@ def _ts_split(path: Path, info: DataInfo, missing: str) -> Dataset:
         _fits(str(path), info, kind="regression", many_to_many=False, features=found["xs"].shape[2], outputs=1)
         return Dataset(found["xs"], found["targets"][:, None], found["lengths"])
     if found["labels"] is None:
-        raise DataError(f"{path}: expected class labels (@classLabel true ...) or targets (@targetLabel true) to "
-                        "score, got neither")
+        wanted = "class labels (@classLabel true ...)" if info.classifier else "targets (@targetLabel true)"
+        raise DataError(f"{path}: expected {wanted} to score, got none")
     if info.class_names is not None and found["class_names"] != info.class_names:
         raise DataError(f"{path}: @classLabel: expected the training data's labels {list(info.class_names)}, got "
                         f"{list(found['class_names'])}")

@@ -8,6 +8,7 @@ before anything is traced. :func:`check_config` checks what the config alone dec
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = ("bfloat16",)  # mixed precision: float32 parameters (bptt.in_compute_dtype)
 # Fields that may differ between a checkpoint and a resumed run; everything else defines the run.
 RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "target_accuracy", "gradflow_every",
-                     "max_nonfinite", "keep_best", "scan")  # scan: how time is walked, the same math
+                     "max_nonfinite", "keep_best", "scan", "tensorboard")  # scan: how time is walked, the same math
 DEFAULT_TARGETS = {"three_step": 0.99, "adding": 0.9, "copy": 0.99, "parity": 0.99, "chars": 0.55}
 DEFAULT_EMBED = 32  # embedding size of a token-id data source without --embed-size
 
@@ -79,6 +80,7 @@ class TrainConfig:
     keep_best: bool = False  # also keep best.msgpack: the checkpoint of the lowest evaluation loss
     test: tuple[str, ...] | None = None  # a test split, scored once at the end by the best checkpoint
     standardize: bool | None = None  # float inputs by training statistics (None: on for .ts files only)
+    tensorboard: bool = False  # also write the metrics as TensorBoard event files in out/tensorboard
 
     def __post_init__(self):
         for name in ("data", "classes", "test"):  # one path or a list (TOML, JSON) -> a tuple of str
@@ -322,9 +324,12 @@ def _check_combinations(cfg: TrainConfig) -> None:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
     if cfg.standardize is not None and not isinstance(cfg.standardize, bool):
         raise ValueError(f"standardize: expected true or false, got {cfg.standardize!r}")
-    for name in ("bidirectional", "keep_best"):
+    for name in ("bidirectional", "keep_best", "tensorboard"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name}: expected true or false, got {getattr(cfg, name)!r}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise ValueError("tensorboard: expected tensorboardX installed to write event files (pip install "
+                         "'perceptron1_jax[tensorboard]'), got it missing")
     if cfg.embed_size is not None and cfg.task is not None and cfg.task_spec.vocab_size is None:
         raise ValueError(f"embed_size: expected a token task (chars), got the float-input task {cfg.task!r}")
 

@@ -7,6 +7,7 @@ the config, what the run is made of, the step, the scores, the state, the folder
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from jax.sharding import Mesh
@@ -21,7 +22,8 @@ from perceptron1_jax.training.state import RunState, stop_requests
 
 def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, check_grads: bool = True, params=None, data: Data | None = None,
-          mesh: Mesh | None = None, population: Population | None = None, overwrite: bool = False) -> RunState:
+          mesh: Mesh | None = None, population: Population | None = None, overwrite: bool = False,
+          on_metrics: Callable[[dict], None] | None = None) -> RunState:
     """Train ``cfg`` for ``cfg.steps`` total steps; write metrics/checkpoints under ``out``.
 
     The data is ``cfg``'s task, its files (``cfg.data``/``cfg.classes``), or ``data``: a
@@ -41,6 +43,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
     ``ValueError``. Devices: each step splits the batch over ``mesh`` (default: ``run_mesh``'s fixed
     rule, in ``devices.json``); only process 0 logs and writes. Details: ``docs/training.md``.
 
+    ``on_metrics(entry)`` is called with each ``metrics.jsonl`` entry (a dict: ``step``, the
+    scores, a population member's ``member``) as it is written, also without ``out``; with
+    ``cfg.tensorboard`` the entries also go to TensorBoard event files in ``out/tensorboard``
+    (:mod:`~perceptron1_jax.training.tensorboard`).
+
     ``population`` (a :class:`~perceptron1_jax.training.population.Population`): train its
     members, each exactly as its own single run, as one program (one process; members split over
     the devices of ``mesh``); returns a :class:`~perceptron1_jax.training.state.PopulationState`
@@ -50,32 +57,36 @@ def train(cfg: TrainConfig, out: str | Path | None = None, *, resume: bool = Fal
     ``docs/populations.md``.
     """
     with stop_requests() as stop:
-        if population is not None:
-            loop = start_population_loop(cfg, population, out, resume=resume, progress=progress, log=log,
-                                         check_grads=check_grads, data=data, mesh=mesh, params=params,
-                                         overwrite=overwrite)
-        else:
-            loop = start_loop(cfg, out, resume=resume, progress=progress, log=log, check_grads=check_grads,
-                              params=params, data=data, mesh=mesh, overwrite=overwrite)
+        start = partial(start_population_loop, population=population) if population is not None else start_loop
+        loop = start(cfg, out=out, resume=resume, progress=progress, log=log, check_grads=check_grads, params=params,
+                     data=data, mesh=mesh, overwrite=overwrite)
         cfg, state = loop.cfg, loop.state
+        if on_metrics is not None:
+            loop.folder.add_sink(on_metrics)
         try:
-            while state.step < cfg.steps and not state.stopped_early:
-                if stop["signal"] is not None:
-                    loop.stop_by(stop["signal"])
-                batch, metrics = loop.step()
-                loop.guard(metrics)
-                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                    loop.log_metrics(metrics)
-                if cfg.gradflow_every and state.step % cfg.gradflow_every == 0:
-                    loop.log_gradient_flow(batch)
-                if loop.bar is not None:
-                    loop.bar.update(1)
-                if (state.step % cfg.eval_every == 0 or state.step == cfg.steps) and loop.evaluate_reached_target():
-                    break
-                if state.step % cfg.checkpoint_every == 0:
-                    loop.folder.save(state)
-            loop.folder.save_if_new(state)
-            loop.finish()
+            _run(loop, stop)
         finally:
             loop.close()
     return state
+
+
+def _run(loop, stop: dict) -> None:
+    """Step ``loop`` to its last step (or its target), logging, evaluating and checkpointing."""
+    cfg, state = loop.cfg, loop.state
+    while state.step < cfg.steps and not state.stopped_early:
+        if stop["signal"] is not None:
+            loop.stop_by(stop["signal"])
+        batch, metrics = loop.step()
+        loop.guard(metrics)
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            loop.log_metrics(metrics)
+        if cfg.gradflow_every and state.step % cfg.gradflow_every == 0:
+            loop.log_gradient_flow(batch)
+        if loop.bar is not None:
+            loop.bar.update(1)
+        if (state.step % cfg.eval_every == 0 or state.step == cfg.steps) and loop.evaluate_reached_target():
+            break
+        if state.step % cfg.checkpoint_every == 0:
+            loop.folder.save(state)
+    loop.folder.save_if_new(state)
+    loop.finish()

@@ -130,6 +130,7 @@ class RunFolder:
         self._cfg, self._spec, self._info, self._key = cfg, spec, info, key
         self._population = population
         self._metrics = None
+        self._sinks: list = []  # called with each entry as it is written: TensorBoard, train(on_metrics=)
         self._history: list = []
         self.best_loss = best_loss  # the evaluation loss of best.msgpack (a resumed run's: saved_best_loss)
 
@@ -155,14 +156,27 @@ class RunFolder:
             raise WriteFailed(f"cannot write {name} in {self.out}: {err.strerror or err}", None) from err
 
     def open_metrics(self) -> None:
-        """Open ``metrics.jsonl`` to append to (a resumed run continues the file)."""
+        """Open ``metrics.jsonl`` to append to (a resumed run continues the file) and, with
+        ``tensorboard``, the event files beside it."""
         if self.writes:
             self._metrics = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - closed by close()
+            if self._cfg.tensorboard:
+                from perceptron1_jax.training.tensorboard import TensorBoardSink
+
+                self._sinks.append(TensorBoardSink(self.out, self._cfg, self._population, self.last_saved))
+
+    def add_sink(self, sink) -> None:
+        """Call ``sink(entry)`` with each metrics entry after it is written."""
+        self._sinks.append(sink)
 
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        for sink in self._sinks:
+            if hasattr(sink, "close"):
+                sink.close()
+        self._sinks = [s for s in self._sinks if not hasattr(s, "close")]
 
     def failed(self, what: str, err: OSError, state: RunState) -> WriteFailed:
         """The :class:`WriteFailed` of a write that raised ``err``, naming the folder and the step."""
@@ -180,6 +194,8 @@ class RunFolder:
                 self._metrics.flush()
             except OSError as err:
                 raise self.failed("cannot write metrics", err, state) from err
+        for sink in self._sinks:
+            sink(entry)
 
     def logged(self, key: str) -> list[dict]:
         """The entries of ``metrics.jsonl`` that hold ``key`` (a resumed run's earlier ones included)."""
