@@ -41,7 +41,7 @@ from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.export import export_params, load_params
 from perceptron1_jax.generate import generate
 from perceptron1_jax.layers import set_fused_directions
-from perceptron1_jax.online import online_grad
+from perceptron1_jax.online import model_online_grad, online_grad
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, model_step, predict
 from perceptron1_jax.optim import make_optimizer
 from perceptron1_jax.parallel import initialize_distributed, make_mesh, use_cpu_devices
@@ -95,6 +95,7 @@ __all__ = (
     "model_bptt",
     "model_gradient_flow",
     "model_loss",
+    "model_online_grad",
     "model_loss_explicit",
     "model_step",
     "online_grad",

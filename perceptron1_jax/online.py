@@ -57,12 +57,34 @@ from jax.flatten_util import ravel_pytree
 
 from perceptron1_jax import losses, validate
 from perceptron1_jax.cells import CELLS
-from perceptron1_jax.scan import forward_step
+from perceptron1_jax.layers import head_forward
+from perceptron1_jax.model import (
+    as_model_params,
+    from_model_params,
+    init_model,
+    single_carries0,
+    single_layer_spec,
+    step_forward,
+)
+from perceptron1_jax.spec import ModelSpec
 
 METHODS = ("rtrl", "snap1", "eprop", "uoro")
 FEEDBACK = ("symmetric", "random")
 MAX_INFLUENCE_BYTES = 4 << 30  # the influence of exact RTRL (B * S * P numbers) beyond this is refused
 _EPS = 1e-7  # UORO's rho0 and rho1 stay finite when a norm is 0
+
+
+def _check_method(method: str, feedback: str, key) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    if feedback not in FEEDBACK:
+        raise ValueError(f"feedback: expected one of {list(FEEDBACK)}, got {feedback!r}")
+    if feedback == "random" and method != "eprop":
+        raise ValueError(f"feedback: expected 'symmetric' for method {method!r} (random feedback is e-prop's), "
+                         "got 'random'")
+    if (method == "uoro" or feedback == "random") and key is None:
+        raise ValueError(f"key: expected a jax.random key for method {method!r} "
+                         f"({'its random signs' if method == 'uoro' else 'its random feedback matrix'}), got None")
 
 
 def online_grad(params, xs, labels, cell: str, lengths=None, h0=None, *, method: str, key=None, resets=None,
@@ -77,26 +99,45 @@ def online_grad(params, xs, labels, cell: str, lengths=None, h0=None, *, method:
       key: a ``jax.random`` key: UORO's random signs, e-prop's random feedback matrix.
       feedback: e-prop's learning signal: ``"symmetric"`` (the readout's weights) or ``"random"``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
-    if feedback not in FEEDBACK:
-        raise ValueError(f"feedback: expected one of {list(FEEDBACK)}, got {feedback!r}")
-    if feedback == "random" and method != "eprop":
-        raise ValueError(f"feedback: expected 'symmetric' for method {method!r} (random feedback is e-prop's), "
-                         "got 'random'")
-    needs_key = method == "uoro" or feedback == "random"
-    if needs_key and key is None:
-        raise ValueError(f"key: expected a jax.random key for method {method!r} "
-                         f"({'its random signs' if method == 'uoro' else 'its random feedback matrix'}), got None")
+    _check_method(method, feedback, key)
     c = validate.check_inputs(params, xs, cell, labels, lengths, h0, need_labels=True, resets=resets)
-    batch, _, input_size = c.xs.shape
-    sizes = (c.cell.carry_size * c.sizes.hidden_size, ravel_pytree(params["cell"])[0].size)
+    spec = single_layer_spec(cell, c.sizes, c.many_to_many)
+    value, grads = _run(as_model_params(params), c.xs, c.labels, spec, c.lengths, single_carries0(c.carry0),
+                        c.resets, method, key, feedback)
+    return value, from_model_params(grads)
+
+
+def model_online_grad(params, xs, targets, spec: ModelSpec, lengths=None, *, method: str, key=None, resets=None,
+                      carries0=None, feedback: str = "symmetric"):
+    """``(value, grads)`` of :func:`~perceptron1_jax.model_loss` (without dropout), as
+    :func:`~perceptron1_jax.model_bptt` returns them, computed forward in time by ``method`` for a
+    stack of one-direction layers (tokens or floats, either head, many-to-one or many-to-many).
+
+    The state is every layer's carry, ``theta`` every parameter but the head's (the embedding
+    included), and the step the stack's own (:func:`~perceptron1_jax.model.step_forward`). Exact
+    RTRL is exact for any stack, and SnAp-1 for stacks of diagonal recurrences (tested): a
+    parameter of layer 1 touches the units of the layers above it within the same step, so its
+    pattern keeps those rows. Arguments otherwise as :func:`online_grad`.
+    """
+    _check_method(method, feedback, key)
+    c = validate.check_model_inputs(params, xs, spec, targets, lengths, None, need_targets=True, resets=resets,
+                                    carries0=carries0)
+    both = [k for k, layer in enumerate(c.spec.layers) if layer.bidirectional]
+    if both:
+        raise ValueError(f"spec: expected one-direction layers (an online gradient cannot read the future), got "
+                         f"a bidirectional layer {both[0]}")
+    return _run(params, c.xs, c.targets, c.spec, c.lengths, c.carries0, c.resets, method, key, feedback)
+
+
+def _run(params, xs, targets, spec, lengths, carries0, resets, method, key, feedback):
+    recurrent = {k: v for k, v in params.items() if k != "head"}
+    sizes = (_state_size(spec), ravel_pytree(recurrent)[0].size)
+    dtype = jnp.dtype(params["head"]["W"].dtype)
     if method == "rtrl":
-        _check_influence_fits(batch, *sizes, jnp.dtype(c.sizes.dtype))
-    pattern = None if method in ("rtrl", "uoro") else immediate_pattern(c.cell.name, input_size,
-                                                                        c.sizes.hidden_size, str(c.sizes.dtype))
-    return _online(params, c.xs, c.labels, c.lengths, c.carry0, c.resets, key, pattern, cell=c.cell.name,
-                   method=method, feedback=feedback)
+        _check_influence_fits(xs.shape[0], *sizes, dtype)
+    pattern = None if method in ("rtrl", "uoro") else immediate_pattern(spec, str(dtype))
+    return _online(params, xs, targets, lengths, carries0, resets, key, pattern, spec=spec, method=method,
+                   feedback=feedback)
 
 
 def _check_influence_fits(batch: int, state: int, params: int, dtype) -> None:
@@ -107,89 +148,117 @@ def _check_influence_fits(batch: int, state: int, params: int, dtype) -> None:
                          "allowed: use a smaller batch or hidden size, or an approximation (snap1, eprop, uoro)")
 
 
-def _step_fn(cell_name: str, unravel, hidden: int, carry_size: int):
-    """``f(theta, s, x, valid, reset) -> s'`` for one example: ``s: (S,)`` the flattened carry."""
-    cell = CELLS[cell_name]
+def _parts(spec: ModelSpec) -> list[tuple[int, int]]:
+    """``(carry_size, hidden)`` of each layer: the state ``s`` is their carries, layer after layer."""
+    return [(CELLS[layer.cell].carry_size, layer.hidden_size) for layer in spec.layers]
+
+
+def _state_size(spec: ModelSpec) -> int:
+    return sum(c * h for c, h in _parts(spec))
+
+
+def _observable(spec: ModelSpec) -> np.ndarray:
+    """``(S,)`` bool: the entries of ``s`` that are some layer's ``h`` (the rest: internal carries)."""
+    flags = []
+    for carry_size, hidden in _parts(spec):
+        flags += [True] * hidden + [False] * (carry_size - 1) * hidden
+    return np.asarray(flags)
+
+
+def _top(spec: ModelSpec) -> slice:
+    """Where the top layer's ``h`` sits in ``s``."""
+    start = _state_size(spec) - spec.layers[-1].hidden_size * CELLS[spec.layers[-1].cell].carry_size
+    return slice(start, start + spec.layers[-1].hidden_size)
+
+
+def _step_fn(spec: ModelSpec, unravel, head):
+    """``f(theta, s, x, valid, reset) -> s'`` for one example (``s: (S,)``): the stack's own step;
+    a padded step (``valid`` False) holds the state."""
+    parts = _parts(spec)
 
     def step(theta, s, x, valid, reset):
-        carry = tuple(part[None] for part in jnp.split(s, carry_size))
-        new, _ = forward_step(cell, unravel(theta), carry, x[None], valid[None], reset[None])
-        return jnp.concatenate([part[0] for part in new])
+        carries, at = [], 0
+        for carry_size, hidden in parts:
+            carries.append({"fwd": tuple(s[at + k * hidden: at + (k + 1) * hidden][None] for k in range(carry_size))})
+            at += carry_size * hidden
+        finals, _ = step_forward({**unravel(theta), "head": head}, tuple(carries), x[None], spec, reset[None])
+        new = jnp.concatenate([part[0] for final in finals for part in final["fwd"]])
+        return jnp.where(valid, new, s)
 
     return step
 
 
 @functools.lru_cache(maxsize=64)
-def immediate_pattern(cell_name: str, input_size: int, hidden: int, dtype: str) -> np.ndarray:
+def immediate_pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     """``(S, P)`` bool: which state entries each parameter changes directly in one step (the
-    structural non-zeros of ``J_theta``, read at random parameters, carry and input, where no
+    structural non-zeros of ``J_theta``, read at random parameters, state and input, where no
     entry vanishes by accident)."""
-    cell = CELLS[cell_name]
     rng = np.random.default_rng(0)
-    shapes = cell.param_shapes(input_size, hidden)
-    params = {name: jnp.asarray(rng.uniform(0.5, 1.0, shape) * rng.choice([-1, 1], shape), dtype)
-              for name, shape in shapes.items()}
+    params = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.0, a.shape) * rng.choice([-1, 1], a.shape), dtype),
+                          init_model(jax.random.key(0), spec, jnp.dtype(dtype)))
+    head = params.pop("head")
     theta, unravel = ravel_pytree(params)
-    step = _step_fn(cell_name, unravel, hidden, cell.carry_size)
-    s = jnp.asarray(rng.uniform(0.2, 0.9, cell.carry_size * hidden), dtype)
-    x = jnp.asarray(rng.uniform(0.5, 1.0, input_size), dtype)
+    step = _step_fn(spec, unravel, head)
+    s = jnp.asarray(rng.uniform(0.2, 0.9, _state_size(spec)), dtype)
+    x = jnp.asarray(1, jnp.int32) if spec.tokens else jnp.asarray(rng.uniform(0.5, 1.0, spec.input_size), dtype)
     jac = jax.jit(jax.jacfwd(step))(theta, s, x, jnp.bool_(True), jnp.bool_(False))
     return np.asarray(jac != 0)
 
 
-@functools.partial(jax.jit, static_argnames=("cell", "method", "feedback"))
-def _online(params, xs, labels, lengths, carry0, resets, key, pattern, *, cell, method, feedback):
-    batch, time, _ = xs.shape
-    readout = params["readout"]
-    hidden = readout["W"].shape[0]
-    carry_size = CELLS[cell].carry_size
-    theta, unravel = ravel_pytree(params["cell"])
-    step = _step_fn(cell, unravel, hidden, carry_size)
-    dtype = readout["W"].dtype
-    many_to_many = labels.ndim == 2
+def _head_loss(loss: str, outputs, targets, weights):
+    """``(loss, dL/doutputs)`` of one step's outputs ``(B, O)`` with per-example ``weights (B,)``."""
+    if loss == "cross_entropy":
+        return losses.weighted_cross_entropy_with_grad(outputs, targets, weights)
+    weighted = (weights / outputs.shape[-1])[:, None] * (outputs - targets)
+    return jnp.sum(weighted * (outputs - targets)), 2.0 * weighted
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "method", "feedback"))
+def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spec, method, feedback):
+    batch, time = xs.shape[:2]
+    head = params["head"]
+    theta, unravel = ravel_pytree({k: v for k, v in params.items() if k != "head"})
+    step = _step_fn(spec, unravel, head)
+    dtype = head["W"].dtype
     valid = (jnp.ones((batch, time), bool) if lengths is None
              else jnp.arange(time, dtype=lengths.dtype)[None, :] < lengths[:, None])
-    weights = losses.position_weights(labels, valid if many_to_many and lengths is not None else None, dtype)
-    back = readout["W"] if feedback == "symmetric" else jax.random.normal(
-        jax.random.fold_in(key, 1), readout["W"].shape, dtype) / jnp.sqrt(jnp.asarray(hidden, dtype))
-    s0 = (jnp.zeros((batch, carry_size * hidden), dtype) if carry0 is None
-          else jnp.concatenate(list(carry0), axis=-1).astype(dtype))
+    weights = losses.position_weights(targets if spec.loss == "cross_entropy" else targets[..., 0],
+                                      valid if spec.many_to_many and lengths is not None else None, dtype)
+    back = head["W"] if feedback == "symmetric" else jax.random.normal(
+        jax.random.fold_in(key, 1), head["W"].shape, dtype) / jnp.sqrt(jnp.asarray(head["W"].shape[0], dtype))
+    top = _top(spec)
+    s0 = jnp.zeros((batch, _state_size(spec)), dtype)
+    if carries0 is not None:
+        s0 = jnp.concatenate([part.astype(dtype) if given is not None else jnp.zeros((batch, hidden), dtype)
+                              for given, (carry_size, hidden) in zip(carries0, _parts(spec))
+                              for part in (given["fwd"] if given is not None else (None,) * carry_size)], axis=-1)
     no_resets = jnp.zeros((batch, time), bool) if resets is None else resets
-    tracker = _TRACKERS[method](step, theta, pattern, carry_size, hidden)
+    tracker = _TRACKERS[method](step, theta, pattern, _observable(spec))
 
-    def signal(s, t):
-        """``(loss_t, dlogits_t (B, C), dL_t/ds_t (B, S))`` of the readout at step t (many-to-many)."""
-        value, dlogits = losses.weighted_cross_entropy_with_grad(s[:, :hidden] @ readout["W"] + readout["b"],
-                                                                 labels[:, t], weights[:, t])
-        return value, dlogits, _state_signal(dlogits @ back.T, carry_size)
+    def scored(s, target, weight):
+        """The head at state ``s``: ``(loss, dL/dW, dL/db, dL/ds)``."""
+        value, dout = _head_loss(spec.loss, head_forward(head, s[:, top]), target, weight)
+        ds = jnp.zeros_like(s).at[:, top].set(dout @ back.T)
+        return value, s[:, top].T @ dout, dout.sum(0), ds
 
     def body(state, inputs):
         s, influence, g_theta, g_w, g_b, value = state
         x_t, valid_t, reset_t, t = inputs
-        new_s, influence = tracker.update(s, influence, x_t, valid_t, reset_t, jax.random.fold_in(key, t)
-                                          if key is not None else None)
-        if many_to_many:
-            v, dlogits, ds = signal(new_s, t)
-            g_theta = g_theta + tracker.gradient(ds, influence)
-            g_w, g_b, value = g_w + new_s[:, :hidden].T @ dlogits, g_b + dlogits.sum(0), value + v
-        return (new_s, influence, g_theta, g_w, g_b, value), None
+        s, influence = tracker.update(s, influence, x_t, valid_t, reset_t,
+                                      None if key is None else jax.random.fold_in(key, t))
+        if spec.many_to_many:
+            v, dw, db, ds = scored(s, targets[:, t], weights[:, t])
+            g_theta, g_w, g_b, value = g_theta + tracker.gradient(ds, influence), g_w + dw, g_b + db, value + v
+        return (s, influence, g_theta, g_w, g_b, value), None
 
-    zero = jnp.zeros((), dtype)
-    start = (s0, tracker.start(batch, dtype), jnp.zeros_like(theta), jnp.zeros_like(readout["W"]),
-             jnp.zeros_like(readout["b"]), zero)
+    start = (s0, tracker.start(batch, dtype), jnp.zeros_like(theta), jnp.zeros_like(head["W"]),
+             jnp.zeros_like(head["b"]), jnp.zeros((), dtype))
     inputs = (jnp.swapaxes(xs, 0, 1), valid.T, no_resets.T, jnp.arange(time))
     (s, influence, g_theta, g_w, g_b, value), _ = jax.lax.scan(body, start, inputs)
-    if not many_to_many:  # the label is read at each sequence's last valid step: the final carry
-        value, dlogits = losses.weighted_cross_entropy_with_grad(s[:, :hidden] @ readout["W"] + readout["b"],
-                                                                 labels, weights)
-        g_theta = g_theta + tracker.gradient(_state_signal(dlogits @ back.T, carry_size), influence)
-        g_w, g_b = g_w + s[:, :hidden].T @ dlogits, g_b + dlogits.sum(0)
-    return value, {"cell": unravel(g_theta), "readout": {"W": g_w, "b": g_b}}
-
-
-def _state_signal(dh, carry_size: int):
-    """``dL/ds (B, S)`` from ``dL/dh (B, H)``: the readout reads ``h`` only."""
-    return jnp.concatenate([dh] + [jnp.zeros_like(dh)] * (carry_size - 1), axis=-1)
+    if not spec.many_to_many:  # the target is read at each sequence's last valid step: the final state
+        value, g_w, g_b, ds = scored(s, targets, weights)
+        g_theta = g_theta + tracker.gradient(ds, influence)
+    return value, {**unravel(g_theta), "head": {"W": g_w, "b": g_b}}
 
 
 def _batched(fn):
@@ -200,17 +269,17 @@ def _batched(fn):
 class _Influence:
     """Exact RTRL, SnAp-1 and e-prop: a full ``(B, S, P)`` influence, masked for the approximations."""
 
-    def __init__(self, step, theta, pattern, carry_size, hidden, *, internal_only=False):
+    def __init__(self, step, theta, pattern, observable, *, internal_only=False):
         self.step, self.theta, self.pattern = step, theta, pattern
-        self.state_size, self.hidden, self.internal_only = carry_size * hidden, hidden, internal_only
+        self.observable, self.internal_only = observable, internal_only
 
     def start(self, batch, dtype):
-        return jnp.zeros((batch, self.state_size, self.theta.size), dtype)
+        return jnp.zeros((batch, self.observable.size, self.theta.size), dtype)
 
     def update(self, s, influence, x, valid, reset, key):
         j_theta, j_s = _batched(jax.jacfwd(self.step, argnums=(0, 1)))(self.theta, s, x, valid, reset)
-        if self.internal_only:
-            j_s = j_s.at[:, :, : self.hidden].set(0)  # only the internal carries pass influence on
+        if self.internal_only:  # only the internal carries pass influence on
+            j_s = jnp.where(self.observable[None, None, :], jnp.zeros((), j_s.dtype), j_s)
         new = jnp.einsum("bij,bjp->bip", j_s, influence) + j_theta  # (B, S, P)
         if self.pattern is not None:
             new = jnp.where(self.pattern, new, jnp.zeros((), new.dtype))
@@ -225,8 +294,8 @@ class _Influence:
 class _RankOne:
     """UORO: the influence of each example as ``s~ theta~^T``, ``((B, S), (B, P))``."""
 
-    def __init__(self, step, theta, pattern, carry_size, hidden):
-        self.step, self.theta, self.state_size = step, theta, carry_size * hidden
+    def __init__(self, step, theta, pattern, observable):
+        self.step, self.theta, self.state_size = step, theta, observable.size
 
     def start(self, batch, dtype):
         return jnp.zeros((batch, self.state_size), dtype), jnp.zeros((batch, self.theta.size), dtype)

@@ -33,7 +33,7 @@ def _norm_error(a, b):
 
 def test_the_weights_of_a_mask_count_in_integers():
     mask = jnp.ones((70_000,), bool).at[:100].set(False)
-    weights = losses._weights(jnp.zeros((70_000,), jnp.int32), mask, jnp.float16)
+    weights = losses.position_weights(jnp.zeros((70_000,), jnp.int32), mask, jnp.float16)
     assert weights.dtype == jnp.float16 and float(weights[-1]) == pytest.approx(1 / 69_900, rel=1e-3)
     logits = jax.random.normal(jax.random.key(0), (70_000, 3), jnp.float16)
     labels = jnp.arange(70_000) % 3

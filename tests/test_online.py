@@ -156,3 +156,54 @@ def test_bad_requests_are_refused_by_name():
 
     with pytest.raises(ValueError, match=r"method: exact RTRL's influence needs batch 4096 x state 2048 x params"):
         online._check_influence_fits(4096, 2048, 4 * 1024 * 2048, jnp.dtype(jnp.float32))
+
+
+STACKS = [  # (layers, tokens, loss, many_to_many, lengths, resets, carries0, batch, time)
+    ((("gru", 4), ("lstm", 3)), False, "cross_entropy", True, True, True, True, 3, 5),
+    ((("elman", 3), ("user_peephole", 3), ("minlstm", 2)), True, "mse", False, True, False, True, 2, 4),
+    ((("lstm", 3), ("gru", 2)), True, "cross_entropy", False, False, True, False, 1, 1),
+    ((("mingru", 3), ("minlstm", 4)), False, "mse", True, False, False, False, 2, 6),
+]
+
+
+def stack_problem(layers, tokens, loss, many_to_many, lengths, resets, carries0, batch, time, seed=0):
+    from helpers import random_model
+
+    spec = p1.ModelSpec(tuple(p1.LayerSpec(cell, size) for cell, size in layers), num_outputs=3,
+                        input_size=None if tokens else 2, vocab_size=7 if tokens else None,
+                        embed_size=3 if tokens else None, loss=loss, many_to_many=many_to_many)
+    params, xs, targets, lens = random_model(seed, spec, batch, time, with_lengths=lengths)
+    rng = np.random.default_rng(seed + 1)
+    starts = jnp.asarray(rng.random((batch, time)) < 0.3) if resets else None
+    first = None
+    if carries0:
+        first = tuple({"fwd": tuple(jnp.asarray(rng.standard_normal((batch, size)) * 0.5)
+                                    for _ in range(CELLS[cell].carry_size))} for cell, size in layers)
+        first = tuple({"fwd": c["fwd"][0] if len(c["fwd"]) == 1 else c["fwd"]} for c in first)
+    return spec, params, xs, targets, lens, starts, first
+
+
+@pytest.mark.parametrize("case", range(len(STACKS)))
+def test_exact_rtrl_of_a_stack_equals_model_bptt(x64, case):
+    spec, params, xs, targets, lens, starts, first = stack_problem(*STACKS[case])
+    value, grads = p1.model_online_grad(params, xs, targets, spec, lens, method="rtrl", resets=starts, carries0=first)
+    ref_value, ref_grads = p1.model_bptt(params, xs, targets, spec, lens, resets=starts, carries0=first)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-9)
+    assert_trees_close(grads, ref_grads, rtol=1e-9, atol=1e-13)
+    if case == 3:  # a stack of diagonal recurrences: SnAp-1 keeps every influence that is not zero
+        _, snap = p1.model_online_grad(params, xs, targets, spec, lens, method="snap1")
+        assert_trees_close(snap, ref_grads, rtol=1e-9, atol=1e-13)
+    else:
+        _, snap = p1.model_online_grad(params, xs, targets, spec, lens, method="snap1", resets=starts,
+                                       carries0=first)
+        gap = relative_gap({"cell": snap["layers"]}, {"cell": ref_grads["layers"]})
+        assert gap > 1e-3 or xs.shape[1] == 1, gap
+
+
+def test_a_bidirectional_stack_is_refused_by_name(x64):
+    spec = p1.ModelSpec((p1.LayerSpec("gru", 3, bidirectional=True),), num_outputs=2, input_size=2)
+    from helpers import random_model
+
+    params, xs, targets, _ = random_model(0, spec, 2, 3)
+    with pytest.raises(ValueError, match=r"spec: expected one-direction layers .*got a bidirectional layer 0"):
+        p1.model_online_grad(params, xs, targets, spec, method="rtrl")
