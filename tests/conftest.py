@@ -62,6 +62,20 @@ def x64():
         yield
 
 
+# The files that take longest (worker seconds, --durations of a whole run), started first: the
+# xdist workers take whole files in collection order, so a long file left to the end keeps one
+# worker busy while the other idles. The rest follow in their own order.
+LONGEST_FIRST = ("test_cli_trust.py", "test_bptt.py", "test_experiments.py", "test_model_bptt.py",
+                 "test_resets.py", "test_population.py", "test_parallel.py", "test_options_act.py",
+                 "test_compile_cache.py", "test_lean.py", "test_online.py", "test_train_resets.py",
+                 "test_associative.py", "test_device_check.py", "test_train.py", "test_bench.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "standard_promotion: run without strict dtype promotion (code that calls optax)"
