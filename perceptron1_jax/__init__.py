@@ -41,7 +41,7 @@ from perceptron1_jax.diagnostics import set_spectral_radius
 from perceptron1_jax.export import export_params, load_params
 from perceptron1_jax.generate import generate
 from perceptron1_jax.layers import set_fused_directions
-from perceptron1_jax.online import model_online_grad, online_grad
+from perceptron1_jax.online import gradient_alignment, model_gradient_alignment, model_online_grad, online_grad
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, model_step, predict
 from perceptron1_jax.optim import make_optimizer
 from perceptron1_jax.parallel import initialize_distributed, make_mesh, use_cpu_devices
@@ -80,6 +80,7 @@ __all__ = (
     "export_params",
     "from_arrays",
     "generate",
+    "gradient_alignment",
     "gradient_flow",
     "init_model",
     "initialize_distributed",
@@ -94,6 +95,7 @@ __all__ = (
     "model_apply",
     "model_bptt",
     "model_gradient_flow",
+    "model_gradient_alignment",
     "model_loss",
     "model_online_grad",
     "model_loss_explicit",

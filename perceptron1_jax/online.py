@@ -2,10 +2,12 @@
 in time, beside the explicit BPTT, without keeping the history (memory independent of T).
 
 The network is a single recurrent layer (any cell, built-in or registered) with a softmax readout,
-as :func:`~perceptron1_jax.bptt`. Write ``s_t`` for the carry after step t (``(h, c)`` for the
-LSTM, flattened per example to ``S = carry_size * H`` numbers) and ``theta`` for the cell's
-parameters (flattened, ``P`` numbers). The step is ``s_t = f(theta, s_{t-1}, x_t)`` (the library's
-own :func:`~perceptron1_jax.scan.forward_step`: lengths hold the carry, resets zero it), with
+as :func:`~perceptron1_jax.bptt` (:func:`online_grad`), or a stack of one-direction layers with its
+head, as :func:`~perceptron1_jax.model_bptt` (:func:`model_online_grad`). Write ``s_t`` for the
+carries after step t (``(h, c)`` for the LSTM; every layer's, flattened per example to ``S``
+numbers) and ``theta`` for the recurrent parameters (every parameter but the head's, flattened,
+``P`` numbers). The step is ``s_t = f(theta, s_{t-1}, x_t)`` (the model's own
+:func:`~perceptron1_jax.model.step_forward`: lengths hold the carry, resets zero it), with
 
     J_s(t) = d f / d s_{t-1}   (S, S)          J_theta(t) = d f / d theta   (S, P)
 
@@ -330,3 +332,55 @@ _TRACKERS = {
     "eprop": functools.partial(_Influence, internal_only=True),
     "uoro": _RankOne,
 }
+
+
+def gradient_alignment(params, xs, labels, cell: str, lengths=None, h0=None, *, methods=("snap1", "eprop", "uoro"),
+                       key=None, resets=None) -> dict:
+    """How close each method's gradient is to the explicit BPTT's, on one batch:
+    ``{method: {group: {"cosine": c, "norm_ratio": |g_method| / |g_bptt|}}}`` with one group per
+    parameter (``cell/W_h``, ``readout/W``, ...) and ``"all"`` (every parameter as one vector).
+    Arguments as :func:`online_grad`; ``key`` feeds UORO (and random feedback, not used here)."""
+    from perceptron1_jax.bptt import bptt
+
+    methods = _methods(methods)
+    reference = bptt(params, xs, labels, cell, lengths, h0, resets=resets)[1]
+    return _alignment(reference, {m: online_grad(params, xs, labels, cell, lengths, h0, method=m, key=key,
+                                                 resets=resets)[1] for m in methods})
+
+
+def model_gradient_alignment(params, xs, targets, spec: ModelSpec, lengths=None, *,
+                             methods=("snap1", "eprop", "uoro"), key=None, resets=None, carries0=None) -> dict:
+    """:func:`gradient_alignment` of a stack of one-direction layers, against
+    :func:`~perceptron1_jax.model_bptt` (groups ``layers/0/fwd/W_h``, ``head/W``, ...)."""
+    from perceptron1_jax.bptt import model_bptt
+
+    methods = _methods(methods)
+    reference = model_bptt(params, xs, targets, spec, lengths, resets=resets, carries0=carries0)[1]
+    return _alignment(reference, {m: model_online_grad(params, xs, targets, spec, lengths, method=m, key=key,
+                                                       resets=resets, carries0=carries0)[1] for m in methods})
+
+
+def _methods(methods) -> tuple[str, ...]:
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if not methods or bad:
+        raise ValueError(f"methods: expected one or more of {list(METHODS)}, got {list(methods)}")
+    return methods
+
+
+def _alignment(reference, estimates: dict) -> dict:
+    def groups(tree):
+        leaves = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.ravel(np.asarray(leaf))
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+        return {**leaves, "all": np.concatenate(list(leaves.values()))}
+
+    ref = groups(reference)
+    table = {}
+    for method, grads in estimates.items():
+        table[method] = {}
+        for name, estimate in groups(grads).items():
+            norms = np.linalg.norm(estimate), np.linalg.norm(ref[name])
+            cosine = float(estimate @ ref[name] / (norms[0] * norms[1])) if norms[0] * norms[1] > 0 else float("nan")
+            table[method][name] = {"cosine": cosine,
+                                   "norm_ratio": float(norms[0] / norms[1]) if norms[1] > 0 else float("nan")}
+    return table

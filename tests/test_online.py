@@ -207,3 +207,34 @@ def test_a_bidirectional_stack_is_refused_by_name(x64):
     params, xs, targets, _ = random_model(0, spec, 2, 3)
     with pytest.raises(ValueError, match=r"spec: expected one-direction layers .*got a bidirectional layer 0"):
         p1.model_online_grad(params, xs, targets, spec, method="rtrl")
+
+
+def test_alignment_reports_cosine_and_norm_ratio_per_parameter(x64):
+    params, xs, labels, lens, carry, _ = problem("elman", 4, 3, 6, many_to_many=True, lengths=True, h0=True)
+    table = p1.gradient_alignment(params, xs, labels, "elman", lens, carry, methods=("rtrl", "snap1"))
+    assert set(table) == {"rtrl", "snap1"} and set(table["rtrl"]) == {"cell/W_x", "cell/W_h", "cell/b", "readout/W",
+                                                                       "readout/b", "all"}
+    for group in table["rtrl"].values():
+        assert group["cosine"] == pytest.approx(1, abs=1e-12) and group["norm_ratio"] == pytest.approx(1, abs=1e-9)
+    assert table["snap1"]["cell/W_h"]["cosine"] < 1 - 1e-6 and table["snap1"]["readout/W"]["cosine"] == pytest.approx(1)
+    spec, params, xs, targets, lens, _, _ = stack_problem(*STACKS[3])
+    stack = p1.model_gradient_alignment(params, xs, targets, spec, lens, methods="snap1")
+    assert stack["snap1"]["all"]["cosine"] == pytest.approx(1, abs=1e-12)  # exact for diagonal stacks
+    with pytest.raises(ValueError, match=r"methods: expected one or more of"):
+        p1.gradient_alignment(params, xs, targets, "elman", methods=())
+
+
+@pytest.mark.standard_promotion
+def test_gradflow_prints_the_alignment_table(tmp_path, capsys):
+    from perceptron1_jax.cli import main
+
+    args = ["gradflow", "--cell", "gru", "--task", "copy", "--seq-len", "5", "--hidden", "4", "--batch", "2",
+            "--png", str(tmp_path / "flow.png")]
+    assert main([*args, "--alignment", "rtrl,eprop,uoro"]) == 0
+    out = capsys.readouterr().out
+    assert "alignment with the explicit BPTT gradient, gru at init: cosine (|online| / |bptt|)" in out
+    row = next(line for line in out.splitlines() if line.startswith("all "))
+    assert row.split()[1:3] == ["1.000", "(1.00)"], row  # exact RTRL, float32
+    assert main([*args, "--alignment", "rtrl,bptt"]) == 2
+    assert capsys.readouterr().err.strip() == ("perceptron1: error: --alignment: expected one or more of "
+                                               "rtrl,snap1,eprop,uoro, got rtrl,bptt")

@@ -38,6 +38,9 @@ def add_parser(commands) -> None:
     flow.add_argument("--member", type=int, help=MEMBER_HELP)
     flow.add_argument("--seed", type=int, help="(default: 0)")
     flow.add_argument("--png", type=Path, default=Path("gradflow.png"), help="where to write the plot")
+    flow.add_argument("--alignment", metavar="METHOD[,METHOD...]", help="also the alignment of online gradients "
+                      "(rtrl, snap1, eprop, uoro; docs/online.md) with the explicit BPTT on the same batch: per "
+                      "parameter, the cosine and the norm ratio (one-direction layers)")
 
 
 def run(args) -> int:
@@ -48,7 +51,37 @@ def run(args) -> int:
     _print_table(profiles, source)
     title = f"gradient flow through time, task {source}"
     plot_or_hint("plot", lambda plotting: plotting.plot_gradient_flow(profiles, args.png, title))
+    if args.alignment is not None:
+        for cfg, params, label, spec in runs:
+            _print_alignment(label, _alignment_of(args, cfg, params, spec))
     return 0
+
+
+def _alignment_of(args, cfg, params, spec) -> dict:
+    """:func:`~perceptron1_jax.online.model_gradient_alignment` on the run's first --batch examples."""
+    import jax
+
+    from perceptron1_jax.online import model_gradient_alignment
+
+    data = _batch_data(args, cfg)
+    cut = slice(0, args.batch)
+    try:
+        return model_gradient_alignment(
+            params, data.xs[cut], data.labels[cut], spec, None if data.lengths is None else data.lengths[cut],
+            methods=[m.strip() for m in args.alignment.split(",")], key=jax.random.key(args.seed or 0),
+            resets=None if data.resets is None else data.resets[cut])
+    except ValueError as err:  # "methods: ..." / "spec: ..." / "method: ..." (RTRL's memory)
+        name, _, rest = str(err).partition(":")
+        raise UsageError(f"--alignment:{rest}" if name in ("methods", "spec", "method") else str(err)) from err
+
+
+def _print_alignment(label: str, table: dict) -> None:
+    methods = list(table)
+    print(f"alignment with the explicit BPTT gradient, {label}: cosine (|online| / |bptt|)")
+    print(f"{'parameter':22} " + " ".join(f"{m:>20}" for m in methods))
+    for group in table[methods[0]]:
+        cells = [f"{table[m][group]['cosine']:.3f} ({table[m][group]['norm_ratio']:.2f})" for m in methods]
+        print(f"{group:22} " + " ".join(f"{c:>20}" for c in cells))
 
 
 def _check_args(args) -> None:
@@ -69,6 +102,12 @@ def _check_args(args) -> None:
     require_positive(args, "seq_len", "hidden", "batch")
     if args.spectral_radius is not None and not args.spectral_radius > 0:
         raise UsageError(f"--spectral-radius: expected a positive number, got {args.spectral_radius}")
+    if args.alignment is not None:
+        from perceptron1_jax.online import METHODS
+
+        given = [m.strip() for m in args.alignment.split(",")]
+        if [m for m in given if m not in METHODS]:
+            raise UsageError(f"--alignment: expected one or more of {','.join(METHODS)}, got {args.alignment}")
 
 
 def _checkpoint_run(args) -> list[tuple]:
@@ -123,27 +162,32 @@ def _profiles(args, runs) -> dict:
     import jax
     import numpy as np
 
-    from perceptron1_jax.training import run_data
     from perceptron1_jax.training.evaluation import gradient_flow_of
-    from perceptron1_jax.training.ingredients import run_keys, task_datasets
 
     profiles = {}
     for cfg, params, label, spec in runs:
-        if cfg.task is not None:
-            _, _, k_train, k_eval, _ = run_keys(cfg)
-            sized = dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size))
-            data, _ = task_datasets(sized, k_train, k_eval)
-        else:
-            try:
-                data = run_data(cfg).train  # the run's own files
-            except ValueError as err:
-                raise UsageError(str(err)) from err
+        data = _batch_data(args, cfg)
         lengths = None if data.lengths is None else data.lengths[: args.batch]
         resets = None if data.resets is None else data.resets[: args.batch]
         flow = gradient_flow_of(cfg, params, data.xs[: args.batch], data.labels[: args.batch], lengths, resets,
                                 spec=spec)
         profiles[label] = np.asarray(jax.device_get(flow.dh_norm))
     return profiles
+
+
+def _batch_data(args, cfg):
+    """The training split the batch is read from: the task's (sized to --batch) or the run's files."""
+    from perceptron1_jax.training import run_data
+    from perceptron1_jax.training.ingredients import run_keys, task_datasets
+
+    if cfg.task is not None:
+        _, _, k_train, k_eval, _ = run_keys(cfg)
+        sized = dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size))
+        return task_datasets(sized, k_train, k_eval)[0]
+    try:
+        return run_data(cfg).train  # the run's own files
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def _print_table(profiles: dict, source: str) -> None:
