@@ -28,11 +28,8 @@ SEPARATOR = "/"
 
 def flat_params(params) -> dict[str, np.ndarray]:
     """``{"layers/0/fwd/W_x": array, ...}``: each leaf of ``params`` under its ``/``-joined path."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-        flat[SEPARATOR.join(names)] = np.asarray(leaf)
-    return flat
+    return {jax.tree_util.keystr(path, simple=True, separator=SEPARATOR): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def nested_params(flat: dict) -> dict:

@@ -79,9 +79,15 @@ def mean_squared_error(preds: Array, targets: Array, mask: Array | None = None) 
 def mean_squared_error_with_grad(preds: Array, targets: Array, mask: Array | None = None) -> tuple[Array, Array]:
     """The loss of :func:`mean_squared_error` and its gradient ``2 w (preds - targets)``, with
     ``w = 1 / (valid rows * outputs)`` on valid rows and 0 on padding."""
-    row_weights = position_weights(preds[..., 0], mask, preds.dtype) / preds.shape[-1]
+    return weighted_squared_error_with_grad(preds, targets, position_weights(preds[..., 0], mask, preds.dtype))
+
+
+def weighted_squared_error_with_grad(preds: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
+    """``sum(weights * mean over outputs of (preds - targets)^2)`` and its gradient ``2 w (preds -
+    targets)`` with ``w = weights / outputs``; ``weights: (...)`` per row (the online gradients
+    score one step at a time with the weights of the whole sequence)."""
     diff = preds - targets
-    weighted = row_weights[..., None] * diff
+    weighted = (weights / preds.shape[-1])[..., None] * diff
     return jnp.sum(weighted * diff), 2.0 * weighted
 
 
@@ -89,3 +95,5 @@ LOSSES = {
     "cross_entropy": (cross_entropy, cross_entropy_with_grad),
     "mse": (mean_squared_error, mean_squared_error_with_grad),
 }
+# Each head's loss of given per-position weights and its gradient (a step or a segment at a time).
+WEIGHTED = {"cross_entropy": weighted_cross_entropy_with_grad, "mse": weighted_squared_error_with_grad}

@@ -133,7 +133,7 @@ def model_online_grad(params, xs, targets, spec: ModelSpec, lengths=None, *, met
 
 def _run(params, xs, targets, spec, lengths, carries0, resets, method, key, feedback):
     recurrent = {k: v for k, v in params.items() if k != "head"}
-    sizes = (_state_size(spec), ravel_pytree(recurrent)[0].size)
+    sizes = (_state_size(spec), sum(leaf.size for leaf in jax.tree.leaves(recurrent)))
     dtype = jnp.dtype(params["head"]["W"].dtype)
     if method == "rtrl":
         _check_influence_fits(xs.shape[0], *sizes, dtype)
@@ -207,14 +207,6 @@ def immediate_pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     return np.asarray(jac != 0)
 
 
-def _head_loss(loss: str, outputs, targets, weights):
-    """``(loss, dL/doutputs)`` of one step's outputs ``(B, O)`` with per-example ``weights (B,)``."""
-    if loss == "cross_entropy":
-        return losses.weighted_cross_entropy_with_grad(outputs, targets, weights)
-    weighted = (weights / outputs.shape[-1])[:, None] * (outputs - targets)
-    return jnp.sum(weighted * (outputs - targets)), 2.0 * weighted
-
-
 @functools.partial(jax.jit, static_argnames=("spec", "method", "feedback"))
 def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spec, method, feedback):
     batch, time = xs.shape[:2]
@@ -239,7 +231,7 @@ def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spe
 
     def scored(s, target, weight):
         """The head at state ``s``: ``(loss, dL/dW, dL/db, dL/ds)``."""
-        value, dout = _head_loss(spec.loss, head_forward(head, s[:, top]), target, weight)
+        value, dout = losses.WEIGHTED[spec.loss](head_forward(head, s[:, top]), target, weight)
         ds = jnp.zeros_like(s).at[:, top].set(dout @ back.T)
         return value, s[:, top].T @ dout, dout.sum(0), ds
 
@@ -279,14 +271,19 @@ class _Influence:
         return jnp.zeros((batch, self.observable.size, self.theta.size), dtype)
 
     def update(self, s, influence, x, valid, reset, key):
-        j_theta, j_s = _batched(jax.jacfwd(self.step, argnums=(0, 1)))(self.theta, s, x, valid, reset)
+        def with_state(*args):  # the step's value once, beside its Jacobians
+            new_s = self.step(*args)
+            return new_s, new_s
+
+        (j_theta, j_s), new_s = _batched(jax.jacfwd(with_state, argnums=(0, 1), has_aux=True))(
+            self.theta, s, x, valid, reset)
         if self.internal_only:  # only the internal carries pass influence on
             j_s = jnp.where(self.observable[None, None, :], jnp.zeros((), j_s.dtype), j_s)
         new = jnp.einsum("bij,bjp->bip", j_s, influence) + j_theta  # (B, S, P)
         if self.pattern is not None:
             new = jnp.where(self.pattern, new, jnp.zeros((), new.dtype))
         new = jnp.where(valid[:, None, None], new, influence)  # a padded step changes nothing
-        return _batched(self.step)(self.theta, s, x, valid, reset), new
+        return new_s, new
 
     @staticmethod
     def gradient(ds, influence):
@@ -370,7 +367,7 @@ def _methods(methods) -> tuple[str, ...]:
 
 def _alignment(reference, estimates: dict) -> dict:
     def groups(tree):
-        leaves = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.ravel(np.asarray(leaf))
+        leaves = {jax.tree_util.keystr(path, simple=True, separator="/"): np.ravel(np.asarray(leaf))
                   for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
         return {**leaves, "all": np.concatenate(list(leaves.values()))}
 

@@ -33,9 +33,9 @@ def run(args) -> int:
     from perceptron1_jax.export import checkpoint_file, export_params
 
     try:
-        float64_mode(run_dtype(checkpoint_file(args.run, step=args.step, best=args.best)))
-        source, step = export_params(args.run, args.to, step=args.step, best=args.best, format=args.format,
-                                     member=args.member)
+        source = checkpoint_file(args.run, step=args.step, best=args.best)
+        float64_mode(run_dtype(source))
+        _, step = export_params(source, args.to, format=args.format, member=args.member)
     except CheckpointError as err:
         raise UsageError(str(err)) from err
     except ValueError as err:  # "step: ..." -> "--step: ...": the option as it was typed

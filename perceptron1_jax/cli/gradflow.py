@@ -46,30 +46,28 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     _check_args(args)
     runs = _checkpoint_run(args) if args.checkpoint is not None else _fresh_runs(args)
-    profiles = _profiles(args, runs)
+    batches = [_batch(args, cfg) for cfg, *_ in runs]
+    profiles = _profiles(runs, batches)
     source = runs[0][0].task or "data"
     _print_table(profiles, source)
     title = f"gradient flow through time, task {source}"
     plot_or_hint("plot", lambda plotting: plotting.plot_gradient_flow(profiles, args.png, title))
     if args.alignment is not None:
-        for cfg, params, label, spec in runs:
-            _print_alignment(label, _alignment_of(args, cfg, params, spec))
+        for (_, params, label, spec), batch in zip(runs, batches):
+            _print_alignment(label, _alignment_of(args, params, spec, batch))
     return 0
 
 
-def _alignment_of(args, cfg, params, spec) -> dict:
-    """:func:`~perceptron1_jax.online.model_gradient_alignment` on the run's first --batch examples."""
+def _alignment_of(args, params, spec, batch) -> dict:
+    """:func:`~perceptron1_jax.online.model_gradient_alignment` on the run's batch."""
     import jax
 
     from perceptron1_jax.online import model_gradient_alignment
 
-    data = _batch_data(args, cfg)
-    cut = slice(0, args.batch)
     try:
-        return model_gradient_alignment(
-            params, data.xs[cut], data.labels[cut], spec, None if data.lengths is None else data.lengths[cut],
-            methods=[m.strip() for m in args.alignment.split(",")], key=jax.random.key(args.seed or 0),
-            resets=None if data.resets is None else data.resets[cut])
+        return model_gradient_alignment(params, batch.xs, batch.labels, spec, batch.lengths,
+                                        methods=[m.strip() for m in args.alignment.split(",")],
+                                        key=jax.random.key(args.seed or 0), resets=batch.resets)
     except ValueError as err:  # "methods: ..." / "spec: ..." / "method: ..." (RTRL's memory)
         name, _, rest = str(err).partition(":")
         raise UsageError(f"--alignment:{rest}" if name in ("methods", "spec", "method") else str(err)) from err
@@ -157,37 +155,37 @@ def _fresh_runs(args) -> list[tuple]:
     return runs
 
 
-def _profiles(args, runs) -> dict:
-    """``{label: (time,) ||dL/dh_t||}`` of each run on --batch examples of its training data."""
+def _profiles(runs, batches) -> dict:
+    """``{label: (time,) ||dL/dh_t||}`` of each run on its batch."""
     import jax
     import numpy as np
 
     from perceptron1_jax.training.evaluation import gradient_flow_of
 
     profiles = {}
-    for cfg, params, label, spec in runs:
-        data = _batch_data(args, cfg)
-        lengths = None if data.lengths is None else data.lengths[: args.batch]
-        resets = None if data.resets is None else data.resets[: args.batch]
-        flow = gradient_flow_of(cfg, params, data.xs[: args.batch], data.labels[: args.batch], lengths, resets,
-                                spec=spec)
+    for (cfg, params, label, spec), batch in zip(runs, batches):
+        flow = gradient_flow_of(cfg, params, batch.xs, batch.labels, batch.lengths, batch.resets, spec=spec)
         profiles[label] = np.asarray(jax.device_get(flow.dh_norm))
     return profiles
 
 
-def _batch_data(args, cfg):
-    """The training split the batch is read from: the task's (sized to --batch) or the run's files."""
+def _batch(args, cfg):
+    """The first --batch examples of the run's training split: the task's (sized to --batch) or the
+    run's own files."""
+    from perceptron1_jax.tasks import Dataset
     from perceptron1_jax.training import run_data
     from perceptron1_jax.training.ingredients import run_keys, task_datasets
 
     if cfg.task is not None:
         _, _, k_train, k_eval, _ = run_keys(cfg)
         sized = dataclasses.replace(cfg, num_train=max(args.batch, cfg.batch_size))
-        return task_datasets(sized, k_train, k_eval)[0]
-    try:
-        return run_data(cfg).train  # the run's own files
-    except ValueError as err:
-        raise UsageError(str(err)) from err
+        data = task_datasets(sized, k_train, k_eval)[0]
+    else:
+        try:
+            data = run_data(cfg).train
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    return Dataset(*(None if part is None else part[: args.batch] for part in data))
 
 
 def _print_table(profiles: dict, source: str) -> None:

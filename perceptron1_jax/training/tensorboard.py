@@ -22,7 +22,7 @@ def scalars(entry: dict) -> dict[str, float]:
     """``{tag: value}`` of the numbers of one ``metrics.jsonl`` entry (``member_k/`` for a member's)."""
     prefix = f"member_{entry['member']}/" if "member" in entry else ""
     return {f"{prefix}{key}": float(value) for key, value in entry.items()
-            if key not in SKIPPED_KEYS and isinstance(value, (int, float)) and value is not None}
+            if key not in SKIPPED_KEYS and isinstance(value, (int, float))}
 
 
 def hyperparameters(config: dict, population: dict | None) -> dict:
