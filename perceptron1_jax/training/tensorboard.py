@@ -44,7 +44,12 @@ class TensorBoardSink:
         from tensorboardX.summary import hparams
 
         purge = None if resumed_at is None else resumed_at + 1
-        self._writer = SummaryWriter(str(Path(out) / FOLDER), purge_step=purge, flush_secs=10)
+        # tensorboardX names a file by the second it opens it: a resume within the same second would
+        # reopen (and empty) the earlier file. A resumed writer's own suffix keeps both, and sorts
+        # after the earlier file, in the order TensorBoard reads them.
+        suffix = "" if resumed_at is None else f".resumed_at_{resumed_at:08d}"
+        self._writer = SummaryWriter(str(Path(out) / FOLDER), purge_step=purge, flush_secs=10,
+                                     filename_suffix=suffix)
         if resumed_at is None:
             metrics = {"loss": 0.0, "eval_loss": 0.0, "eval_accuracy": 0.0}  # the tags TensorBoard relates them to
             for summary in hparams(hyperparameters(dataclasses.asdict(cfg), population), metrics):
