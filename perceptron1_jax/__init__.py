@@ -44,7 +44,7 @@ from perceptron1_jax.layers import set_fused_directions
 from perceptron1_jax.online import gradient_alignment, model_gradient_alignment, model_online_grad, online_grad
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, model_step, predict
 from perceptron1_jax.optim import make_optimizer
-from perceptron1_jax.parallel import initialize_distributed, make_mesh, use_cpu_devices
+from perceptron1_jax.parallel import direction_mesh, initialize_distributed, make_mesh, use_cpu_devices
 from perceptron1_jax.prediction import predict_examples
 from perceptron1_jax.scan import set_hoist_input_projection
 from perceptron1_jax.runs import Run, load_run
@@ -91,6 +91,7 @@ __all__ = (
     "load_run",
     "loss",
     "make_mesh",
+    "direction_mesh",
     "make_optimizer",
     "model_apply",
     "model_bptt",

@@ -48,7 +48,7 @@ from perceptron1_jax.model import (
     single_layer_spec,
     spec_of_params,
 )
-from perceptron1_jax.parallel import check_mesh, data_parallel
+from perceptron1_jax.parallel import check_direction_spec, check_mesh, on_mesh, places_directions
 from perceptron1_jax.scan import (
     WINDOW,
     check_window,
@@ -200,10 +200,10 @@ def in_compute_dtype(value_and_grad, compute_dtype):
 @partial(jax.jit, static_argnames=("spec", "mesh", "lean"))
 def sharded_value_and_grad(params, xs, targets, lengths, dropout_key, spec: ModelSpec, mesh,
                            lean: int | None = None, resets=None):
-    """``(loss, grads)`` of the explicit BPTT with the batch split over ``mesh`` (unchecked; see
-    :func:`perceptron1_jax.parallel.data_parallel`). ``xs: (batch, time, ...)`` with ``batch``
-    divisible by the mesh's ``"data"`` axis."""
-    fn = data_parallel(make_value_and_grad(spec, "bptt", lean), spec, mesh)
+    """``(loss, grads)`` of the explicit BPTT with the batch split over ``mesh``, or each bidirectional
+    layer's directions on its two devices (unchecked; see :func:`perceptron1_jax.parallel.on_mesh`).
+    ``xs: (batch, time, ...)`` with ``batch`` divisible by the mesh's ``"data"`` axis."""
+    fn = on_mesh(make_value_and_grad(spec, "bptt", lean), spec, mesh)
     loss, grads, _ = fn(params, xs, targets, dropout_key, lengths, resets)
     return loss, grads
 
@@ -211,6 +211,10 @@ def sharded_value_and_grad(params, xs, targets, lengths, dropout_key, spec: Mode
 def _on_mesh(params, c, mesh, return_extras, lean):
     """model_bptt over a mesh (checked inputs ``c``)."""
     check_mesh(mesh, c.xs.shape[0])
+    if places_directions(mesh):
+        check_direction_spec(c.spec)
+        if lean is not None:
+            raise ValueError(f"lean: expected None with a direction mesh (its layers keep every step), got {lean!r}")
     if return_extras:
         raise ValueError("return_extras: expected False with a mesh (the per-step extras stay on one device), got True")
     if c.carries0 is not None:
@@ -238,7 +242,9 @@ def model_bptt(params, xs, targets, spec: ModelSpec, lengths=None, dropout_key=N
         pass (``k ~ sqrt(time)``). None (default): keep every step.
       mesh: a :class:`jax.sharding.Mesh` with a ``"data"`` axis (:func:`perceptron1_jax.make_mesh`):
         the batch is split over its devices and one collective combines the global mean
-        (:mod:`perceptron1_jax.parallel`); the batch must divide by the axis size. None: one device.
+        (:mod:`perceptron1_jax.parallel`); the batch must divide by the axis size. Or one with a
+        ``"direction"`` axis (:func:`perceptron1_jax.direction_mesh`): each bidirectional layer's
+        two directions on its two devices, over the whole batch. None: one device.
       resets, carries0: as :func:`perceptron1_jax.model_apply`'s; no gradient crosses a reset, and
         ``extras.dh0`` is the gradient with respect to ``carries0`` (in its format).
 

@@ -16,10 +16,12 @@ Inside, arrays are time-major ``(T, B, ...)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from perceptron1_jax.associative import AssociativeTape, associative_backward, associative_forward
 from perceptron1_jax.cells import CELLS, Carry, Cell, Params
@@ -185,6 +187,43 @@ def set_fused_directions(enabled: bool | None) -> bool | None:
     return choose_form("fused_directions", "enabled", enabled, "set_fused_directions")
 
 
+DIRECTION_AXIS = "direction"
+"""The mesh axis that places the two directions of a bidirectional layer on two devices."""
+
+
+def directions_mesh():
+    """The mesh in context (``jax.set_mesh``, :func:`perceptron1_jax.parallel.direction_parallel`) when
+    it has a ``"direction"`` axis of two devices; else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if DIRECTION_AXIS in mesh.axis_names and mesh.shape[DIRECTION_AXIS] == 2:
+        return mesh
+    return None
+
+
+def _over_directions(fn, pairs: tuple, stacked=None):
+    """``fn(*args[, stacked_k])`` for both directions ``k``, results stacked on a leading axis of 2.
+    ``pairs``: per argument ``(forward direction's, reverse direction's)`` pytrees; ``stacked``: a
+    pytree already stacked over the directions (a forward's tape), or None.
+
+    Without a :func:`directions_mesh`: ``vmap`` over the stacked pairs. Under one, each device runs
+    its own direction ``k`` (``shard_map`` over the ``"direction"`` axis): the pairs come in
+    replicated and the device keeps its member; ``stacked`` and the results stay split by direction,
+    each device holding its own."""
+    mesh = directions_mesh()
+    if mesh is None:
+        args = tuple(_stack(*pair) for pair in pairs) + (() if stacked is None else (stacked,))
+        return jax.vmap(fn)(*args)
+
+    def own_direction(pairs, stacked):
+        k = jax.lax.axis_index(DIRECTION_AXIS)
+        mine = jax.tree.map(lambda f, b: jax.lax.select_n(k, f, b), *zip(*pairs))
+        out = fn(*mine, *(() if stacked is None else (_direction(stacked, 0),)))
+        return jax.tree.map(lambda a: a[None], out)
+
+    return jax.shard_map(own_direction, mesh=mesh, in_specs=(P(), P(DIRECTION_AXIS)), out_specs=P(DIRECTION_AXIS),
+                         check_vma=False)(pairs, stacked)
+
+
 def _stack(fwd, bwd):
     return jax.tree.map(lambda f, b: jnp.stack([f, b]), fwd, bwd)
 
@@ -193,20 +232,46 @@ def _direction(tree, k: int):
     return jax.tree.map(lambda a: a[k], tree)
 
 
+@jax.tree_util.register_pytree_node_class
+class StackedTapes(Mapping):
+    """``{direction: DirectionTape}`` of a fused layer, kept as one tape stacked over the directions
+    (``stacked``: leading axis 2), so that under a :func:`directions_mesh` each device keeps its own
+    direction's tape for the backward; reading ``tapes[d]`` takes direction ``d``'s slice."""
+
+    def __init__(self, stacked: DirectionTape):
+        self.stacked = stacked
+
+    def __getitem__(self, direction: str) -> DirectionTape:
+        return _direction(self.stacked, DIRECTIONS.index(direction))
+
+    def __iter__(self):
+        return iter(DIRECTIONS)
+
+    def __len__(self) -> int:
+        return len(DIRECTIONS)
+
+    def tree_flatten(self):
+        return (self.stacked,), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+
 def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_tm, lengths, *, save: bool,
                   resets_tm=None, hoist: bool | None = None):
     """Both directions of a layer in one scan: :func:`direction_forward` ``vmap``-ed over the two
     directions' stacked params, inputs and resets (the reverse direction's flipped) and initial carries.
     Returns ``([hs_fwd, hs_bwd], finals, tapes)`` as one :func:`direction_forward` per direction would."""
-    xs_both = jnp.stack([xs_tm, reverse_in_time(xs_tm, lengths)])
-    resets_both = None if resets_tm is None else jnp.stack(
-        [direction_resets(resets_tm, lengths, reverse) for reverse in (False, True)])
-    hs, final, tape = jax.vmap(
+    resets = (None, None) if resets_tm is None else tuple(
+        direction_resets(resets_tm, lengths, reverse) for reverse in (False, True))
+    hs, final, tape = _over_directions(
         lambda p, x, c, r: direction_forward(cell, p, x, c, mask_tm, lengths, reverse=False, save=save, resets_tm=r,
-                                             hoist=hoist)
-    )(_stack(params["fwd"], params["bwd"]), xs_both, _stack(carries0["fwd"], carries0["bwd"]), resets_both)
+                                             hoist=hoist),
+        ((params["fwd"], params["bwd"]), (xs_tm, reverse_in_time(xs_tm, lengths)),
+         (carries0["fwd"], carries0["bwd"]), resets))
     finals = {d: _direction(final, k) for k, d in enumerate(DIRECTIONS)}
-    tapes = {d: None if tape is None else _direction(tape, k) for k, d in enumerate(DIRECTIONS)}
+    tapes = dict.fromkeys(DIRECTIONS) if tape is None else StackedTapes(tape)
     return [hs[0], reverse_in_time(hs[1], lengths)], finals, tapes
 
 
@@ -214,13 +279,12 @@ def fused_backward(cell: Cell, params: dict, tapes: dict, dhs_out: dict, final_d
                    **options) -> dict:
     """The explicit backward of :func:`fused_forward` (full tapes): :func:`direction_backward`
     ``vmap``-ed over the two directions. Returns ``{direction: Backward}`` in the original time order."""
-    dhs = None
+    dhs = (None, None)
     if dhs_out["fwd"] is not None:
-        dhs = jnp.stack([dhs_out["fwd"], reverse_in_time(dhs_out["bwd"], lengths)])
-    back = jax.vmap(
-        lambda p, t, d, f: direction_backward(cell, p, t, d, f, mask_tm, lengths, reverse=False, **options)
-    )(_stack(params["fwd"], params["bwd"]), _stack(tapes["fwd"], tapes["bwd"]), dhs,
-      _stack(final_dcarries["fwd"], final_dcarries["bwd"]))
+        dhs = (dhs_out["fwd"], reverse_in_time(dhs_out["bwd"], lengths))
+    back = _over_directions(
+        lambda p, d, f, t: direction_backward(cell, p, t, d, f, mask_tm, lengths, reverse=False, **options),
+        ((params["fwd"], params["bwd"]), dhs, (final_dcarries["fwd"], final_dcarries["bwd"])), tapes.stacked)
     return {"fwd": _direction(back, 0), "bwd": in_time_order(_direction(back, 1), lengths)}
 
 
@@ -228,7 +292,7 @@ def fuses(layer: LayerSpec, lean: int | None = None, forms: LoopForms | None = N
     """Whether this layer's directions run in one scan (``forms.fused_directions``, resolved; None: the
     default of :func:`fused_directions_enabled`), bidirectional, sequential scan, not lean."""
     fused = fused_directions_enabled() if forms is None else resolve_forms(forms).fused_directions
-    return layer.bidirectional and layer.scan == "sequential" and lean is None and fused
+    return layer.bidirectional and layer.scan == "sequential" and lean is None and (fused or directions_mesh() is not None)
 
 
 # --------------------------------------------------------------------------- recurrent layer
@@ -296,7 +360,7 @@ def recurrent_backward(layer: LayerSpec, params: dict, tapes: dict, finals: dict
     dfinals = final_gradients(finals, dfinal_h)
     hoist = None if forms is None else resolve_forms(forms).hoist
     options = {"keep_dhs": keep_dhs, "keep_dz": keep_dz, "window": window, "hoist": hoist}
-    if fuses(layer, None, forms) and all(isinstance(tapes[d], DirectionTape) for d in layer.directions):
+    if isinstance(tapes, StackedTapes):
         backs = fused_backward(cell, params, tapes, dhs, dfinals, mask_tm, lengths, **options)
     else:
         backs = {d: direction_backward(cell, params[d], tapes[d], dhs[d], dfinals[d], mask_tm, lengths,

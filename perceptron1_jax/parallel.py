@@ -1,5 +1,6 @@
-"""Data parallelism on ``jax.sharding``: a mesh with one axis named ``"data"``, the loss and
-gradients of a batch split over it, and the set-up of several devices and processes.
+"""Placements on ``jax.sharding``: a mesh with one axis named ``"data"`` (the loss and gradients of
+a batch split over it), or one named ``"direction"`` (the two directions of each bidirectional
+layer on two devices, each with the whole batch), and the set-up of several devices and processes.
 
 Under :func:`data_parallel` every device runs the backward (the explicit BPTT, or ``jax.grad``
 for comparison) on its slice of the batch (``shard_map``; parameters replicated) and one ``psum``
@@ -8,6 +9,13 @@ scored: examples (many-to-one), or valid (sequence, step) pairs (many-to-many), 
 between devices when the sequences have different lengths. The result is the global mean, the same
 math as the unsharded call. With more than one device, dropout draws each device's masks from
 ``fold_in(key, device index)``, so those masks differ from the one-device call's.
+
+Under :func:`direction_parallel` (a :func:`direction_mesh`), each bidirectional layer runs its
+forward direction on the first device and its reverse direction on the second, both over the whole
+batch (:func:`perceptron1_jax.layers.fused_forward` under ``shard_map``); the layer's output is
+gathered once, and its ``dL/dx`` summed once in the backward. Every other piece (embedding, dropout,
+one-direction layers, the head and the loss) runs on both devices alike. The math is the one-device
+math: no sum is split, so no sum changes order.
 
 Devices: on one CPU, :func:`use_cpu_devices` (before JAX starts its backend) or
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (before JAX is imported) gives N host
@@ -18,6 +26,7 @@ processes (hosts): :func:`initialize_distributed`, then a mesh over ``jax.device
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from functools import partial
@@ -28,7 +37,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from perceptron1_jax.layers import fold_dropout
+from perceptron1_jax.layers import DIRECTION_AXIS, fold_dropout, fuses
 from perceptron1_jax.model import scored_units
 from perceptron1_jax.spec import ModelSpec
 
@@ -45,11 +54,39 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
+def direction_mesh(devices=None) -> Mesh:
+    """A :class:`jax.sharding.Mesh` with one axis ``"direction"`` over two devices (default: the
+    first two local devices): each bidirectional layer's forward direction on the first, its
+    reverse direction on the second (:func:`direction_parallel`)."""
+    devices = jax.local_devices()[:2] if devices is None else list(devices)
+    if len(devices) != 2:
+        raise ValueError(f"devices: expected two devices (one per direction), got {len(devices)}")
+    return Mesh(np.asarray(devices), (DIRECTION_AXIS,))
+
+
+def places_directions(mesh) -> bool:
+    """Whether ``mesh`` places directions (a :func:`direction_mesh`) rather than splitting the batch."""
+    return isinstance(mesh, Mesh) and DIRECTION_AXIS in mesh.axis_names
+
+
+def check_direction_spec(spec: ModelSpec, name: str = "mesh") -> None:
+    """A ``ValueError`` (naming ``name``) unless some layer of ``spec`` runs its two directions in one
+    scan (bidirectional, sequential scan): the layers a :func:`direction_mesh` places."""
+    if not any(fuses(layer, forms=dataclasses.replace(spec.forms, fused_directions=True)) for layer in spec.layers):
+        kinds = ", ".join(f"{'bidirectional' if layer.bidirectional else 'one-direction'} {layer.scan}"
+                          for layer in spec.layers)
+        raise ValueError(f"{name}: a direction mesh places the two directions of bidirectional layers with the "
+                         f"sequential scan on two devices; expected such a layer, got layers: {kinds}")
+
+
 def check_mesh(mesh, batch: int, name: str = "xs") -> int:
-    """The size of ``mesh``'s ``"data"`` axis; an error naming the mesh or the batch (``name``)
-    otherwise."""
+    """How many slices ``mesh`` cuts a batch into: the size of its ``"data"`` axis, 1 for a
+    :func:`direction_mesh`; an error naming the mesh or the batch (``name``) otherwise."""
+    if places_directions(mesh):
+        return 1
     if not isinstance(mesh, Mesh) or AXIS not in mesh.axis_names:
-        raise TypeError(f"mesh: expected a jax.sharding.Mesh with an axis named {AXIS!r} (make_mesh()), got {mesh!r}")
+        raise TypeError(f"mesh: expected a jax.sharding.Mesh with an axis named {AXIS!r} (make_mesh()) or "
+                        f"{DIRECTION_AXIS!r} (direction_mesh()), got {mesh!r}")
     size = mesh.shape[AXIS]
     if batch % size:
         raise ValueError(f"{name}: expected a batch divisible by the {size} devices of the mesh's {AXIS!r} axis, "
@@ -80,6 +117,29 @@ def data_parallel(value_and_grad, spec: ModelSpec, mesh: Mesh):
         return sharded(params, xs, targets, dropout_key, lengths, resets)
 
     return value_and_grad_split
+
+
+def direction_parallel(value_and_grad, spec: ModelSpec, mesh: Mesh):
+    """``value_and_grad`` (the signature of :func:`data_parallel`'s) with each bidirectional layer's
+    directions on the two devices of ``mesh`` (:func:`direction_mesh`), both over the whole batch;
+    loss, gradients and outputs replicated. Traceable: the arguments are constrained to be
+    replicated over ``mesh``, and the layers find it as the abstract mesh in context."""
+    check_direction_spec(spec)
+    everywhere = NamedSharding(mesh, P())
+
+    def value_and_grad_directions(params, xs, targets, dropout_key=None, lengths=None, resets=None):
+        params, xs, targets, lengths, resets = jax.lax.with_sharding_constraint(
+            (params, xs, targets, lengths, resets), everywhere)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return value_and_grad(params, xs, targets, dropout_key, lengths, resets)
+
+    return value_and_grad_directions
+
+
+def on_mesh(value_and_grad, spec: ModelSpec, mesh: Mesh):
+    """``value_and_grad`` placed on ``mesh``: :func:`direction_parallel` for a :func:`direction_mesh`,
+    else :func:`data_parallel`."""
+    return (direction_parallel if places_directions(mesh) else data_parallel)(value_and_grad, spec, mesh)
 
 
 def split_like_mesh(value_and_grad, spec: ModelSpec, size: int):
@@ -140,8 +200,9 @@ def replicate(tree, mesh: Mesh):
 
 
 def shard_batch(batch, mesh: Mesh):
-    """Every array of ``batch`` (leading axis: the batch) split over ``mesh``'s ``"data"`` axis."""
-    return _global(batch, NamedSharding(mesh, P(AXIS)))
+    """Every array of ``batch`` (leading axis: the batch) split over ``mesh``'s ``"data"`` axis (on
+    every device of a :func:`direction_mesh`)."""
+    return _global(batch, NamedSharding(mesh, P() if places_directions(mesh) else P(AXIS)))
 
 
 def use_cpu_devices(count: int | None = None) -> int:

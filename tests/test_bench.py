@@ -67,6 +67,17 @@ def test_the_bidirectional_fusion_benchmark_runs_on_a_tiny_size():
     assert done.stdout.count("speed-up of the fused form") == 3 and "B2 I3 H4 T5" in done.stdout, done.stdout
 
 
+def test_the_placement_benchmark_runs_on_a_tiny_size(tmp_path):
+    two = {**os.environ, "PERCEPTRON1_NO_REEXEC": "1",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "placement.py"), "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, env=two)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "placement.json").read_text())["rows"]
+    assert [(r["model"], r["size"], r["rule"]) for r in rows] == [("1x bi-gru", "B4 I3 H5 T6", "directions")]
+    assert all(r[k] > 0 for r in rows for k in ("one device", "batch split", "directions")), rows
+
+
 def test_the_wavefront_benchmark_runs_on_a_tiny_size():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wavefront.py"), "--quick", "--cells", "gru",
                            "--depth", "2"], capture_output=True, text=True, timeout=300,

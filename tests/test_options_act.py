@@ -199,6 +199,7 @@ OTHER_OPTIONS = {
     "--no-progress": "test_options_act.py::test_the_command_line_options_that_print",
     "--no-gradcheck": "test_options_act.py::test_the_command_line_options_that_print",
     "--devices": "test_cli_trust.py::test_the_same_command_twice_gives_the_same_run_above_500_steps_and_resumed",
+    "--placement": "test_parallel.py::test_several_devices_equal_one",
     "--coordinator": "test_parallel.py::test_two_processes_train_like_one",
     "--num-processes": "test_parallel.py::test_two_processes_train_like_one",
     "--process-id": "test_parallel.py::test_two_processes_train_like_one",

@@ -1,6 +1,7 @@
 """Data parallelism: make_mesh; the explicit BPTT and the train step with the batch split over 4
 host devices equal to one device (float64, rtol 1e-10) with lengths, many-to-many, MSE and lean
-mode; checkpoints across device counts; bad meshes and batch sizes named; a run over two processes
+mode; the directions of bidirectional layers placed on 2 devices equal to one device, and the
+default placement rule; checkpoints across device counts; bad meshes and batch sizes named; a run over two processes
 (gloo on the loopback interface) ending with the parameters of a one-process run. The multi-device
 parts run in subprocesses, because the device count must be set before JAX starts."""
 
@@ -21,6 +22,7 @@ from perceptron1_jax.diagnostics import max_relative_error
 SCRIPTS = pathlib.Path(__file__).resolve().parent / "scripts"
 FOUR_DEVICES = {**os.environ, "JAX_PLATFORMS": "cpu",  # the suite's own XLA flags (conftest.py) and 4 devices
                 "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()}
+TWO_DEVICES = {**FOUR_DEVICES, "XLA_FLAGS": FOUR_DEVICES["XLA_FLAGS"].replace("count=4", "count=2")}
 
 
 def test_make_mesh_has_one_data_axis_over_the_devices():
@@ -49,10 +51,12 @@ def test_setup_errors_name_the_argument():
         parallel.initialize_distributed("127.0.0.1:1", 2, 2)
 
 
-@pytest.mark.parametrize("script", ["sharded_equals_single.py", "train_on_devices.py", "device_choice.py"])
-def test_four_devices_equal_one(script):
+@pytest.mark.parametrize("script", ["sharded_equals_single.py", "train_on_devices.py", "device_choice.py",
+                                    "directions_equal_single.py"])
+def test_several_devices_equal_one(script):
+    env = FOUR_DEVICES if script != "directions_equal_single.py" else TWO_DEVICES
     result = subprocess.run([sys.executable, str(SCRIPTS / script)], capture_output=True, text=True,
-                            env=FOUR_DEVICES, timeout=300)
+                            env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("OK"), result.stdout
 

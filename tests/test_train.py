@@ -297,3 +297,19 @@ def test_the_default_mesh_splits_a_batch_only_where_that_was_measured_to_pay():
     assert default_device_count(two_bi, 63, 2, "cpu") == 2  # a batch the devices do not divide: refused by name later
     mingru = ModelSpec([LayerSpec("mingru", 512)], 10, input_size=32)  # no W_h: the input projection alone
     assert step_matrix_flops(mingru, 32) == 2 * 32 * 32 * 1024
+
+
+def test_the_default_placement_puts_directions_on_two_cpu_devices_only_where_measured():
+    from perceptron1_jax.spec import LayerSpec, ModelSpec
+    from perceptron1_jax.training.step import default_placement
+
+    two_bi = ModelSpec([LayerSpec("lstm", 512, True), LayerSpec("lstm", 512, True)], 10, input_size=32)
+    mixed = ModelSpec([LayerSpec("lstm", 128, True), LayerSpec("gru", 128)], 10, input_size=32)
+    associative = ModelSpec([LayerSpec("mingru", 128, True, scan="associative")], 10, input_size=32)
+    lstm = ModelSpec([LayerSpec("lstm", 128)], 10, input_size=32)
+    assert default_placement(two_bi, 64, 2, "cpu") == "directions"  # 1.03x-1.30x over the split, H64-512
+    assert default_placement(two_bi, 63, 2, "cpu") == "directions"  # the batch need not divide
+    assert [default_placement(two_bi, 64, 4, "cpu"), default_placement(two_bi, 64, 2, "gpu"),
+            default_placement(two_bi, 64, 2, "cpu", 2)] == ["batch split"] * 3  # not measured: the split
+    assert default_placement(two_bi, 64, 1, "cpu") == "one device"
+    assert [default_placement(s, 64, 2, "cpu") for s in (mixed, associative, lstm)] == ["batch split"] * 3

@@ -23,7 +23,7 @@ from perceptron1_jax.model import (
     loss_and_forward,
     spec_of_params,
 )
-from perceptron1_jax.parallel import data_parallel, replicate, shard_batch
+from perceptron1_jax.parallel import data_parallel, direction_mesh, direction_parallel, replicate, shard_batch
 from perceptron1_jax.scan import WINDOW
 from perceptron1_jax.spec import LayerSpec, ModelSpec
 
@@ -126,20 +126,38 @@ def gradient_fns(cell: str, time: int, window: int = WINDOW) -> dict[str, Callab
     return {"explicit": explicit, "lean": lean, "autodiff": jax.value_and_grad(plain_loss)}
 
 
-def sharded_contenders(spec: ModelSpec, params, xs, labels, mesh, autodiff_name: str) -> list[Contender]:
+def sharded_contenders(spec: ModelSpec, params, xs, labels, mesh, autodiff_name: str,
+                       train: str | None = None) -> list[Contender]:
     """The explicit BPTT and ``jax.grad`` under the same ``shard_map`` over ``mesh``
     (:func:`perceptron1_jax.parallel.data_parallel`): the default training step, and how much of
-    its gain is the devices rather than the explicit backward."""
+    its gain is the devices rather than the explicit backward. ``train``: the default placement of
+    the run (``training.step.PLACEMENTS``); given, also the explicit BPTT with each bidirectional
+    layer's directions on the mesh's first two devices
+    (:func:`perceptron1_jax.parallel.direction_parallel`), and the row ``train`` picks is named
+    "(train's step)" (:func:`sharded_name`)."""
     n = mesh.size
+    placements = [("bptt", sharded_name(n, train and "batch split", train), mesh, data_parallel),
+                  ("autodiff", f"{autodiff_name}, {n} devices", mesh, data_parallel)]
+    if train is not None:
+        placements.append(("bptt", sharded_name(2, "directions", train), direction_mesh(list(mesh.devices.flat)[:2]),
+                           direction_parallel))
     out = []
-    for grad, name in (("bptt", sharded_name(n)), ("autodiff", f"{autodiff_name}, {n} devices")):
-        fn = data_parallel(make_value_and_grad(spec, grad), spec, mesh)
-        out.append(_jax_contender(name, lambda p, x, y, fn=fn: fn(p, x, y, None, None)[:2], params, xs, labels, mesh))
+    for grad, name, placed_on, place in placements:
+        fn = place(make_value_and_grad(spec, grad), spec, placed_on)
+        out.append(_jax_contender(name, lambda p, x, y, fn=fn: fn(p, x, y, None, None)[:2], params, xs, labels,
+                                  placed_on))
     return out
 
 
-def sharded_name(devices: int) -> str:
-    return f"explicit BPTT, {devices} devices (train's step)"
+def sharded_name(devices: int, placement: str | None = None, train: str | None = None) -> str:
+    """The explicit BPTT's row over ``devices``. ``placement`` None: the batch split, the only
+    placement timed (the train's step). Else ``"batch split"`` or ``"directions"``, ``train`` the
+    placement the default picks: its row ends in "(train's step)"."""
+    if placement is None:
+        return f"explicit BPTT, {devices} devices (train's step)"
+    what = "batch split over" if placement == "batch split" else "directions on"
+    step = " (train's step)" if placement == train else ""
+    return f"explicit BPTT, {what} {devices} devices{step}"
 
 
 def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, windows=(), mesh=None
@@ -163,10 +181,12 @@ def jax_contenders(cell: str, size: Size, xs, labels, flax_cells: bool = True, w
     return out
 
 
-def model_contenders(size: Size, xs, labels, flax_cells: bool = True, mesh=None) -> list[Contender]:
+def model_contenders(size: Size, xs, labels, flax_cells: bool = True, mesh=None, train: str | None = None
+                     ) -> list[Contender]:
     """The 2-layer bidirectional LSTM (many-to-one, ``h_n`` of the last layer): ``model_bptt``'s
     explicit backward, ``jax.grad`` of ``model_loss``'s forward, and Flax (``nn.Bidirectional`` over
-    ``nn.RNN``, stacked)."""
+    ``nn.RNN``, stacked); with ``mesh``, :func:`sharded_contenders` (``train`` the default
+    placement)."""
     xs, labels = jnp.asarray(xs), jnp.asarray(labels)
     spec = bench_spec(size)
     params = init_model(jax.random.key(0), spec)
@@ -177,7 +197,7 @@ def model_contenders(size: Size, xs, labels, flax_cells: bool = True, mesh=None)
     def plain_loss(params, xs, labels):
         return loss_and_forward(params, xs, labels, spec)[0]
 
-    out = sharded_contenders(spec, params, xs, labels, mesh, "jax.grad(model_loss)") if mesh else []
+    out = sharded_contenders(spec, params, xs, labels, mesh, "jax.grad(model_loss)", train) if mesh else []
     out += [_jax_contender("explicit BPTT (model_bptt)", explicit, params, xs, labels),
             _jax_contender("jax.grad(model_loss)", jax.value_and_grad(plain_loss), params, xs, labels)]
     if flax_cells:

@@ -22,6 +22,7 @@ from perceptron1_jax.bench.contenders import (
     Contender,
     Size,
     _problem,
+    bench_spec,
     jax_contenders,
     model_contenders,
     sharded_name,
@@ -30,6 +31,7 @@ from perceptron1_jax.bench.contenders import (
 )
 from perceptron1_jax.parallel import make_mesh
 from perceptron1_jax.scan import WINDOW
+from perceptron1_jax.training.step import default_placement
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -80,13 +82,14 @@ def run_benchmark(cells, sizes, rounds=5, min_seconds=0.2, flax_cells=True, torc
             xs, labels = _problem(size)
             mesh_here = mesh if mesh is not None and size.batch % devices == 0 else None
             if cell == MODEL_CELL:
-                ours_name = "explicit BPTT (model_bptt)"
-                jax_side = model_contenders(size, xs, labels, flax_cells, mesh_here)
+                train = None if mesh_here is None else default_placement(bench_spec(size), size.batch, devices,
+                                                                        jax.default_backend())
+                ours_name = "explicit BPTT (model_bptt)" if train in (None, "one device") else \
+                    sharded_name(2 if train == "directions" else devices, train, train)
+                jax_side = model_contenders(size, xs, labels, flax_cells, mesh_here, train)
             else:
-                ours_name = "explicit BPTT"
                 jax_side = jax_contenders(cell, size, xs, labels, flax_cells, windows, mesh_here)
-            if mesh_here is not None:
-                ours_name = sharded_name(devices)
+                ours_name = "explicit BPTT" if mesh_here is None else sharded_name(devices)
             contenders = jax_side + torch_contenders(cell, size, xs, labels, torch_threads)
             times = time_contenders(contenders, rounds, min_seconds)
             ours = times[ours_name]
@@ -126,7 +129,8 @@ def machine_description() -> str:
 
 def markdown(result: dict) -> str:
     devices = result.get("devices", 1)
-    ours = f"on {devices} devices (the default training step)" if devices > 1 else "on one device"
+    ours = ("in the default training step (the row marked \"(train's step)\", else the one-device row)"
+            if devices > 1 else "on one device")
     lines = [
         f"Machine: {result['machine']}; matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"allocator env {'on' if result['allocator_env'] else 'off'}; process peak RSS "

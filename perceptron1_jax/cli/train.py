@@ -43,6 +43,10 @@ def add_parser(commands) -> None:
         "device per core unless XLA_FLAGS sets a count); several processes (hosts) each run the same command with "
         "their own --process-id, and process 0 writes the run folder. See docs/scaling.md.")
     scale.add_argument("--devices", type=int, help="devices per process to split each batch over (default: all)")
+    scale.add_argument("--placement", choices=("batch", "directions"),
+                       help="batch: split each batch over --devices; directions: each bidirectional layer's two "
+                            "directions on two devices, each with the whole batch (default: a fixed rule of the "
+                            "model's sizes, recorded in OUT/devices.json; see docs/scaling.md)")
     scale.add_argument("--coordinator", help="HOST:PORT of process 0, for a run over several processes "
                                              "(default: JAX_COORDINATOR_ADDRESS, if set)")
     scale.add_argument("--num-processes", type=int, help="how many processes take part (with --coordinator)")
@@ -68,15 +72,25 @@ def start_processes(args) -> None:
                          f"({named}): {str(err).splitlines()[0]}") from err
 
 
-def train_mesh(args):
-    """The mesh of --devices: that many devices of every process (default: all)."""
+def train_mesh(args, spec):
+    """The mesh of --devices and --placement: that many devices of every process (default: all), or
+    a direction mesh; None (neither given): train's default (run_mesh)."""
     import jax
 
-    from perceptron1_jax.parallel import make_mesh
+    from perceptron1_jax.parallel import check_direction_spec, direction_mesh, make_mesh
 
     local = len(jax.local_devices())
+    if args.placement == "directions":
+        if args.devices not in (None, 2) or local < 2 or jax.process_count() > 1:
+            raise UsageError(f"--placement directions: expected two devices of one process, got --devices "
+                             f"{args.devices or local} of {local} in {jax.process_count()} process(es)")
+        try:
+            check_direction_spec(spec, "--placement directions")
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        return direction_mesh()
     if args.devices is None:
-        return None  # train's default (run_mesh): every device, one for truncated BPTT
+        return None if args.placement is None else make_mesh(jax.devices())
     if not 1 <= args.devices <= local:
         raise UsageError(f"--devices: expected 1 to {local} (the devices of this process), got {args.devices}")
     return make_mesh([d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)[:args.devices]])
@@ -106,7 +120,8 @@ def run(args) -> int:
     try:
         data = run_data(cfg)
         spec = check_run(cfg, data)
-        mesh = run_mesh(cfg, train_mesh(args), spec)
+        given = train_mesh(args, spec)
+        mesh = run_mesh(cfg, given, spec)
         if writer:
             check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
     except ValueError as err:  # DataError included: names the file, array or line
@@ -117,11 +132,11 @@ def run(args) -> int:
     split = f"{data.eval.xs.shape[0]} evaluation" if data.test is None else \
         f"{data.eval.xs.shape[0]} validation / {data.test.xs.shape[0]} test"
     scaled = ", inputs standardized" if data.info.input_mean is not None else ""
-    devices = describe_devices(cfg, mesh, out, resume=args.resume, default=args.devices is None)
+    devices = describe_devices(cfg, mesh, out, resume=args.resume, default=given is None)
     say(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {split} examples of "
         f"{data.train.xs.shape[1]} steps{scaled}, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
-        f"{cfg.steps} steps, gradients from {cfg.grad}, batch split over {devices}{processes}; run folder {out}")
-    state, status = train_until_done(args, cfg, out, data=data, mesh=None if args.devices is None else mesh)
+        f"{cfg.steps} steps, gradients from {cfg.grad}, {devices}{processes}; run folder {out}")
+    state, status = train_until_done(args, cfg, out, data=data, mesh=None if given is None else mesh)
     if state is None:
         return status
     if writer:
@@ -190,7 +205,10 @@ def train_population(args, cfg: TrainConfig, population: Population) -> int:
     out = out_folder(args, cfg, "-population")
     try:
         members = len(member_configs(cfg, population))
-        mesh = train_mesh(args)
+        if args.placement == "directions":
+            raise UsageError("--placement directions: expected a single run; a population places its members "
+                             "(or their batches) over the devices")
+        mesh = train_mesh(args, None)
     except ValueError as err:
         raise UsageError(str(err)) from err
     print(f"perceptron1 train: population of {members} members ({population.seeds} seeds per setting), "

@@ -1,15 +1,19 @@
-"""The devices a run trains on, by a rule fixed in the code, and their record ``devices.json``.
+"""The devices a run trains on and how (its placement), by a rule fixed in the code, and their record
+``devices.json``.
 
 A run's numbers depend on how many devices sum its gradient (one device and two add in another
 order, and training amplifies the difference), so the default devices must never depend on the
 machine's load. The default is :func:`~perceptron1_jax.training.step.run_mesh`'s size rule
 (:func:`~perceptron1_jax.training.step.default_device_count`): a function of the model's sizes,
 the batch, the device count, the platform and the processes, resting on the measurements named at
-:data:`~perceptron1_jax.training.step.SPLIT_LIMIT_FLOP`. ``--devices`` (``mesh=``) overrides it.
+:data:`~perceptron1_jax.training.step.SPLIT_LIMIT_FLOP` and
+:data:`~perceptron1_jax.training.step.DIRECTIONS_RULE`. ``--devices``/``--placement`` (``mesh=``)
+override it.
 
-A fresh run with a folder writes ``devices.json``: the device count, the platform, how many were
-available, and why (``reason``). A resumed run reads the count back, so it goes on with the
-devices it started on, bit for bit, whatever a later version's rule says.
+A fresh run with a folder writes ``devices.json``: the device count, the placement, the platform,
+how many were available, and why (``reason``). A resumed run reads count and placement back, so it
+goes on with the devices it started on, bit for bit, whatever a later version's rule says (a
+record without a placement is an older version's: the batch split over its count).
 """
 
 from __future__ import annotations
@@ -20,24 +24,28 @@ from pathlib import Path
 import jax
 from jax.sharding import Mesh
 
-from perceptron1_jax.parallel import make_mesh
+from perceptron1_jax.parallel import direction_mesh, make_mesh, places_directions
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.training.config import TrainConfig
-from perceptron1_jax.training.step import SPLIT_LIMIT_FLOP, step_matrix_flops
+from perceptron1_jax.training.step import PLACEMENTS, SPLIT_LIMIT_FLOP, placement_of, step_matrix_flops
 
 FILE = "devices.json"
 
 
 def device_reason(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh, *, given: bool) -> str:
-    """Why a run trains on ``mesh``: asked for, or which branch of the size rule chose it."""
+    """Why a run trains on ``mesh``: asked for, or which branch of the rule chose it."""
     available = len(jax.devices())
     platform = mesh.devices.flat[0].platform
     if given:
-        return f"asked for (--devices or mesh=): {mesh.size} of {available}"
+        how = "directions on 2" if places_directions(mesh) else str(mesh.size)
+        return f"asked for (--devices, --placement or mesh=): {how} of {available}"
     if cfg.tbptt_k1 is not None:
         return "truncated BPTT runs on one device"
     if available == 1:
         return "the only device"
+    if places_directions(mesh):
+        return ("placement rule: a model with bidirectional layers on two host CPU devices places each layer's "
+                "directions on the two (training.step.DIRECTIONS_RULE)")
     if platform != "cpu" or jax.process_count() > 1:
         return "accelerators and multi-process runs split the batch over every device"
     if cfg.batch_size % available:
@@ -50,33 +58,51 @@ def device_reason(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh, *, given: bool)
 
 def choose_devices(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh, out: Path | None, *, resume: bool,
                    given: bool) -> Mesh:
-    """The mesh the run trains on: for a resumed run on the default devices, the count recorded
-    in ``out`` (when those devices exist); else ``mesh``, recorded in ``out`` (None: not written)."""
+    """The mesh the run trains on: for a resumed run on the default devices, the count and placement
+    recorded in ``out`` (when those devices exist); else ``mesh``, recorded in ``out`` (None: not
+    written)."""
     recorded = read_choice(out) if resume and out is not None else None
-    if recorded is not None and not given and recorded != mesh.size and recorded <= len(jax.devices()):
-        return make_mesh(jax.devices()[:recorded])
+    if recorded is not None and not given:
+        return recorded_mesh(recorded, mesh)
     if out is not None and recorded is None:
-        record = {"devices": mesh.size, "platform": mesh.devices.flat[0].platform, "available": len(jax.devices()),
-                  "reason": device_reason(cfg, spec, mesh, given=given)}
+        record = {"devices": mesh.size, "placement": placement_of(mesh), "platform": mesh.devices.flat[0].platform,
+                  "available": len(jax.devices()), "reason": device_reason(cfg, spec, mesh, given=given)}
         (Path(out) / FILE).write_text(json.dumps(record, indent=2) + "\n")
     return mesh
 
 
-def read_choice(out: Path) -> int | None:
-    """The device count recorded in ``out`` (None when there is none, or it is unreadable)."""
+def recorded_mesh(recorded: dict, mesh: Mesh) -> Mesh:
+    """The mesh of a record (``read_choice``), or ``mesh`` when it already is that one or when this
+    machine lacks the recorded devices."""
+    count, placement = recorded["devices"], recorded["placement"]
+    if count > len(jax.devices()) or (placement == placement_of(mesh) and count == mesh.size):
+        return mesh
+    return direction_mesh(jax.devices()[:2]) if placement == "directions" else make_mesh(jax.devices()[:count])
+
+
+def read_choice(out: Path) -> dict | None:
+    """``{"devices": count, "placement": ...}`` recorded in ``out`` (None when there is none, or it is
+    unreadable; an older record without a placement: the batch split over its count)."""
     try:
-        devices = json.loads((Path(out) / FILE).read_text())["devices"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((Path(out) / FILE).read_text())
+        devices = record["devices"]
+        placement = record.get("placement", "one device" if devices == 1 else "batch split")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return devices if isinstance(devices, int) and devices >= 1 else None
+    if not (isinstance(devices, int) and devices >= 1 and placement in PLACEMENTS):
+        return None
+    if placement == "directions" and devices != 2:
+        return None
+    return {"devices": devices, "placement": placement}
 
 
 def describe_devices(cfg: TrainConfig, mesh: Mesh, out: Path, *, resume: bool, default: bool) -> str:
-    """``2 cpu devices`` or ``1 cpu device (as recorded)``: what a run on ``mesh`` (the ``default``
-    one, or one asked for) will split its batches over."""
-    platform = mesh.devices.flat[0].platform
-    count = mesh.size
+    """``batch split over 2 cpu devices``, ``directions on 2 cpu devices`` or ``batch split over 1 cpu
+    device (as recorded)``: how a run on ``mesh`` (the ``default`` one, or one asked for) will place
+    its steps."""
     recorded = read_choice(out) if resume and default else None
-    if recorded is not None and recorded != mesh.size and recorded <= len(jax.devices()):
-        return f"{recorded} {platform} device{'s' if recorded > 1 else ''} (as recorded)"
-    return f"{count} {platform} device{'s' if count > 1 else ''}"
+    placed = mesh if recorded is None else recorded_mesh(recorded, mesh)
+    platform, count = placed.devices.flat[0].platform, placed.size
+    what = "directions on" if places_directions(placed) else "batch split over"
+    as_recorded = " (as recorded)" if placed is not mesh else ""
+    return f"{what} {count} {platform} device{'s' if count > 1 else ''}{as_recorded}"

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.data import Data, DataInfo
 from perceptron1_jax.layers import DropoutDraw
-from perceptron1_jax.parallel import AXIS, check_mesh, data_parallel, make_mesh, split_like_mesh
+from perceptron1_jax.parallel import AXIS, check_mesh, data_parallel, make_mesh, places_directions, split_like_mesh
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.tasks import Dataset
 from perceptron1_jax.training.config import TrainConfig, run_spec, task_info
@@ -80,6 +80,9 @@ def population_layout(cfg: TrainConfig, size: int, mesh: Mesh | None = None) -> 
     if jax.process_count() > 1:
         raise ValueError(f"population: runs in one process, got {jax.process_count()} processes")
     mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
+    if places_directions(mesh):
+        raise ValueError("mesh: expected a mesh with a 'data' axis (make_mesh()) for a population, which places "
+                         "its members or their batches over the devices; got a direction mesh")
     devices = mesh.size
     if devices == 1 or size >= devices:
         return Layout(mesh, size, math.ceil(size / devices) * devices, devices > 1)

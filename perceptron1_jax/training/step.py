@@ -17,7 +17,14 @@ from perceptron1_jax import losses
 from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import evaluate
-from perceptron1_jax.parallel import check_mesh, data_parallel, make_mesh
+from perceptron1_jax.parallel import (
+    check_direction_spec,
+    check_mesh,
+    direction_mesh,
+    make_mesh,
+    on_mesh,
+    places_directions,
+)
 from perceptron1_jax.scan import time_mask
 from perceptron1_jax.spec import ModelSpec, param_shapes
 from perceptron1_jax.training.config import TrainConfig
@@ -85,7 +92,7 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
     """
     spec = spec or cfg.model_spec
     mesh = make_mesh(jax.devices()) if mesh is None else mesh
-    value_and_grad = data_parallel(make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype), spec, mesh)
+    value_and_grad = on_mesh(make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype), spec, mesh)
 
     @jax.jit
     def train_step(params, opt_state, batch, dropout_key=None):
@@ -193,23 +200,62 @@ def default_device_count(spec: ModelSpec, batch: int, devices: int, platform: st
     return 1 if step_matrix_flops(spec, batch // devices) > SPLIT_LIMIT_FLOP else devices
 
 
+PLACEMENTS = ("one device", "batch split", "directions")
+"""Where a run's step runs: on one device, with its batch split over a ``"data"`` mesh, or with each
+bidirectional layer's two directions on the two devices of a ``"direction"`` mesh."""
+
+
+def default_placement(spec: ModelSpec, batch: int, devices: int, platform: str, processes: int = 1) -> str:
+    """The default placement (:data:`PLACEMENTS`) of a run on ``devices``: ``"directions"`` for a
+    model of bidirectional layers on two host CPU devices of one process (:data:`DIRECTIONS_RULE`),
+    else the batch split over :func:`default_device_count` of them."""
+    if platform == "cpu" and processes == 1 and devices == 2 and all_bidirectional(spec):
+        return "directions"
+    return "one device" if default_device_count(spec, batch, devices, platform, processes) == 1 else "batch split"
+
+
+DIRECTIONS_RULE = "every recurrent layer bidirectional (sequential scan), two host CPU devices, one process"
+"""Where the default placement puts each bidirectional layer's directions on the two devices.
+
+Derived from ``benchmarks/results/placement_*`` (``python benchmarks/placement.py``; 2-core AMD EPYC,
+two host devices, LSTM, T128, one training step with Adam): for 1 and 2 bidirectional layers at
+H 64 to 512 and B 16 and 64, placing the directions was faster than splitting the batch at every
+size (1.03x to 1.30x) and faster than one device at every size. Models that mix in one-direction
+layers (those run on both devices alike under this placement), more than two devices, accelerators
+and several processes were not measured, and keep the batch split."""
+
+
+def all_bidirectional(spec: ModelSpec) -> bool:
+    """Whether every recurrent layer of ``spec`` is bidirectional with the sequential scan: the
+    layers a direction mesh places (:func:`perceptron1_jax.parallel.check_direction_spec`)."""
+    return all(layer.bidirectional and layer.scan == "sequential" for layer in spec.layers)
+
+
+def placement_of(mesh: Mesh) -> str:
+    """The :data:`PLACEMENTS` entry of ``mesh``."""
+    return "directions" if places_directions(mesh) else "one device" if mesh.size == 1 else "batch split"
+
+
 def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None, spec: ModelSpec | None = None) -> Mesh:
-    """The devices a run splits its batches over: ``mesh``; by default every device (of every
-    process), or one host CPU device where splitting was measured not to pay
-    (:func:`default_device_count`, given the run's ``spec``); one device for truncated BPTT. A
-    ``ValueError`` names a ``batch_size`` that does not divide by the mesh, or a multi-device mesh
-    for truncated BPTT."""
+    """The devices a run's step runs on: ``mesh``; by default (:func:`default_placement`, given the
+    run's ``spec``) every device (of every process) splitting the batch, one host CPU device where
+    splitting was measured not to pay, or the two directions of each bidirectional layer on two
+    host CPU devices where that was measured to pay; one device for truncated BPTT. A ``ValueError``
+    names a ``batch_size`` that does not divide by the mesh, a multi-device mesh for truncated BPTT,
+    or a direction mesh for a model it cannot place."""
     if cfg.tbptt_k1 is not None:
         if mesh is not None and mesh.size > 1:
             raise ValueError(f"devices: truncated BPTT (tbptt_k1) runs on one device, got a mesh of {mesh.size}")
         return make_mesh(jax.local_devices()[:1])
     if mesh is None:
         devices = jax.devices()
-        if spec is not None:
-            devices = devices[:default_device_count(spec, cfg.batch_size, len(devices), devices[0].platform,
-                                                    jax.process_count())]
-        mesh = make_mesh(devices)
+        placement = "batch split" if spec is None else default_placement(
+            spec, cfg.batch_size, len(devices), devices[0].platform, jax.process_count())
+        mesh = (direction_mesh(devices[:2]) if placement == "directions"
+                else make_mesh(devices[:1] if placement == "one device" else devices))
     check_mesh(mesh, cfg.batch_size, "batch_size")
+    if places_directions(mesh):
+        check_direction_spec(spec or cfg.model_spec)
     return mesh
 
 
