@@ -8,7 +8,8 @@
   output of a bidirectional layer is ``concatenate([h_fwd_t, h_bwd_t])``. Backward: each
   direction's reverse scan from the gradient of its outputs (and of its final state), and
   ``dL/dx = dL/dx_fwd + dL/dx_bwd``. Both directions may run in one scan, ``vmap``-ed over the
-  direction axis (:func:`fused_forward`, :func:`set_fused_directions`).
+  direction axis (:func:`fused_forward`, :func:`set_fused_directions`), or one on each device of a
+  ``"direction"`` mesh in context (:func:`directions_mesh`, ``shard_map``).
 * head: ``y = x W + b``; backward: ``dW = x^T dy``, ``db = sum dy``, ``dx = dy W^T``.
 
 Inside, arrays are time-major ``(T, B, ...)``.
@@ -290,9 +291,11 @@ def fused_backward(cell: Cell, params: dict, tapes: dict, dhs_out: dict, final_d
 
 def fuses(layer: LayerSpec, lean: int | None = None, forms: LoopForms | None = None) -> bool:
     """Whether this layer's directions run in one scan (``forms.fused_directions``, resolved; None: the
-    default of :func:`fused_directions_enabled`), bidirectional, sequential scan, not lean."""
+    default of :func:`fused_directions_enabled`; always under a :func:`directions_mesh`), bidirectional,
+    sequential scan, not lean."""
     fused = fused_directions_enabled() if forms is None else resolve_forms(forms).fused_directions
-    return layer.bidirectional and layer.scan == "sequential" and lean is None and (fused or directions_mesh() is not None)
+    placed = directions_mesh() is not None
+    return layer.bidirectional and layer.scan == "sequential" and lean is None and (fused or placed)
 
 
 # --------------------------------------------------------------------------- recurrent layer

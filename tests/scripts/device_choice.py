@@ -42,7 +42,8 @@ for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params
     np.testing.assert_array_equal(a, b)  # the recorded devices: the same numbers, bit for bit
 
 for name, kwargs, changed, reason in [
-        ("explicit", {"mesh": p1.make_mesh(jax.devices()[:2])}, {}, "asked for (--devices, --placement or mesh=): 2 of 4"),
+        ("explicit", {"mesh": p1.make_mesh(jax.devices()[:2])}, {},
+         "asked for (--devices, --placement or mesh=): 2 of 4"),
         ("truncated", {}, {"task": "copy", "seq_len": 8, "tbptt_k1": 8, "tbptt_k2": 4, "target_accuracy": 0.0},
          "truncated BPTT runs on one device")]:
     p1.train(dataclasses.replace(cfg, **changed), folder / name, log=lambda _: None, **kwargs, **quiet)
