@@ -307,9 +307,11 @@ def test_the_default_placement_puts_directions_on_two_cpu_devices_only_where_mea
     mixed = ModelSpec([LayerSpec("lstm", 128, True), LayerSpec("gru", 128)], 10, input_size=32)
     associative = ModelSpec([LayerSpec("mingru", 128, True, scan="associative")], 10, input_size=32)
     lstm = ModelSpec([LayerSpec("lstm", 128)], 10, input_size=32)
-    assert default_placement(two_bi, 64, 2, "cpu") == "directions"  # 1.03x-1.30x over the split, H64-512
-    assert default_placement(two_bi, 63, 2, "cpu") == "directions"  # the batch need not divide
-    assert [default_placement(two_bi, 64, 4, "cpu"), default_placement(two_bi, 64, 2, "gpu"),
-            default_placement(two_bi, 64, 2, "cpu", 2)] == ["batch split"] * 3  # not measured: the split
+    bi = ModelSpec([LayerSpec("gru", 512, True)], 10, input_size=32)
+    assert [default_placement(bi, b, 2, "cpu") for b in (16, 63, 64)] == ["directions"] * 3  # one layer: any batch
+    assert default_placement(two_bi, 16, 2, "cpu") == "directions"  # stacked: 1.04x-1.23x at B16
+    assert default_placement(two_bi, 64, 2, "cpu") == "one device"  # stacked at B64: a tie; the size rule's pick
+    assert [default_placement(two_bi, 16, 4, "cpu"), default_placement(two_bi, 16, 2, "gpu"),
+            default_placement(two_bi, 16, 2, "cpu", 2)] == ["batch split"] * 3  # not measured: the split
     assert default_placement(two_bi, 64, 1, "cpu") == "one device"
     assert [default_placement(s, 64, 2, "cpu") for s in (mixed, associative, lstm)] == ["batch split"] * 3

@@ -206,23 +206,28 @@ bidirectional layer's two directions on the two devices of a ``"direction"`` mes
 
 
 def default_placement(spec: ModelSpec, batch: int, devices: int, platform: str, processes: int = 1) -> str:
-    """The default placement (:data:`PLACEMENTS`) of a run on ``devices``: ``"directions"`` for a
-    model of bidirectional layers on two host CPU devices of one process (:data:`DIRECTIONS_RULE`),
-    else the batch split over :func:`default_device_count` of them."""
-    if platform == "cpu" and processes == 1 and devices == 2 and all_bidirectional(spec):
+    """The default placement (:data:`PLACEMENTS`) of a run on ``devices``: ``"directions"`` where
+    :data:`DIRECTIONS_RULE` holds, else the batch split over :func:`default_device_count` of them."""
+    if (platform == "cpu" and processes == 1 and devices == 2 and all_bidirectional(spec)
+            and (len(spec.layers) == 1 or batch <= DIRECTIONS_MAX_STACKED_BATCH)):
         return "directions"
     return "one device" if default_device_count(spec, batch, devices, platform, processes) == 1 else "batch split"
 
 
-DIRECTIONS_RULE = "every recurrent layer bidirectional (sequential scan), two host CPU devices, one process"
+DIRECTIONS_MAX_STACKED_BATCH = 16
+DIRECTIONS_RULE = ("every recurrent layer bidirectional (sequential scan), one layer or a batch of at most "
+                   f"{DIRECTIONS_MAX_STACKED_BATCH}, two host CPU devices, one process")
 """Where the default placement puts each bidirectional layer's directions on the two devices.
 
 Derived from ``benchmarks/results/placement_*`` (``python benchmarks/placement.py``; 2-core AMD EPYC,
-two host devices, LSTM, T128, one training step with Adam): for 1 and 2 bidirectional layers at
-H 64 to 512 and B 16 and 64, placing the directions was faster than splitting the batch at every
-size (1.03x to 1.30x) and faster than one device at every size. Models that mix in one-direction
-layers (those run on both devices alike under this placement), more than two devices, accelerators
-and several processes were not measured, and keep the batch split."""
+two host devices, LSTM, T128, one training step with Adam). One bidirectional layer: placing the
+directions beat splitting the batch at every size, H 64 to 512, B 16 and 64 (1.07x to 1.30x), and
+again in two repeats at B64 H128 (1.04x, 1.06x). Two layers: at B16 it won by 1.04x to 1.23x; at
+B64 the grid gave 1.03x to 1.08x, but repeats at H128 gave 0.96x and 0.99x, and ``perceptron1
+bench --model`` 0.83x to 0.93x (three runs): a stacked model's output gather and ``dL/dx`` sum per
+layer cost about what the halved batch saves there, so stacks with larger batches keep the split.
+Models that mix in one-direction layers, more than two devices, accelerators and several
+processes were not measured, and keep the batch split too."""
 
 
 def all_bidirectional(spec: ModelSpec) -> bool:
