@@ -42,10 +42,12 @@ and the readout's gradient is the usual ``sum_t h_t^T dL/dlogits_t``. The method
   whose expectation over ``nu`` is ``M_t`` (unbiased; tested over 4096 keys). Needs ``key``.
 
 At ``T = 1`` every method is exact (``M_1 = J_theta``); at ``T > 1`` the approximate ones differ
-from BPTT (tested, so that a method falling back to BPTT is caught). This implementation forms
-``J_s`` and ``J_theta`` in full at every step (``S`` and ``P`` forward-mode passes): it computes
-what each method computes, not yet at each method's own cost (SnAp-1 and e-prop can be
-``O(P)`` per step, UORO ``O(P)``).
+from BPTT (tested, so that a method falling back to BPTT is caught). For ``rtrl``, ``snap1`` and
+``eprop`` this implementation forms ``J_s`` and ``J_theta`` in full at every step (``S``
+forward-mode and ``S`` reverse-mode passes, ``O(S P)`` per example) and a dense ``(B, S, P)``
+influence: it computes what each method computes, but SnAp-1 and e-prop not yet at their own cost
+(``O(P)`` per step with the pattern's entries alone). UORO takes one forward-mode and one
+reverse-mode pass per step (``O(P)``), its own cost.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import head_forward
 from perceptron1_jax.model import (
     as_model_params,
+    batch_major,
+    forward,
     from_model_params,
     init_model,
     single_carries0,
@@ -131,6 +135,36 @@ def model_online_grad(params, xs, targets, spec: ModelSpec, lengths=None, *, met
     return _run(params, c.xs, c.targets, c.spec, c.lengths, c.carries0, c.resets, method, key, feedback)
 
 
+def make_online_value_and_grad(spec: ModelSpec, method: str):
+    """``fn(params, xs, targets, key=None, lengths=None, resets=None) -> (loss, grads, outputs)``
+    (unchecked, traceable), as :func:`~perceptron1_jax.bptt.make_value_and_grad`'s: the gradient by
+    ``method`` (symmetric feedback; ``key`` UORO's random signs), ``outputs`` the head's, batch-major,
+    from the model's forward pass. The training step's gradient with ``TrainConfig(gradient=...)``."""
+
+    def value_and_grad(params, xs, targets, key=None, lengths=None, resets=None):
+        loss, grads = _run(params, xs, targets, spec, lengths, None, resets, method, key, "symmetric")
+        return loss, grads, batch_major(spec, forward(params, xs, spec, lengths, resets=resets).outputs)
+
+    return value_and_grad
+
+
+def check_online_training(spec: ModelSpec, method: str, batch: int, dtype) -> None:
+    """A ``ValueError`` naming what ``method`` cannot train: an unknown method, a bidirectional layer,
+    dropout, or an exact RTRL influence that would not fit (with the figure it needs)."""
+    if method not in METHODS:
+        raise ValueError(f"gradient: expected one of {list(METHODS)} or None, got {method!r}")
+    both = [k for k, layer in enumerate(spec.layers) if layer.bidirectional]
+    if both:
+        raise ValueError(f"gradient: expected one-direction layers for the online gradient {method!r} (it cannot "
+                         f"read the future), got a bidirectional layer {both[0]}")
+    if spec.dropout:
+        raise ValueError(f"dropout: expected 0 with the online gradient {method!r}, got {spec.dropout}")
+    if method == "rtrl":
+        shapes = jax.eval_shape(lambda: init_model(jax.random.key(0), spec, jnp.dtype(dtype)))
+        params = sum(leaf.size for name, part in shapes.items() if name != "head" for leaf in jax.tree.leaves(part))
+        _check_influence_fits(batch, _state_size(spec), params, jnp.dtype(dtype), "gradient")
+
+
 def _run(params, xs, targets, spec, lengths, carries0, resets, method, key, feedback):
     recurrent = {k: v for k, v in params.items() if k != "head"}
     sizes = (_state_size(spec), sum(leaf.size for leaf in jax.tree.leaves(recurrent)))
@@ -142,10 +176,10 @@ def _run(params, xs, targets, spec, lengths, carries0, resets, method, key, feed
                    feedback=feedback)
 
 
-def _check_influence_fits(batch: int, state: int, params: int, dtype) -> None:
+def _check_influence_fits(batch: int, state: int, params: int, dtype, name: str = "method") -> None:
     needed = batch * state * params * dtype.itemsize
     if needed > MAX_INFLUENCE_BYTES:
-        raise ValueError(f"method: exact RTRL's influence needs batch {batch} x state {state} x params {params} x "
+        raise ValueError(f"{name}: exact RTRL's influence needs batch {batch} x state {state} x params {params} x "
                          f"{dtype.itemsize} bytes = {needed / 2**30:.1f} GiB, over the {MAX_INFLUENCE_BYTES >> 30} GiB "
                          "allowed: use a smaller batch or hidden size, or an approximation (snap1, eprop, uoro)")
 
@@ -195,6 +229,11 @@ def immediate_pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     """``(S, P)`` bool: which state entries each parameter changes directly in one step (the
     structural non-zeros of ``J_theta``, read at random parameters, state and input, where no
     entry vanishes by accident)."""
+    with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
+        return _pattern(spec, dtype)
+
+
+def _pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.0, a.shape) * rng.choice([-1, 1], a.shape), dtype),
                           init_model(jax.random.key(0), spec, jnp.dtype(dtype)))
@@ -255,11 +294,6 @@ def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spe
     return value, {**unravel(g_theta), "head": {"W": g_w, "b": g_b}}
 
 
-def _batched(fn):
-    """``fn`` of one example, mapped over the batch (``theta`` shared)."""
-    return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0))
-
-
 class _Influence:
     """Exact RTRL, SnAp-1 and e-prop: a full ``(B, S, P)`` influence, masked for the approximations."""
 
@@ -271,12 +305,15 @@ class _Influence:
         return jnp.zeros((batch, self.observable.size, self.theta.size), dtype)
 
     def update(self, s, influence, x, valid, reset, key):
-        def with_state(*args):  # the step's value once, beside its Jacobians
-            new_s = self.step(*args)
-            return new_s, new_s
+        def jacobians(s_b, x_b, valid_b, reset_b):
+            """``J_theta`` by ``S`` reverse-mode passes (one per state entry: ``O(S P)``, not the
+            ``O(P^2)`` of ``P`` forward-mode ones), ``J_s`` by ``S`` forward-mode passes."""
+            new_s, pull = jax.vjp(lambda th: self.step(th, s_b, x_b, valid_b, reset_b), self.theta)
+            j_theta = jax.vmap(pull)(jnp.eye(new_s.size, dtype=new_s.dtype))[0]
+            j_s = jax.jacfwd(lambda c: self.step(self.theta, c, x_b, valid_b, reset_b))(s_b)
+            return new_s, j_theta, j_s
 
-        (j_theta, j_s), new_s = _batched(jax.jacfwd(with_state, argnums=(0, 1), has_aux=True))(
-            self.theta, s, x, valid, reset)
+        new_s, j_theta, j_s = jax.vmap(jacobians)(s, x, valid, reset)
         if self.internal_only:  # only the internal carries pass influence on
             j_s = jnp.where(self.observable[None, None, :], jnp.zeros((), j_s.dtype), j_s)
         new = jnp.einsum("bij,bjp->bip", j_s, influence) + j_theta  # (B, S, P)

@@ -93,6 +93,7 @@ WHERE = {
     "target_accuracy": ({}, {"target_accuracy": 0.01}, "metrics"),
     "seed": ({}, {"seed": 1}, "params"),
     "grad": ({}, {"grad": "autodiff"}, "params"),
+    "gradient": ({}, {"gradient": "snap1"}, "params"),
     "tbptt_k1": ({"task": "copy", "seq_len": 6}, {"tbptt_k1": 6, "tbptt_k2": 3}, "params"),
     "tbptt_k2": ({"task": "copy", "seq_len": 6, "tbptt_k1": 6}, {"tbptt_k2": 3}, "params"),
     "dtype": ({}, {"dtype": "float64"}, "dtypes"),
@@ -141,6 +142,9 @@ REFUSED = [
     ({"seed": 1.5}, "seed: expected an int, got float 1.5"),
     ({"bidirectional": 1}, "bidirectional: expected true or false, got int 1"),
     ({"optimizer": 3}, "optimizer: expected a string, got int 3"),
+    ({"gradient": "rtrl", "grad": "autodiff"}, "grad: expected the default 'bptt' here (the online gradient 'rtrl' "
+                                                "replaces it)"),
+    ({"gradient": "bptt"}, "gradient: expected one of [None, 'rtrl', 'snap1', 'eprop', 'uoro'], got 'bptt'"),
 ]
 
 

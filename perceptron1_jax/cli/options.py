@@ -34,6 +34,8 @@ HELP = {
     "target_accuracy": "stop early at this eval accuracy (default: the task's; 0: never)",
     "seed": "seed of every random choice (params, data, shuffling)",
     "grad": "gradient source: bptt (explicit) or autodiff (jax.grad)",
+    "gradient": "an online gradient instead of --grad, computed forward in time over each batch's sequences: "
+                "rtrl (exact), snap1, eprop or uoro (docs/online.md)",
     "tbptt_k1": "truncated BPTT: steps forward per update",
     "tbptt_k2": "truncated BPTT: steps backpropagated per update (default k1)",
     "dtype": "float32 or float64",
@@ -110,10 +112,11 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     from perceptron1_jax.data import MISSING, TOKENIZERS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
-    from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES, SCANS
+    from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES, ONLINE_METHODS, SCANS
 
     choices = {"task": list(TASKS), "cell": list(CELLS), "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),
+               "gradient": list(ONLINE_METHODS),
                "tokens": list(TOKENIZERS), "compute_dtype": list(COMPUTE_DTYPES), "missing": list(MISSING),
                "scan": list(SCANS)}
     defaults = TrainConfig()

@@ -135,7 +135,7 @@ def run(args) -> int:
     devices = describe_devices(cfg, mesh, out, resume=args.resume, default=given is None)
     say(f"perceptron1 train: {what}, {data.train.xs.shape[0]} training / {split} examples of "
         f"{data.train.xs.shape[1]} steps{scaled}, model {describe_spec(spec)}, {cfg.optimizer} lr {cfg.lr}, "
-        f"{cfg.steps} steps, gradients from {cfg.grad}, {devices}{processes}; run folder {out}")
+        f"{cfg.steps} steps, gradients from {cfg.gradient or cfg.grad}, {devices}{processes}; run folder {out}")
     state, status = train_until_done(args, cfg, out, data=data, mesh=None if given is None else mesh)
     if state is None:
         return status

@@ -19,6 +19,8 @@ import jax
 from perceptron1_jax import validate
 from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer, is_archive, source_kind
 from perceptron1_jax.data.source import check_val_fraction
+from perceptron1_jax.online import METHODS as ONLINE_METHODS
+from perceptron1_jax.online import check_online_training
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
 from perceptron1_jax.spec import SCANS, LayerSpec, ModelSpec, parse_layers  # noqa: F401 (SCANS: the CLI's choices)
 from perceptron1_jax.tasks import TASKS, VOCAB, TaskSpec
@@ -60,6 +62,7 @@ class TrainConfig:
     target_accuracy: float | None = None  # early stop at this eval accuracy; None: task default, 0: never
     seed: int = 0
     grad: str = "bptt"  # "bptt" (explicit) or "autodiff" (jax.grad)
+    gradient: str | None = None  # an online gradient instead: "rtrl", "snap1", "eprop", "uoro" (perceptron1_jax.online)
     tbptt_k1: int | None = None  # truncated BPTT: steps forward per update
     tbptt_k2: int | None = None  # truncated BPTT: steps backpropagated per update (default k1)
     dtype: str = "float32"
@@ -241,6 +244,8 @@ def _check_inert(cfg: TrainConfig) -> None:
         ("missing", kind != "ts", f"missing values are read from .ts files, not {where}"),
         ("tokens", not text, f"tokens apply to text files (--data text, --classes), not {where}"),
         ("max_vocab", not text, f"a vocabulary is built from text files (--data text, --classes), not {where}"),
+        *((name, cfg.gradient is not None, f"the online gradient {cfg.gradient!r} replaces it")
+          for name in ("grad", "tbptt_k1", "tbptt_k2", "compute_dtype")),
     ]
     for name, cannot_act, why in inert:
         value = getattr(cfg, name)
@@ -286,6 +291,7 @@ def _check_choices(cfg: TrainConfig) -> None:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("grad", cfg.grad, GRAD_SOURCES)
+    _choice("gradient", cfg.gradient, (None, *ONLINE_METHODS))
     _choice("dtype", cfg.dtype, DTYPES)
     if cfg.compute_dtype is not None:
         _choice("compute_dtype", cfg.compute_dtype, COMPUTE_DTYPES)
@@ -381,6 +387,8 @@ def check_run(cfg: TrainConfig, data: Data) -> ModelSpec:
                              f"{'token ids' if info.vocab_size is not None else 'lengths'} in {info.source}")
         _check_truncated_layers(cfg)
         windows(data.train.xs.shape[1], cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not info.many_to_many)
+    if cfg.gradient is not None:
+        check_online_training(spec, cfg.gradient, cfg.batch_size, cfg.dtype)
     return spec
 
 

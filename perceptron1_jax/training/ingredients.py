@@ -35,8 +35,9 @@ def seed_keys(seed):
 
 
 def dropout_key_of(cfg: TrainConfig, step: int):
-    """The dropout key of step ``step`` (a pure function of ``(seed, step)``), None without dropout."""
-    if not cfg.dropout:
+    """The key of step ``step`` (a pure function of ``(seed, step)``): its dropout masks, or UORO's
+    random signs (``gradient="uoro"``, which has no dropout); None without either."""
+    if not cfg.dropout and cfg.gradient != "uoro":
         return None
     return dropout_key_at(run_keys(cfg)[0], step)
 

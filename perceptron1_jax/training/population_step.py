@@ -24,7 +24,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.data import Data, DataInfo
 from perceptron1_jax.layers import DropoutDraw
 from perceptron1_jax.parallel import AXIS, check_mesh, data_parallel, make_mesh, places_directions, split_like_mesh
@@ -41,7 +40,7 @@ from perceptron1_jax.training.ingredients import (
     seed_keys,
 )
 from perceptron1_jax.training.population import VARIED, varied_names
-from perceptron1_jax.training.step import truncated_update, update_step
+from perceptron1_jax.training.step import run_value_and_grad, truncated_update, update_step
 
 
 class Layout(NamedTuple):
@@ -198,8 +197,8 @@ def make_population_step(cfg: TrainConfig, members: tuple[TrainConfig, ...], spe
     single run's, each of shape ``(padded,)``."""
     names = varied_names(members)
     base = dataclasses.replace(cfg, **{name: getattr(members[0], name) for name in VARIED})
-    uses_dropout = any(m.dropout for m in members)
-    value_and_grad = make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype)
+    uses_dropout = any(m.dropout for m in members) or cfg.gradient == "uoro"  # the step's key: dropout's, UORO's
+    value_and_grad = run_value_and_grad(cfg, spec)
     if layout.mesh.size > 1 and not layout.split:
         value_and_grad = data_parallel(value_and_grad, spec, layout.mesh)
     elif layout.mesh.size > 1 and uses_dropout and cfg.batch_size % layout.mesh.size == 0:

@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 
 from perceptron1_jax import losses
 from perceptron1_jax.bptt import make_value_and_grad
+from perceptron1_jax.online import make_online_value_and_grad
 from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import evaluate
 from perceptron1_jax.parallel import (
@@ -33,7 +34,7 @@ from perceptron1_jax.truncated import run_windows
 
 # The fields of a config that the step's program depends on (with the model and the mesh): the
 # gradient, the optimizer and its schedule, clipping, truncation. Runs that agree on them share one step.
-STEP_FIELDS = ("grad", "compute_dtype", "optimizer", "lr", "momentum", "clip", "clip_value", "weight_decay",
+STEP_FIELDS = ("grad", "gradient", "compute_dtype", "optimizer", "lr", "momentum", "clip", "clip_value", "weight_decay",
                "schedule", "steps", "warmup_steps", "tbptt_k1", "tbptt_k2")
 
 
@@ -92,7 +93,7 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
     """
     spec = spec or cfg.model_spec
     mesh = make_mesh(jax.devices()) if mesh is None else mesh
-    value_and_grad = on_mesh(make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype), spec, mesh)
+    value_and_grad = on_mesh(run_value_and_grad(cfg, spec), spec, mesh)
 
     @jax.jit
     def train_step(params, opt_state, batch, dropout_key=None):
@@ -100,6 +101,15 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, s
         return update_step(cfg, spec, value_and_grad, optimizer, params, opt_state, batch, dropout_key)
 
     return train_step
+
+
+def run_value_and_grad(cfg: TrainConfig, spec: ModelSpec) -> Callable:
+    """The run's ``value_and_grad(params, xs, targets, key, lengths, resets)``: the online gradient
+    ``cfg.gradient`` (:func:`perceptron1_jax.online.make_online_value_and_grad`; the key: UORO's
+    signs), else ``cfg.grad``'s (:func:`perceptron1_jax.bptt.make_value_and_grad`; the key: dropout's)."""
+    if cfg.gradient is not None:
+        return make_online_value_and_grad(spec, cfg.gradient)
+    return make_value_and_grad(spec, cfg.grad, compute_dtype=cfg.compute_dtype)
 
 
 def update_step(cfg: TrainConfig, spec: ModelSpec, value_and_grad: Callable, optimizer, params, opt_state, batch,
