@@ -15,9 +15,9 @@ from jax.sharding import Mesh
 
 from perceptron1_jax import losses
 from perceptron1_jax.bptt import make_value_and_grad
-from perceptron1_jax.online import make_online_value_and_grad
 from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import evaluate
+from perceptron1_jax.online import make_online_value_and_grad
 from perceptron1_jax.parallel import (
     check_direction_spec,
     check_mesh,
