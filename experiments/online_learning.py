@@ -109,7 +109,8 @@ def main(quick: bool = False, out=None, seed: int = 0, lags=(5, 10), hidden: int
             seconds = time.perf_counter() - start
             through = [cosines(state, method, (batch.xs, batch.labels)) for state in states]
             final = states[-1]
-            bests = [max(e) for e in member_values(final, "eval_accuracy")]
+            evals = [sum(per_part, []) for per_part in zip(*(member_values(s, "eval_accuracy") for s in states))]
+            bests = [max(e) for e in evals]  # over every part (a member stopped at its target logs no more)
             rows.append({"task": task, "lag": lag, "cell": cell, "method": method, "family": FAMILIES[method],
                          "best_eval_accuracy": pm(bests), "reached_target": reached(final, list(range(final.size))),
                          "cosine_with_bptt": " / ".join(pm(c, 2) for c in through),

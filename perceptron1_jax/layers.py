@@ -262,8 +262,10 @@ class StackedTapes(Mapping):
 def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_tm, lengths, *, save: bool,
                   resets_tm=None, hoist: bool | None = None):
     """Both directions of a layer in one scan: :func:`direction_forward` ``vmap``-ed over the two
-    directions' stacked params, inputs and resets (the reverse direction's flipped) and initial carries.
-    Returns ``([hs_fwd, hs_bwd], finals, tapes)`` as one :func:`direction_forward` per direction would."""
+    directions' stacked params, inputs and resets (the reverse direction's flipped) and initial carries,
+    or each on its own device under a :func:`directions_mesh` (:func:`_over_directions`). Returns
+    ``([hs_fwd, hs_bwd], finals, tapes)`` as one :func:`direction_forward` per direction would, the
+    tapes as :class:`StackedTapes`."""
     resets = (None, None) if resets_tm is None else tuple(
         direction_resets(resets_tm, lengths, reverse) for reverse in (False, True))
     hs, final, tape = _over_directions(
@@ -278,8 +280,9 @@ def fused_forward(cell: Cell, params: dict, xs_tm: Array, carries0: dict, mask_t
 
 def fused_backward(cell: Cell, params: dict, tapes: dict, dhs_out: dict, final_dcarries: dict, mask_tm, lengths,
                    **options) -> dict:
-    """The explicit backward of :func:`fused_forward` (full tapes): :func:`direction_backward`
-    ``vmap``-ed over the two directions. Returns ``{direction: Backward}`` in the original time order."""
+    """The explicit backward of :func:`fused_forward` (full tapes): :func:`direction_backward` over the
+    two directions (``vmap``-ed, or one per device as the forward ran). Returns ``{direction:
+    Backward}`` in the original time order."""
     dhs = (None, None)
     if dhs_out["fwd"] is not None:
         dhs = (dhs_out["fwd"], reverse_in_time(dhs_out["bwd"], lengths))

@@ -27,7 +27,13 @@ from jax.sharding import Mesh
 from perceptron1_jax.parallel import direction_mesh, make_mesh, places_directions
 from perceptron1_jax.spec import ModelSpec
 from perceptron1_jax.training.config import TrainConfig
-from perceptron1_jax.training.step import PLACEMENTS, SPLIT_LIMIT_FLOP, placement_of, step_matrix_flops
+from perceptron1_jax.training.step import (
+    DIRECTIONS_RULE,
+    PLACEMENTS,
+    SPLIT_LIMIT_FLOP,
+    placement_of,
+    step_matrix_flops,
+)
 
 FILE = "devices.json"
 
@@ -44,8 +50,7 @@ def device_reason(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh, *, given: bool)
     if available == 1:
         return "the only device"
     if places_directions(mesh):
-        return ("placement rule: a model with bidirectional layers on two host CPU devices places each layer's "
-                "directions on the two (training.step.DIRECTIONS_RULE)")
+        return f"placement rule: each layer's directions on its own device: {DIRECTIONS_RULE} (training.step)"
     if platform != "cpu" or jax.process_count() > 1:
         return "accelerators and multi-process runs split the batch over every device"
     if cfg.batch_size % available:
