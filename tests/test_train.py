@@ -243,7 +243,7 @@ def test_runs_of_one_program_share_one_step():
     assert run_step(same, spec, mesh)[1] is step
     changed = {"grad": "autodiff", "optimizer": "sgd", "lr": 0.03, "momentum": 0.5, "clip": 1.0, "clip_value": 0.5,
                "schedule": "cosine", "steps": 31, "warmup_steps": 2, "tbptt_k1": 3, "compute_dtype": "bfloat16",
-               "weight_decay": 0.01}
+               "weight_decay": 0.01, "gradient": "snap1"}
     assert sorted(changed) == sorted(set(STEP_FIELDS) - {"tbptt_k2"})
     for name, value in changed.items():
         assert run_step(dataclasses.replace(TINY, **{name: value}), spec, mesh)[1] is not step, name

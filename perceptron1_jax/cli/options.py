@@ -110,9 +110,10 @@ def one_value(kind):
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     from perceptron1_jax.cells import CELLS
     from perceptron1_jax.data import MISSING, TOKENIZERS
+    from perceptron1_jax.online import METHODS as ONLINE_METHODS
     from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
     from perceptron1_jax.tasks import TASKS
-    from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES, ONLINE_METHODS, SCANS
+    from perceptron1_jax.training.config import COMPUTE_DTYPES, DTYPES, GRAD_SOURCES, SCANS
 
     choices = {"task": list(TASKS), "cell": list(CELLS), "optimizer": list(OPTIMIZERS),
                "schedule": list(SCHEDULES), "grad": list(GRAD_SOURCES), "dtype": list(DTYPES),

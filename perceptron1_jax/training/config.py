@@ -16,11 +16,9 @@ from pathlib import Path
 
 import jax
 
-from perceptron1_jax import validate
+from perceptron1_jax import online, validate
 from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer, is_archive, source_kind
 from perceptron1_jax.data.source import check_val_fraction
-from perceptron1_jax.online import METHODS as ONLINE_METHODS
-from perceptron1_jax.online import check_online_training
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
 from perceptron1_jax.spec import SCANS, LayerSpec, ModelSpec, parse_layers  # noqa: F401 (SCANS: the CLI's choices)
 from perceptron1_jax.tasks import TASKS, VOCAB, TaskSpec
@@ -291,7 +289,7 @@ def _check_choices(cfg: TrainConfig) -> None:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("grad", cfg.grad, GRAD_SOURCES)
-    _choice("gradient", cfg.gradient, (None, *ONLINE_METHODS))
+    _choice("gradient", cfg.gradient, (None, *online.METHODS))
     _choice("dtype", cfg.dtype, DTYPES)
     if cfg.compute_dtype is not None:
         _choice("compute_dtype", cfg.compute_dtype, COMPUTE_DTYPES)
@@ -388,7 +386,7 @@ def check_run(cfg: TrainConfig, data: Data) -> ModelSpec:
         _check_truncated_layers(cfg)
         windows(data.train.xs.shape[1], cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not info.many_to_many)
     if cfg.gradient is not None:
-        check_online_training(spec, cfg.gradient, cfg.batch_size, cfg.dtype)
+        online.check_online_training(spec, cfg.gradient, cfg.batch_size, cfg.dtype)
     return spec
 
 

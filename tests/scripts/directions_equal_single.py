@@ -6,11 +6,10 @@ devices with collectives between them; the default rule places a bidirectional m
 and records it, a resume keeps what was recorded (an older record without a placement: the batch
 split), and the command says how it places; the errors name what is wrong."""
 
-import dataclasses
 import io
 import json
 import tempfile
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import jax
@@ -26,6 +25,7 @@ from perceptron1_jax.bptt import make_value_and_grad  # noqa: E402
 from perceptron1_jax.cli import main  # noqa: E402
 from perceptron1_jax.diagnostics import max_relative_error  # noqa: E402
 from perceptron1_jax.parallel import direction_parallel  # noqa: E402
+from perceptron1_jax.training.device_choice import read_choice, recorded_mesh  # noqa: E402
 
 assert len(jax.devices()) == 2, jax.devices()
 mesh = p1.direction_mesh()
@@ -88,23 +88,9 @@ error = max_relative_error(placed.params, alone.params)
 print(f"train, 3 steps: parameters {error:.1e}")
 assert error < 1e-10
 
-# The default rule: a bidirectional model's directions on the two devices, recorded with the reason.
+# The command, on the default rule: a bidirectional model's directions on the two devices, recorded
+# with the reason; --placement batch overrides the rule; the line says how it places.
 folder = Path(tempfile.mkdtemp())
-cfg = dataclasses.replace(cfg, dropout=0.0, steps=2, checkpoint_every=2, eval_every=2, dtype="float32")
-p1.train(cfg, folder / "rule", **quiet)
-recorded = json.loads((folder / "rule" / "devices.json").read_text())
-assert recorded["placement"] == "directions" and recorded["devices"] == 2, recorded
-assert recorded["reason"].startswith("placement rule: "), recorded
-
-# An older record (no placement) on a resume: the batch split over its count, bit for bit.
-p1.train(cfg, folder / "old", mesh=p1.make_mesh(), **quiet)
-(folder / "old" / "devices.json").write_text(json.dumps({"devices": 2}))
-resumed = p1.train(dataclasses.replace(cfg, steps=4), folder / "old", resume=True, **quiet)
-straight = p1.train(dataclasses.replace(cfg, steps=4), mesh=p1.make_mesh(), **quiet)
-for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
-    np.testing.assert_array_equal(a, b)
-
-# The command says how it places; --placement batch overrides the rule.
 command = ["train", "--task", "copy", "--seq-len", "5", "--layers", "gru:6", "--bidirectional", "--batch-size", "4",
            "--steps", "1", "--no-gradcheck", "--no-progress"]
 for extra, said, placement in [([], "directions on 2 cpu devices;", "directions"),
@@ -113,11 +99,19 @@ for extra, said, placement in [([], "directions on 2 cpu devices;", "directions"
     with redirect_stdout(printed):
         status = main([*command, *extra, "--out", str(folder / placement)])
     assert status == 0 and said in printed.getvalue(), printed.getvalue()
-    assert json.loads((folder / placement / "devices.json").read_text())["placement"] == placement
+    recorded = json.loads((folder / placement / "devices.json").read_text())
+    assert recorded["placement"] == placement and recorded["devices"] == 2, recorded
+    assert recorded["reason"].startswith("placement rule: " if not extra else "asked for"), recorded
+
+# A resume reads the placement back; an older record (no placement) is the batch split over its count
+# (tests/scripts/device_choice.py resumes on a recorded count bit for bit).
+assert recorded_mesh(read_choice(folder / "directions"), p1.make_mesh()).axis_names == ("direction",)
+(folder / "old").mkdir()
+(folder / "old" / "devices.json").write_text(json.dumps({"devices": 2}))
+assert read_choice(folder / "old") == {"devices": 2, "placement": "batch split"}
+assert recorded_mesh(read_choice(folder / "old"), mesh).axis_names == ("data",)
 
 # The command refuses what it cannot place, in one line with exit status 2.
-from contextlib import redirect_stderr  # noqa: E402
-
 for extra, message in [(["--layers", "gru:6", "--placement", "directions"], "--placement directions: a direction mesh"),
                        (["--bidirectional", "--placement", "directions", "--devices", "1"],
                         "--placement directions: expected two devices of one process, got --devices 1 of 2")]:
