@@ -43,8 +43,8 @@ and the readout's gradient is the usual ``sum_t h_t^T dL/dlogits_t``. The method
 
 At ``T = 1`` every method is exact (``M_1 = J_theta``); at ``T > 1`` the approximate ones differ
 from BPTT (tested, so that a method falling back to BPTT is caught). For ``rtrl``, ``snap1`` and
-``eprop`` this implementation forms ``J_s`` and ``J_theta`` in full at every step (``S``
-forward-mode and ``S`` reverse-mode passes, ``O(S P)`` per example) and a dense ``(B, S, P)``
+``eprop`` this implementation forms ``J_s`` and ``J_theta`` in full at every step (row by row, ``S``
+reverse-mode passes: ``O(S P)`` per example) and a dense ``(B, S, P)``
 influence: it computes what each method computes, but SnAp-1 and e-prop not yet at their own cost
 (``O(P)`` per step with the pattern's entries alone). UORO takes one forward-mode and one
 reverse-mode pass per step (``O(P)``), its own cost.
@@ -306,11 +306,10 @@ class _Influence:
 
     def update(self, s, influence, x, valid, reset, key):
         def jacobians(s_b, x_b, valid_b, reset_b):
-            """``J_theta`` by ``S`` reverse-mode passes (one per state entry: ``O(S P)``, not the
-            ``O(P^2)`` of ``P`` forward-mode ones), ``J_s`` by ``S`` forward-mode passes."""
-            new_s, pull = jax.vjp(lambda th: self.step(th, s_b, x_b, valid_b, reset_b), self.theta)
-            j_theta = jax.vmap(pull)(jnp.eye(new_s.size, dtype=new_s.dtype))[0]
-            j_s = jax.jacfwd(lambda c: self.step(self.theta, c, x_b, valid_b, reset_b))(s_b)
+            """``J_theta`` and ``J_s`` row by row: ``S`` reverse-mode passes (one per state entry,
+            ``O(S P)``, where ``P`` forward-mode passes cost ``O(P^2)``)."""
+            new_s, pull = jax.vjp(lambda th, c: self.step(th, c, x_b, valid_b, reset_b), self.theta, s_b)
+            j_theta, j_s = jax.vmap(pull)(jnp.eye(new_s.size, dtype=new_s.dtype))
             return new_s, j_theta, j_s
 
         new_s, j_theta, j_s = jax.vmap(jacobians)(s, x, valid, reset)
