@@ -59,10 +59,10 @@ def run(args) -> int:
 
 
 def _alignment_of(args, params, spec, batch) -> dict:
-    """:func:`~perceptron1_jax.online.model_gradient_alignment` on the run's batch."""
+    """:func:`~perceptron1_jax.alignment.model_gradient_alignment` on the run's batch."""
     import jax
 
-    from perceptron1_jax.online import model_gradient_alignment
+    from perceptron1_jax.alignment import model_gradient_alignment
 
     try:
         return model_gradient_alignment(params, batch.xs, batch.labels, spec, batch.lengths,
