@@ -128,11 +128,84 @@ def model_online_grad(params, xs, targets, spec: ModelSpec, lengths=None, *, met
     _check_method(method, feedback, key)
     c = validate.check_model_inputs(params, xs, spec, targets, lengths, None, need_targets=True, resets=resets,
                                     carries0=carries0)
-    both = [k for k, layer in enumerate(c.spec.layers) if layer.bidirectional]
-    if both:
-        raise ValueError(f"spec: expected one-direction layers (an online gradient cannot read the future), got "
-                         f"a bidirectional layer {both[0]}")
+    _check_one_direction(c.spec)
     return _run(params, c.xs, c.targets, c.spec, c.lengths, c.carries0, c.resets, method, key, feedback)
+
+
+def online_updates(params, xs, targets, spec: ModelSpec, *, every: int, update, carry, method: str, key=None,
+                   resets=None, feedback: str = "symmetric"):
+    """True online learning (Williams & Zipser 1989): walk the sequences forward and update the
+    parameters every ``every`` steps by the method's gradient of those steps' loss, carrying the
+    state and the influence across the updates. The influence is not restarted at an update: what
+    it gathered under earlier parameters is kept, as RTRL does online, so an update's gradient
+    reaches back to the sequence's start (truncated BPTT's stops at the window's border).
+
+    Args:
+      params, xs, targets, spec, resets: as :func:`model_online_grad` for a many-to-many model
+        (``targets`` at every step; no lengths); ``xs: (batch, time, ...)``.
+      every: steps per update, a divisor of ``time``; update ``j`` scores the steps
+        ``[j * every, (j + 1) * every)`` (their mean loss).
+      update: ``update(params, carry, loss, grads) -> (params, carry, record)``, traceable: one
+        update (an optax step; ``carry`` its state).
+      carry: ``update``'s starting ``carry``.
+      method, key, feedback: as :func:`model_online_grad`.
+
+    Returns:
+      ``(params, carry, records)``: after the last update, ``records`` stacked over the
+      ``time // every`` updates (a leading axis).
+    """
+    _check_method(method, feedback, key)
+    c = validate.check_model_inputs(params, xs, spec, targets, None, None, need_targets=True, resets=resets)
+    _check_one_direction(c.spec)
+    if not c.spec.many_to_many:
+        raise ValueError("spec: expected a many-to-many model (a target at every step to update on), got "
+                         "many_to_many=False")
+    time = c.xs.shape[1]
+    validate.check_positive_int("every", every)
+    if time % every:
+        raise ValueError(f"every: expected a divisor of the sequence length {time}, got {every}")
+    return run_online_updates(params, c.xs, c.targets, c.spec, every, update, carry, method, key, c.resets,
+                              feedback)
+
+
+def run_online_updates(params, xs, targets, spec: ModelSpec, every: int, update, carry, method: str, key=None,
+                       resets=None, feedback: str = "symmetric"):
+    """:func:`online_updates` unchecked (traceable): the training step's with ``TrainConfig(online_every=...)``."""
+    pattern = _prepare(params, spec, method, xs.shape[0])
+    return _updates(params, carry, xs, targets, resets, key, pattern, spec=spec, every=every, update=update,
+                    method=method, feedback=feedback)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "every", "update", "method", "feedback"))
+def _updates(params, carry, xs, targets, resets, key, pattern, *, spec, every, update, method, feedback):
+    batch, time = xs.shape[:2]
+    dtype = params["head"]["W"].dtype
+
+    def chunks(a):  # (batch, time, ...) -> (time // every, batch, every, ...)
+        return None if a is None else jnp.swapaxes(a.reshape(batch, time // every, every, *a.shape[2:]), 0, 1)
+
+    weights = losses.position_weights(jnp.zeros((batch, every)), None, dtype)
+    valid = jnp.ones((batch, every), bool)
+
+    def body(state, inputs):
+        params, carry, carried = state
+        xs_j, targets_j, resets_j, t0 = inputs
+        walk = _Walk(params, spec, method, feedback, pattern, key)
+        carried, loss, grads = walk(carried, xs_j, targets_j, weights, valid, resets_j, t0)
+        params, carry, record = update(params, carry, loss, grads)
+        return (params, carry, carried), record
+
+    start = _Walk(params, spec, method, feedback, pattern, key).start(_start_state(spec, None, batch, dtype))
+    (params, carry, _), records = jax.lax.scan(
+        body, (params, carry, start), (chunks(xs), chunks(targets), chunks(resets), every * jnp.arange(time // every)))
+    return params, carry, records
+
+
+def _check_one_direction(spec: ModelSpec, name: str = "spec", why: str = "an online gradient") -> None:
+    both = [k for k, layer in enumerate(spec.layers) if layer.bidirectional]
+    if both:
+        raise ValueError(f"{name}: expected one-direction layers for {why} (it cannot read the future), got "
+                         f"a bidirectional layer {both[0]}")
 
 
 def make_online_value_and_grad(spec: ModelSpec, method: str):
@@ -153,10 +226,7 @@ def check_online_training(spec: ModelSpec, method: str, batch: int, dtype) -> No
     dropout, or an exact RTRL influence that would not fit (with the figure it needs)."""
     if method not in METHODS:
         raise ValueError(f"gradient: expected one of {list(METHODS)} or None, got {method!r}")
-    both = [k for k, layer in enumerate(spec.layers) if layer.bidirectional]
-    if both:
-        raise ValueError(f"gradient: expected one-direction layers for the online gradient {method!r} (it cannot "
-                         f"read the future), got a bidirectional layer {both[0]}")
+    _check_one_direction(spec, "gradient", f"the online gradient {method!r}")
     if spec.dropout:
         raise ValueError(f"dropout: expected 0 with the online gradient {method!r}, got {spec.dropout}")
     if method == "rtrl":
@@ -166,14 +236,19 @@ def check_online_training(spec: ModelSpec, method: str, batch: int, dtype) -> No
 
 
 def _run(params, xs, targets, spec, lengths, carries0, resets, method, key, feedback):
-    recurrent = {k: v for k, v in params.items() if k != "head"}
-    sizes = (_state_size(spec), sum(leaf.size for leaf in jax.tree.leaves(recurrent)))
-    dtype = jnp.dtype(params["head"]["W"].dtype)
-    if method == "rtrl":
-        _check_influence_fits(xs.shape[0], *sizes, dtype)
-    pattern = None if method in ("rtrl", "uoro") else immediate_pattern(spec, str(dtype))
+    pattern = _prepare(params, spec, method, xs.shape[0])
     return _online(params, xs, targets, lengths, carries0, resets, key, pattern, spec=spec, method=method,
                    feedback=feedback)
+
+
+def _prepare(params, spec: ModelSpec, method: str, batch: int):
+    """The method's pattern (SnAp-1's, e-prop's; None for the others), after checking that exact
+    RTRL's influence fits."""
+    dtype = jnp.dtype(params["head"]["W"].dtype)
+    if method == "rtrl":
+        recurrent = {k: v for k, v in params.items() if k != "head"}
+        _check_influence_fits(batch, _state_size(spec), sum(leaf.size for leaf in jax.tree.leaves(recurrent)), dtype)
+    return None if method in ("rtrl", "uoro") else immediate_pattern(spec, str(dtype))
 
 
 def _check_influence_fits(batch: int, state: int, params: int, dtype, name: str = "method") -> None:
@@ -249,49 +324,76 @@ def _pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("spec", "method", "feedback"))
 def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spec, method, feedback):
     batch, time = xs.shape[:2]
-    head = params["head"]
-    theta, unravel = ravel_pytree({k: v for k, v in params.items() if k != "head"})
-    step = _step_fn(spec, unravel, head)
-    dtype = head["W"].dtype
+    dtype = params["head"]["W"].dtype
     valid = (jnp.ones((batch, time), bool) if lengths is None
              else jnp.arange(time, dtype=lengths.dtype)[None, :] < lengths[:, None])
     weights = losses.position_weights(targets if spec.loss == "cross_entropy" else targets[..., 0],
                                       valid if spec.many_to_many and lengths is not None else None, dtype)
-    back = head["W"] if feedback == "symmetric" else jax.random.normal(
-        jax.random.fold_in(key, 1), head["W"].shape, dtype) / jnp.sqrt(jnp.asarray(head["W"].shape[0], dtype))
-    top = _top(spec)
-    s0 = jnp.zeros((batch, _state_size(spec)), dtype)
-    if carries0 is not None:
-        s0 = jnp.concatenate([part.astype(dtype) if given is not None else jnp.zeros((batch, hidden), dtype)
-                              for given, (carry_size, hidden) in zip(carries0, _parts(spec))
-                              for part in (given["fwd"] if given is not None else (None,) * carry_size)], axis=-1)
-    no_resets = jnp.zeros((batch, time), bool) if resets is None else resets
-    tracker = _TRACKERS[method](step, theta, pattern, _observable(spec))
+    walk = _Walk(params, spec, method, feedback, pattern, key)
+    _, value, grads = walk(walk.start(_start_state(spec, carries0, batch, dtype)), xs, targets, weights, valid,
+                           resets, 0)
+    return value, grads
 
-    def scored(s, target, weight):
+
+def _start_state(spec: ModelSpec, carries0, batch: int, dtype):
+    """``(B, S)``: every layer's starting carry, flattened (zeros where none is given)."""
+    if carries0 is None:
+        return jnp.zeros((batch, _state_size(spec)), dtype)
+    return jnp.concatenate([part.astype(dtype) if given is not None else jnp.zeros((batch, hidden), dtype)
+                            for given, (carry_size, hidden) in zip(carries0, _parts(spec))
+                            for part in (given["fwd"] if given is not None else (None,) * carry_size)], axis=-1)
+
+
+class _Walk:
+    """Steps forward in time from ``(state, influence)`` at fixed parameters, summing the loss and
+    the method's gradient: the whole sequence (:func:`online_grad`) or one stretch between two
+    updates (:func:`online_updates`)."""
+
+    def __init__(self, params, spec, method, feedback, pattern, key):
+        self.head, self.spec, self.key = params["head"], spec, key
+        self.theta, self.unravel = ravel_pytree({k: v for k, v in params.items() if k != "head"})
+        self.tracker = _TRACKERS[method](_step_fn(spec, self.unravel, self.head), self.theta, pattern,
+                                         _observable(spec))
+        self.back = self.head["W"] if feedback == "symmetric" else jax.random.normal(
+            jax.random.fold_in(key, 1), self.head["W"].shape, self.head["W"].dtype) / jnp.sqrt(
+            jnp.asarray(self.head["W"].shape[0], self.head["W"].dtype))
+
+    def start(self, s0):
+        """The carried ``(state, influence)`` at the stream's start: ``s0`` and no influence."""
+        return s0, self.tracker.start(s0.shape[0], s0.dtype)
+
+    def scored(self, s, target, weight):
         """The head at state ``s``: ``(loss, dL/dW, dL/db, dL/ds)``."""
-        value, dout = losses.WEIGHTED[spec.loss](head_forward(head, s[:, top]), target, weight)
-        ds = jnp.zeros_like(s).at[:, top].set(dout @ back.T)
+        top = _top(self.spec)
+        value, dout = losses.WEIGHTED[self.spec.loss](head_forward(self.head, s[:, top]), target, weight)
+        ds = jnp.zeros_like(s).at[:, top].set(dout @ self.back.T)
         return value, s[:, top].T @ dout, dout.sum(0), ds
 
-    def body(state, inputs):
-        s, influence, g_theta, g_w, g_b, value = state
-        x_t, valid_t, reset_t, t = inputs
-        s, influence = tracker.update(s, influence, x_t, valid_t, reset_t,
-                                      None if key is None else jax.random.fold_in(key, t))
-        if spec.many_to_many:
-            v, dw, db, ds = scored(s, targets[:, t], weights[:, t])
-            g_theta, g_w, g_b, value = g_theta + tracker.gradient(ds, influence), g_w + dw, g_b + db, value + v
-        return (s, influence, g_theta, g_w, g_b, value), None
+    def __call__(self, carried, xs, targets, weights, valid, resets, t0):
+        """``(carried, loss, grads)`` after the steps ``xs: (batch, time, ...)``, the first of them
+        the stream's step ``t0`` (UORO's signs at step t come from ``fold_in(key, t)``)."""
+        spec, tracker = self.spec, self.tracker
+        batch, time = xs.shape[:2]
 
-    start = (s0, tracker.start(batch, dtype), jnp.zeros_like(theta), jnp.zeros_like(head["W"]),
-             jnp.zeros_like(head["b"]), jnp.zeros((), dtype))
-    inputs = (jnp.swapaxes(xs, 0, 1), valid.T, no_resets.T, jnp.arange(time))
-    (s, influence, g_theta, g_w, g_b, value), _ = jax.lax.scan(body, start, inputs)
-    if not spec.many_to_many:  # the target is read at each sequence's last valid step: the final state
-        value, g_w, g_b, ds = scored(s, targets, weights)
-        g_theta = g_theta + tracker.gradient(ds, influence)
-    return value, {**unravel(g_theta), "head": {"W": g_w, "b": g_b}}
+        def body(state, inputs):
+            (s, influence), g_theta, g_w, g_b, value = state
+            x_t, valid_t, reset_t, t = inputs
+            s, influence = tracker.update(s, influence, x_t, valid_t, reset_t,
+                                          None if self.key is None else jax.random.fold_in(self.key, t))
+            if spec.many_to_many:
+                v, dw, db, ds = self.scored(s, targets[:, t - t0], weights[:, t - t0])
+                g_theta, g_w, g_b, value = g_theta + tracker.gradient(ds, influence), g_w + dw, g_b + db, value + v
+            return ((s, influence), g_theta, g_w, g_b, value), None
+
+        no_resets = jnp.zeros((batch, time), bool) if resets is None else resets
+        start = (carried, jnp.zeros_like(self.theta), jnp.zeros_like(self.head["W"]), jnp.zeros_like(self.head["b"]),
+                 jnp.zeros((), self.theta.dtype))
+        inputs = (jnp.swapaxes(xs, 0, 1), valid.T, no_resets.T, t0 + jnp.arange(time))
+        (carried, g_theta, g_w, g_b, value), _ = jax.lax.scan(body, start, inputs)
+        if not spec.many_to_many:  # the target is read at each sequence's last valid step: the final state
+            value, g_w, g_b, ds = self.scored(carried[0], targets, weights)
+            g_theta = g_theta + tracker.gradient(ds, carried[1])
+        return carried, value, {**self.unravel(g_theta), "head": {"W": g_w, "b": g_b}}
 
 
 class _Influence:
