@@ -1,8 +1,9 @@
 """What an online gradient costs beside the explicit BPTT (issue 29, item 5).
 
 One training step (the gradient of a many-to-one batch + Adam, float32, jitted) of one recurrent
-layer, for each method of :func:`perceptron1_jax.online_grad` and for the explicit BPTT
-(:func:`perceptron1_jax.bptt`): milliseconds per step (median of interleaved rounds) and the
+layer, for each method of :func:`perceptron1_jax.online_grad` (SnAp-1 and e-prop with the compact
+influence, and in the dense masked form as ``snap1-dense``/``eprop-dense``) and for the explicit
+BPTT (:func:`perceptron1_jax.bptt`): milliseconds per step (median of interleaved rounds) and the
 compiled program's temporary memory (XLA's ``temp_size_in_bytes``: what the step holds beside its
 inputs and outputs), over hidden sizes and sequence lengths. A method is skipped where its
 influence would not fit (exact RTRL's refusal) or where its time at the shortest length,
@@ -22,6 +23,7 @@ import itertools
 import json
 import sys
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +31,11 @@ import numpy as np
 import optax
 
 import perceptron1_jax as p1
-from perceptron1_jax import bench
+from perceptron1_jax import bench, influence
 from perceptron1_jax.online import METHODS
 
-CONTENDERS = ("bptt", *METHODS)
+DENSE = ("snap1-dense", "eprop-dense")  # SnAp-1 and e-prop in the dense masked form (influence.Dense), for the ratio
+CONTENDERS = ("bptt", *METHODS, *DENSE)
 
 
 def step_program(method: str, cell: str, params, xs, labels):
@@ -49,7 +52,12 @@ def step_program(method: str, cell: str, params, xs, labels):
         return optax.apply_updates(params, updates), opt_state, loss
 
     opt_state = optimizer.init(params)
-    compiled = jax.jit(step).lower(params, opt_state).compile()
+    if method in DENSE:  # traced (and compiled) with the compact influence turned off
+        method = method.removesuffix("-dense")
+        with mock.patch.object(influence, "compact_applies", lambda spec, method: False):
+            compiled = jax.jit(step).lower(params, opt_state).compile()
+    else:
+        compiled = jax.jit(step).lower(params, opt_state).compile()
     return compiled, opt_state, compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -70,9 +78,10 @@ def contender(method, cell, size: bench.Size):
 
 def predicted_seconds(method: str, cell: str, size: bench.Size, flops_per_second: float = 5e10) -> float:
     """A floor on a step's time from its matrix work, to skip what cannot fit the budget before
-    compiling it: the influence methods' ``J_s M`` product (``2 S^2 P`` per example and step) and
-    their ``2 S`` Jacobian passes through the step (``~2 P`` each)."""
-    if method in ("bptt", "uoro"):
+    compiling it: the dense influence methods' ``J_s M`` product (``2 S^2 P`` per example and step)
+    and their ``2 S`` Jacobian passes through the step (``~2 P`` each); the compact SnAp-1 and
+    e-prop, like BPTT and UORO, cost a few passes of ``O(P)``."""
+    if method in ("bptt", "uoro", "snap1", "eprop"):
         return 0.0
     params = p1.init_params(jax.random.key(0), cell, size.input, size.hidden, size.classes)
     state = p1.CELLS[cell].carry_size * size.hidden
@@ -88,7 +97,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--time", nargs="+", type=int, default=[128, 512, 2048, 8192])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input", type=int, default=8)
-    parser.add_argument("--methods", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--methods", nargs="+", choices=CONTENDERS, default=list(CONTENDERS),
+                        help="the *-dense ones: SnAp-1 and e-prop in the dense masked form (for the ratio)")
     parser.add_argument("--budget", type=float, default=5.0, help="seconds per step beyond which a method is skipped")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (a smoke test)")

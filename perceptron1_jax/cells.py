@@ -442,3 +442,4 @@ MINLSTM = _min_cell("minlstm", 3, _minlstm_step, _minlstm_backward, _minlstm_lin
 
 
 CELLS: dict[str, Cell] = {c.name: c for c in (ELMAN, LSTM, GRU, MINGRU, MINLSTM)}
+BUILT_IN_CELLS = frozenset(CELLS)  # the cells above (register_cell adds user cells to CELLS, never these names)

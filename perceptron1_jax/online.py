@@ -42,12 +42,14 @@ and the readout's gradient is the usual ``sum_t h_t^T dL/dlogits_t``. The method
   whose expectation over ``nu`` is ``M_t`` (unbiased; tested over 4096 keys). Needs ``key``.
 
 At ``T = 1`` every method is exact (``M_1 = J_theta``); at ``T > 1`` the approximate ones differ
-from BPTT (tested, so that a method falling back to BPTT is caught). For ``rtrl``, ``snap1`` and
-``eprop`` this implementation forms ``J_s`` and ``J_theta`` in full at every step (row by row, ``S``
-reverse-mode passes: ``O(S P)`` per example) and a dense ``(B, S, P)``
-influence: it computes what each method computes, but SnAp-1 and e-prop not yet at their own cost
-(``O(P)`` per step with the pattern's entries alone). UORO takes one forward-mode and one
-reverse-mode pass per step (``O(P)``), its own cost.
+from BPTT (tested, so that a method falling back to BPTT is caught). How the influence is carried
+is :mod:`perceptron1_jax.influence`'s: for one layer of a built-in cell (float inputs) SnAp-1 and
+e-prop keep a parameter's influence on the ``K`` carries of the unit it feeds, from the cell's own
+backward step, at their papers' ``O(P)`` cost per step (``K P`` numbers per example); for stacks,
+token inputs and user cells, and for exact RTRL, ``J_s`` and ``J_theta`` are formed in full at
+every step (row by row, ``S`` reverse-mode passes: ``O(S P)`` per example) with a dense
+``(B, S, P)`` influence, masked by the pattern for the approximations. UORO takes one forward-mode
+and one reverse-mode pass per step (``O(P)``), its own cost.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from perceptron1_jax import losses, validate
+from perceptron1_jax import influence, losses, validate
 from perceptron1_jax.cells import CELLS
 from perceptron1_jax.layers import head_forward
 from perceptron1_jax.model import (
@@ -77,7 +79,6 @@ from perceptron1_jax.spec import ModelSpec
 METHODS = ("rtrl", "snap1", "eprop", "uoro")
 FEEDBACK = ("symmetric", "random")
 MAX_INFLUENCE_BYTES = 4 << 30  # the influence of exact RTRL (B * S * P numbers) beyond this is refused
-_EPS = 1e-7  # UORO's rho0 and rho1 stay finite when a norm is 0
 
 
 def _check_method(method: str, feedback: str, key) -> None:
@@ -171,13 +172,13 @@ def online_updates(params, xs, targets, spec: ModelSpec, *, every: int, update, 
 def run_online_updates(params, xs, targets, spec: ModelSpec, every: int, update, carry, method: str, key=None,
                        resets=None, feedback: str = "symmetric"):
     """:func:`online_updates` unchecked (traceable): the training step's with ``TrainConfig(online_every=...)``."""
-    pattern = _prepare(params, spec, method, xs.shape[0])
+    pattern, compact = _prepare(params, spec, method, xs.shape[0])
     return _updates(params, carry, xs, targets, resets, key, pattern, spec=spec, every=every, update=update,
-                    method=method, feedback=feedback)
+                    method=method, feedback=feedback, compact=compact)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "every", "update", "method", "feedback"))
-def _updates(params, carry, xs, targets, resets, key, pattern, *, spec, every, update, method, feedback):
+@functools.partial(jax.jit, static_argnames=("spec", "every", "update", "method", "feedback", "compact"))
+def _updates(params, carry, xs, targets, resets, key, pattern, *, spec, every, update, method, feedback, compact):
     batch, time = xs.shape[:2]
     dtype = params["head"]["W"].dtype
 
@@ -190,12 +191,12 @@ def _updates(params, carry, xs, targets, resets, key, pattern, *, spec, every, u
     def body(state, inputs):
         params, carry, carried = state
         xs_j, targets_j, resets_j, t0 = inputs
-        walk = _Walk(params, spec, method, feedback, pattern, key)
+        walk = _Walk(params, spec, method, feedback, pattern, key, compact)
         carried, loss, grads = walk(carried, xs_j, targets_j, weights, valid, resets_j, t0)
         params, carry, record = update(params, carry, loss, grads)
         return (params, carry, carried), record
 
-    start = _Walk(params, spec, method, feedback, pattern, key).start(_start_state(spec, None, batch, dtype))
+    start = _Walk(params, spec, method, feedback, pattern, key, compact).start(_start_state(spec, None, batch, dtype))
     (params, carry, _), records = jax.lax.scan(
         body, (params, carry, start), (chunks(xs), chunks(targets), chunks(resets), every * jnp.arange(time // every)))
     return params, carry, records
@@ -221,14 +222,25 @@ def make_online_value_and_grad(spec: ModelSpec, method: str):
     return value_and_grad
 
 
-def check_online_training(spec: ModelSpec, method: str, batch: int, dtype) -> None:
+def check_online_training(spec: ModelSpec, method: str, batch: int, dtype, every: int | None = None,
+                          time: int | None = None, lengths: bool = False) -> None:
     """A ``ValueError`` naming what ``method`` cannot train: an unknown method, a bidirectional layer,
-    dropout, or an exact RTRL influence that would not fit (with the figure it needs)."""
+    dropout, an exact RTRL influence that would not fit (with the figure it needs); with an update
+    every ``every`` steps (``online_every``), a many-to-one model, data with ``lengths``, or an
+    ``every`` that does not divide the sequences' ``time``."""
     if method not in METHODS:
         raise ValueError(f"gradient: expected one of {list(METHODS)} or None, got {method!r}")
     _check_one_direction(spec, "gradient", f"the online gradient {method!r}")
     if spec.dropout:
         raise ValueError(f"dropout: expected 0 with the online gradient {method!r}, got {spec.dropout}")
+    if every is not None and not spec.many_to_many:
+        raise ValueError("online_every: expected a many-to-many task (a target at every step to update on), got "
+                         "a many-to-one one, whose one target is read after the last step (leave online_every unset)")
+    if every is not None and lengths:
+        raise ValueError("online_every: expected sequences without lengths (every stretch of steps has targets to "
+                         "update on), got data with lengths")
+    if every is not None and time is not None and time % every:
+        raise ValueError(f"online_every: expected a divisor of the sequence length {time}, got {every}")
     if method == "rtrl":
         shapes = jax.eval_shape(lambda: init_model(jax.random.key(0), spec, jnp.dtype(dtype)))
         params = sum(leaf.size for name, part in shapes.items() if name != "head" for leaf in jax.tree.leaves(part))
@@ -236,19 +248,22 @@ def check_online_training(spec: ModelSpec, method: str, batch: int, dtype) -> No
 
 
 def _run(params, xs, targets, spec, lengths, carries0, resets, method, key, feedback):
-    pattern = _prepare(params, spec, method, xs.shape[0])
+    pattern, compact = _prepare(params, spec, method, xs.shape[0])
     return _online(params, xs, targets, lengths, carries0, resets, key, pattern, spec=spec, method=method,
-                   feedback=feedback)
+                   feedback=feedback, compact=compact)
 
 
 def _prepare(params, spec: ModelSpec, method: str, batch: int):
-    """The method's pattern (SnAp-1's, e-prop's; None for the others), after checking that exact
-    RTRL's influence fits."""
+    """``(pattern, compact)``: the method's pattern (SnAp-1's, e-prop's; None for the others) and
+    whether :class:`~perceptron1_jax.influence.Compact` carries the influence (its pattern is then
+    the compact one), after checking that exact RTRL's influence fits."""
     dtype = jnp.dtype(params["head"]["W"].dtype)
     if method == "rtrl":
         recurrent = {k: v for k, v in params.items() if k != "head"}
         _check_influence_fits(batch, _state_size(spec), sum(leaf.size for leaf in jax.tree.leaves(recurrent)), dtype)
-    return None if method in ("rtrl", "uoro") else immediate_pattern(spec, str(dtype))
+    if influence.compact_applies(spec, method):
+        return influence.compact_masks(spec, str(dtype)), True
+    return (None if method in ("rtrl", "uoro") else immediate_pattern(spec, str(dtype))), False
 
 
 def _check_influence_fits(batch: int, state: int, params: int, dtype, name: str = "method") -> None:
@@ -321,15 +336,15 @@ def _pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     return np.asarray(jac != 0)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "method", "feedback"))
-def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spec, method, feedback):
+@functools.partial(jax.jit, static_argnames=("spec", "method", "feedback", "compact"))
+def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spec, method, feedback, compact):
     batch, time = xs.shape[:2]
     dtype = params["head"]["W"].dtype
     valid = (jnp.ones((batch, time), bool) if lengths is None
              else jnp.arange(time, dtype=lengths.dtype)[None, :] < lengths[:, None])
     weights = losses.position_weights(targets if spec.loss == "cross_entropy" else targets[..., 0],
                                       valid if spec.many_to_many and lengths is not None else None, dtype)
-    walk = _Walk(params, spec, method, feedback, pattern, key)
+    walk = _Walk(params, spec, method, feedback, pattern, key, compact)
     _, value, grads = walk(walk.start(_start_state(spec, carries0, batch, dtype)), xs, targets, weights, valid,
                            resets, 0)
     return value, grads
@@ -349,11 +364,14 @@ class _Walk:
     the method's gradient: the whole sequence (:func:`online_grad`) or one stretch between two
     updates (:func:`online_updates`)."""
 
-    def __init__(self, params, spec, method, feedback, pattern, key):
+    def __init__(self, params, spec, method, feedback, pattern, key, compact=False):
         self.head, self.spec, self.key = params["head"], spec, key
         self.theta, self.unravel = ravel_pytree({k: v for k, v in params.items() if k != "head"})
-        self.tracker = _TRACKERS[method](_step_fn(spec, self.unravel, self.head), self.theta, pattern,
-                                         _observable(spec))
+        if compact:
+            self.tracker = influence.Compact(spec, self.unravel(self.theta), pattern, internal_only=method == "eprop")
+        else:
+            self.tracker = influence.DENSE[method](_step_fn(spec, self.unravel, self.head), self.theta, pattern,
+                                                   _observable(spec))
         self.back = self.head["W"] if feedback == "symmetric" else jax.random.normal(
             jax.random.fold_in(key, 1), self.head["W"].shape, self.head["W"].dtype) / jnp.sqrt(
             jnp.asarray(self.head["W"].shape[0], self.head["W"].dtype))
@@ -394,76 +412,3 @@ class _Walk:
             value, g_w, g_b, ds = self.scored(carried[0], targets, weights)
             g_theta = g_theta + tracker.gradient(ds, carried[1])
         return carried, value, {**self.unravel(g_theta), "head": {"W": g_w, "b": g_b}}
-
-
-class _Influence:
-    """Exact RTRL, SnAp-1 and e-prop: a full ``(B, S, P)`` influence, masked for the approximations."""
-
-    def __init__(self, step, theta, pattern, observable, *, internal_only=False):
-        self.step, self.theta, self.pattern = step, theta, pattern
-        self.observable, self.internal_only = observable, internal_only
-
-    def start(self, batch, dtype):
-        return jnp.zeros((batch, self.observable.size, self.theta.size), dtype)
-
-    def update(self, s, influence, x, valid, reset, key):
-        def jacobians(s_b, x_b, valid_b, reset_b):
-            """``J_theta`` and ``J_s`` row by row: ``S`` reverse-mode passes (one per state entry,
-            ``O(S P)``, where ``P`` forward-mode passes cost ``O(P^2)``)."""
-            new_s, pull = jax.vjp(lambda th, c: self.step(th, c, x_b, valid_b, reset_b), self.theta, s_b)
-            j_theta, j_s = jax.vmap(pull)(jnp.eye(new_s.size, dtype=new_s.dtype))
-            return new_s, j_theta, j_s
-
-        new_s, j_theta, j_s = jax.vmap(jacobians)(s, x, valid, reset)
-        if self.internal_only:  # only the internal carries pass influence on
-            j_s = jnp.where(self.observable[None, None, :], jnp.zeros((), j_s.dtype), j_s)
-        new = jnp.einsum("bij,bjp->bip", j_s, influence) + j_theta  # (B, S, P)
-        if self.pattern is not None:
-            new = jnp.where(self.pattern, new, jnp.zeros((), new.dtype))
-        new = jnp.where(valid[:, None, None], new, influence)  # a padded step changes nothing
-        return new_s, new
-
-    @staticmethod
-    def gradient(ds, influence):
-        return jnp.einsum("bs,bsp->p", ds, influence)
-
-
-class _RankOne:
-    """UORO: the influence of each example as ``s~ theta~^T``, ``((B, S), (B, P))``."""
-
-    def __init__(self, step, theta, pattern, observable):
-        self.step, self.theta, self.state_size = step, theta, observable.size
-
-    def start(self, batch, dtype):
-        return jnp.zeros((batch, self.state_size), dtype), jnp.zeros((batch, self.theta.size), dtype)
-
-    def update(self, s, influence, x, valid, reset, key):
-        s_tilde, theta_tilde = influence
-        nu = jax.random.rademacher(key, s_tilde.shape, s_tilde.dtype)
-
-        def one(s_b, x_b, valid_b, reset_b, s_tilde_b, nu_b):
-            new_s, j_s_tilde = jax.jvp(lambda c: self.step(self.theta, c, x_b, valid_b, reset_b), (s_b,),
-                                       (s_tilde_b,))
-            _, pull = jax.vjp(lambda th: self.step(th, s_b, x_b, valid_b, reset_b), self.theta)
-            return new_s, j_s_tilde, pull(nu_b)[0]
-
-        new_s, j_s_tilde, nu_j_theta = jax.vmap(one)(s, x, valid, reset, s_tilde, nu)
-        norm = functools.partial(jnp.linalg.norm, axis=-1, keepdims=True)
-        rho0 = jnp.sqrt((norm(theta_tilde) + _EPS) / (norm(j_s_tilde) + _EPS))
-        rho1 = jnp.sqrt((norm(nu_j_theta) + _EPS) / (norm(nu) + _EPS))
-        new_tilde = (rho0 * j_s_tilde + rho1 * nu, theta_tilde / rho0 + nu_j_theta / rho1)
-        held = valid[:, None]  # a padded step changes nothing, its estimate included
-        return new_s, tuple(jnp.where(held, n, o) for n, o in zip(new_tilde, influence))
-
-    @staticmethod
-    def gradient(ds, influence):
-        s_tilde, theta_tilde = influence
-        return jnp.einsum("b,bp->p", jnp.sum(ds * s_tilde, axis=-1), theta_tilde)
-
-
-_TRACKERS = {
-    "rtrl": _Influence,
-    "snap1": _Influence,
-    "eprop": functools.partial(_Influence, internal_only=True),
-    "uoro": _RankOne,
-}

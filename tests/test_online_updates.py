@@ -33,7 +33,9 @@ def problem(layers, tokens, loss, resets, batch, time, seed=0):
 def stretch_loss(params, xs, targets, spec, resets, start, stop, history_params=None):
     """The mean loss of the steps ``[start, stop)``, the carry entering them from a forward pass
     over ``[0, start)`` with ``history_params`` (default ``params``): differentiable in both."""
-    cut = (lambda a, i, j: None if a is None else a[:, i:j])
+    def cut(a, i, j):
+        return None if a is None else a[:, i:j]
+
     carries0 = None
     if start:
         carries0 = public_carries(spec, forward(params if history_params is None else history_params,

@@ -94,6 +94,7 @@ WHERE = {
     "seed": ({}, {"seed": 1}, "params"),
     "grad": ({}, {"grad": "autodiff"}, "params"),
     "gradient": ({}, {"gradient": "snap1"}, "params"),
+    "online_every": ({"task": "parity", "seq_len": 6, "gradient": "snap1"}, {"online_every": 3}, "params"),
     "tbptt_k1": ({"task": "copy", "seq_len": 6}, {"tbptt_k1": 6, "tbptt_k2": 3}, "params"),
     "tbptt_k2": ({"task": "copy", "seq_len": 6, "tbptt_k1": 6}, {"tbptt_k2": 3}, "params"),
     "dtype": ({}, {"dtype": "float64"}, "dtypes"),
@@ -145,6 +146,9 @@ REFUSED = [
     ({"gradient": "rtrl", "grad": "autodiff"}, "grad: expected the default 'bptt' here (the online gradient 'rtrl' "
                                                 "replaces it)"),
     ({"gradient": "bptt"}, "gradient: expected one of [None, 'rtrl', 'snap1', 'eprop', 'uoro'], got 'bptt'"),
+    ({"online_every": 2}, "online_every: expected the default None here (it times the updates of an online "
+                          "gradient (gradient)), got 2"),
+    ({"gradient": "uoro", "online_every": 0}, "online_every: expected a positive int, got 0"),
 ]
 
 

@@ -36,6 +36,8 @@ HELP = {
     "grad": "gradient source: bptt (explicit) or autodiff (jax.grad)",
     "gradient": "an online gradient instead of --grad, computed forward in time over each batch's sequences: "
                 "rtrl (exact), snap1, eprop or uoro (docs/online.md)",
+    "online_every": "with --gradient: update every K steps along each batch's sequences, the state and influence "
+                    "carried across the updates (true online learning; many-to-many, K divides the length)",
     "tbptt_k1": "truncated BPTT: steps forward per update",
     "tbptt_k2": "truncated BPTT: steps backpropagated per update (default k1)",
     "dtype": "float32 or float64",

@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     grad: str = "bptt"  # "bptt" (explicit) or "autodiff" (jax.grad)
     gradient: str | None = None  # an online gradient instead: "rtrl", "snap1", "eprop", "uoro" (perceptron1_jax.online)
+    online_every: int | None = None  # online gradient: update every k steps along each sequence (None: once per batch)
     tbptt_k1: int | None = None  # truncated BPTT: steps forward per update
     tbptt_k2: int | None = None  # truncated BPTT: steps backpropagated per update (default k1)
     dtype: str = "float32"
@@ -244,6 +245,7 @@ def _check_inert(cfg: TrainConfig) -> None:
         ("max_vocab", not text, f"a vocabulary is built from text files (--data text, --classes), not {where}"),
         *((name, cfg.gradient is not None, f"the online gradient {cfg.gradient!r} replaces it")
           for name in ("grad", "tbptt_k1", "tbptt_k2", "compute_dtype")),
+        ("online_every", cfg.gradient is None, "it times the updates of an online gradient (gradient)"),
     ]
     for name, cannot_act, why in inert:
         value = getattr(cfg, name)
@@ -300,13 +302,13 @@ def _check_choices(cfg: TrainConfig) -> None:
 
 def _check_numbers(cfg: TrainConfig) -> None:
     """Sizes, counts and rates."""
-    for name in ("hidden", "batch_size", "num_train", "num_eval", "steps", "eval_every", "log_every",
-                 "checkpoint_every", "max_nonfinite"):
+    for name in _POSITIVE_INTS:
         validate.check_positive_int(name, getattr(cfg, name))
     if cfg.gradflow_every:
         validate.check_positive_int("gradflow_every", cfg.gradflow_every)
-    if cfg.seq_len is not None:
-        validate.check_positive_int("seq_len", cfg.seq_len)
+    for name in ("seq_len", "online_every"):
+        if getattr(cfg, name) is not None:
+            validate.check_positive_int(name, getattr(cfg, name))
     for name in ("lr", "clip", "clip_value"):
         value = getattr(cfg, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -345,14 +347,12 @@ def _check_truncated_layers(cfg: TrainConfig) -> None:
 
 
 def _check_task_run(cfg: TrainConfig) -> None:
-    """What a built-in task asks of the config: float inputs for truncated BPTT, its windows, the
-    three_step task's length."""
+    """What a built-in task asks of the config: truncated BPTT's float inputs and windows, three_step's length."""
     run_spec(cfg, task_info(cfg.task_spec))  # builds the model: a bad layer or size raises here
     if cfg.tbptt_k1 is not None:
         if cfg.task_spec.vocab_size is not None:
-            raise ValueError(
-                f"tbptt_k1: truncated BPTT supports the float-input tasks, got the token task {cfg.task!r}"
-            )
+            raise ValueError(f"tbptt_k1: truncated BPTT supports the float-input tasks, got the token task "
+                             f"{cfg.task!r}")
         _check_truncated_layers(cfg)
         windows(cfg.time, cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not cfg.task_spec.many_to_many)
     if cfg.task == "three_step" and cfg.time != 3:
@@ -386,7 +386,8 @@ def check_run(cfg: TrainConfig, data: Data) -> ModelSpec:
         _check_truncated_layers(cfg)
         windows(data.train.xs.shape[1], cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not info.many_to_many)
     if cfg.gradient is not None:
-        online.check_online_training(spec, cfg.gradient, cfg.batch_size, cfg.dtype)
+        online.check_online_training(spec, cfg.gradient, cfg.batch_size, cfg.dtype, cfg.online_every,
+                                     data.train.xs.shape[1], data.train.lengths is not None)
     return spec
 
 

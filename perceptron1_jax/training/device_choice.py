@@ -31,6 +31,7 @@ from perceptron1_jax.training.step import (
     DIRECTIONS_RULE,
     PLACEMENTS,
     SPLIT_LIMIT_FLOP,
+    one_device_reason,
     placement_of,
     step_matrix_flops,
 )
@@ -45,8 +46,8 @@ def device_reason(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh, *, given: bool)
     if given:
         how = "directions on 2" if places_directions(mesh) else str(mesh.size)
         return f"asked for (--devices, --placement or mesh=): {how} of {available}"
-    if cfg.tbptt_k1 is not None:
-        return "truncated BPTT runs on one device"
+    if one_device_reason(cfg) is not None:
+        return f"{one_device_reason(cfg)} runs on one device"
     if available == 1:
         return "the only device"
     if places_directions(mesh):

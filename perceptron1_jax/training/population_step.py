@@ -40,7 +40,13 @@ from perceptron1_jax.training.ingredients import (
     seed_keys,
 )
 from perceptron1_jax.training.population import VARIED, varied_names
-from perceptron1_jax.training.step import run_value_and_grad, truncated_update, update_step
+from perceptron1_jax.training.step import (
+    one_device_reason,
+    online_update,
+    run_value_and_grad,
+    truncated_update,
+    update_step,
+)
 
 
 class Layout(NamedTuple):
@@ -75,7 +81,7 @@ class PopulationData(NamedTuple):
 
 def population_layout(cfg: TrainConfig, size: int, mesh: Mesh | None = None) -> Layout:
     """The :class:`Layout` of ``size`` members on ``mesh`` (default: every local device).
-    Truncated BPTT never splits its batch: with fewer members than devices it runs on one."""
+    Truncated BPTT and online updates never split a batch: with fewer members than devices they run on one."""
     if jax.process_count() > 1:
         raise ValueError(f"population: runs in one process, got {jax.process_count()} processes")
     mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
@@ -85,7 +91,7 @@ def population_layout(cfg: TrainConfig, size: int, mesh: Mesh | None = None) -> 
     devices = mesh.size
     if devices == 1 or size >= devices:
         return Layout(mesh, size, math.ceil(size / devices) * devices, devices > 1)
-    if cfg.tbptt_k1 is not None:
+    if one_device_reason(cfg) is not None:
         return Layout(make_mesh(list(mesh.devices.flat)[:1]), size, size, False)
     check_mesh(mesh, cfg.batch_size, "batch_size")
     return Layout(mesh, size, size, False)
@@ -216,6 +222,9 @@ def make_population_step(cfg: TrainConfig, members: tuple[TrainConfig, ...], spe
         optimizer = run_optimizer(run)
         if cfg.tbptt_k1 is not None:
             new_params, new_state, metrics = truncated_update(run, spec, optimizer, params, opt_state, batch)
+        elif cfg.online_every is not None:
+            new_params, new_state, metrics = online_update(run, spec, optimizer, params, opt_state, batch,
+                                                           dropout_key)
         else:
             new_params, new_state, metrics = update_step(run, spec, value_and_grad, optimizer, params, opt_state,
                                                          batch, dropout_key)

@@ -39,7 +39,7 @@ from perceptron1_jax.training.ingredients import (
 from perceptron1_jax.training.resume import load_checkpoint, resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir, saved_best_loss
 from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop, stop_requested
-from perceptron1_jax.training.step import gradient_agreement, run_mesh, run_step
+from perceptron1_jax.training.step import gradient_agreement, one_device_reason, run_mesh, run_step
 
 
 @dataclasses.dataclass
@@ -222,7 +222,7 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
         batch = get_batch(data.train, k_shuffle, 0, cfg.batch_size)
         log(f"explicit BPTT vs jax.grad on the first batch: max relative difference "
             f"{gradient_agreement(cfg, state.params, batch, spec):.1e} ({cfg.dtype})")
-    shard = None if cfg.tbptt_k1 is not None else mesh
+    shard = None if one_device_reason(cfg) is not None else mesh
     if shard is not None:  # one copy per device
         state.params, state.opt_state = replicate((state.params, state.opt_state), shard)
     folder.open_metrics()

@@ -17,7 +17,7 @@ from perceptron1_jax import losses
 from perceptron1_jax.bptt import make_value_and_grad
 from perceptron1_jax.diagnostics import max_relative_error
 from perceptron1_jax.model import evaluate
-from perceptron1_jax.online import make_online_value_and_grad
+from perceptron1_jax.online import make_online_value_and_grad, run_online_updates
 from perceptron1_jax.parallel import (
     check_direction_spec,
     check_mesh,
@@ -35,7 +35,7 @@ from perceptron1_jax.truncated import run_windows
 # The fields of a config that the step's program depends on (with the model and the mesh): the
 # gradient, the optimizer and its schedule, clipping, truncation. Runs that agree on them share one step.
 STEP_FIELDS = ("grad", "gradient", "compute_dtype", "optimizer", "lr", "momentum", "clip", "clip_value", "weight_decay",
-               "schedule", "steps", "warmup_steps", "tbptt_k1", "tbptt_k2")
+               "schedule", "steps", "warmup_steps", "tbptt_k1", "tbptt_k2", "online_every")
 
 
 def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
@@ -164,11 +164,39 @@ def truncated_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_s
     return params, holder["opt_state"], metrics
 
 
+def make_online_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = None) -> Callable:
+    """Like :func:`make_train_step` but an optax update every ``cfg.online_every`` steps along each
+    batch's sequences by the online gradient ``cfg.gradient``, the state and the influence carried
+    across the updates (:func:`perceptron1_jax.online_updates`; many-to-many, no lengths, one device)."""
+    return jax.jit(partial(online_update, cfg, spec or cfg.model_spec, optimizer))
+
+
+def online_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_state, batch, key=None):
+    """One step of :func:`make_online_step` (traceable, as :func:`update_step`; ``key``: UORO's
+    signs). Each batch's sequences are a stream that starts from zero state and influence: nothing
+    is carried from one step to the next, so a checkpoint between steps holds all there is."""
+    xs, labels, _, resets = (*batch, None, None)[:4]
+
+    def update(params, opt_state, loss, grads):
+        params, opt_state, norm, fired, finite = guarded_update(optimizer, cfg.clip, cfg.clip_value, params,
+                                                                opt_state, grads, loss)
+        return params, opt_state, {"loss": loss, "grad_norm": norm, "clipped": fired, "finite": finite}
+
+    params, opt_state, records = run_online_updates(params, xs, labels, spec, cfg.online_every, update, opt_state,
+                                                    cfg.gradient, key, resets)
+    metrics = {"loss": jnp.mean(records["loss"]), "grad_norm": records["grad_norm"][-1],
+               "clipped": jnp.any(records["clipped"]), "finite": jnp.all(records["finite"])}
+    if spec.loss == "cross_entropy":
+        metrics["accuracy"] = evaluate(params, xs, labels, spec, resets=resets)["accuracy"]
+    return params, opt_state, metrics
+
+
 def run_step(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh) -> tuple[optax.GradientTransformation, Callable]:
-    """``(optimizer, step)`` of ``cfg``'s run: :func:`make_truncated_step` with ``tbptt_k1``, else
-    :func:`make_train_step`. Runs that agree on :data:`STEP_FIELDS`, the model and the mesh get the
-    same jitted step, so a process that trains many runs (a sweep, a test suite) traces and
-    compiles each program once (the last 32 are kept)."""
+    """``(optimizer, step)`` of ``cfg``'s run: :func:`make_truncated_step` with ``tbptt_k1``,
+    :func:`make_online_step` with ``online_every``, else :func:`make_train_step`. Runs that agree
+    on :data:`STEP_FIELDS`, the model and the mesh get the same jitted step, so a process that
+    trains many runs (a sweep, a test suite) traces and compiles each program once (the last 32
+    are kept)."""
     return _shared_step(tuple(getattr(cfg, name) for name in STEP_FIELDS), spec, mesh)
 
 
@@ -178,6 +206,8 @@ def _shared_step(values: tuple, spec: ModelSpec, mesh: Mesh):
     optimizer = run_optimizer(cfg)
     if cfg.tbptt_k1 is not None:
         return optimizer, make_truncated_step(cfg, optimizer, spec)
+    if cfg.online_every is not None:
+        return optimizer, make_online_step(cfg, optimizer, spec)
     return optimizer, make_train_step(cfg, optimizer, spec, mesh)
 
 
@@ -251,16 +281,25 @@ def placement_of(mesh: Mesh) -> str:
     return "directions" if places_directions(mesh) else "one device" if mesh.size == 1 else "batch split"
 
 
+def one_device_reason(cfg: TrainConfig) -> str | None:
+    """Why ``cfg``'s step runs on one device (``"truncated BPTT (tbptt_k1)"``,
+    ``"online learning (online_every)"``: several updates per step, one after the other), or None."""
+    if cfg.tbptt_k1 is not None:
+        return "truncated BPTT (tbptt_k1)"
+    return "online learning (online_every)" if cfg.online_every is not None else None
+
+
 def run_mesh(cfg: TrainConfig, mesh: Mesh | None = None, spec: ModelSpec | None = None) -> Mesh:
     """The devices a run's step runs on: ``mesh``; by default (:func:`default_placement`, given the
     run's ``spec``) every device (of every process) splitting the batch, one host CPU device where
     splitting was measured not to pay, or the two directions of each bidirectional layer on two
-    host CPU devices where that was measured to pay; one device for truncated BPTT. A ``ValueError``
-    names a ``batch_size`` that does not divide by the mesh, a multi-device mesh for truncated BPTT,
-    or a direction mesh for a model it cannot place."""
-    if cfg.tbptt_k1 is not None:
+    host CPU devices where that was measured to pay; one device for truncated BPTT and for online
+    updates (``online_every``). A ``ValueError`` names a ``batch_size`` that does not divide by the
+    mesh, a multi-device mesh for those two, or a direction mesh for a model it cannot place."""
+    single = one_device_reason(cfg)
+    if single is not None:
         if mesh is not None and mesh.size > 1:
-            raise ValueError(f"devices: truncated BPTT (tbptt_k1) runs on one device, got a mesh of {mesh.size}")
+            raise ValueError(f"devices: {single} runs on one device, got a mesh of {mesh.size}")
         return make_mesh(jax.local_devices()[:1])
     if mesh is None:
         devices = jax.devices()

@@ -1,8 +1,9 @@
 """Run with XLA_FLAGS=--xla_force_host_platform_device_count=4 (tests/test_parallel.py does): a fresh
 run on the default devices takes the fixed size rule's count (no timing), records it with its reason
 in devices.json; a resume reads the recorded count back (even one the rule would not choose now) and
-ends bit for bit where a run on those devices does; explicit meshes and truncated BPTT are recorded
-with their reasons; the command says how many devices it splits over."""
+ends bit for bit where a run on those devices does; explicit meshes, truncated BPTT and online
+learning are recorded with their reasons (a mesh of two is refused for online learning); the command
+says how many devices it splits over."""
 
 import dataclasses
 import io
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from refusals import assert_refused
 
 import perceptron1_jax as p1
 from perceptron1_jax.cli import main
@@ -45,9 +47,15 @@ for name, kwargs, changed, reason in [
         ("explicit", {"mesh": p1.make_mesh(jax.devices()[:2])}, {},
          "asked for (--devices, --placement or mesh=): 2 of 4"),
         ("truncated", {}, {"task": "copy", "seq_len": 8, "tbptt_k1": 8, "tbptt_k2": 4, "target_accuracy": 0.0},
-         "truncated BPTT runs on one device")]:
+         "truncated BPTT (tbptt_k1) runs on one device"),
+        ("online", {}, {"task": "parity", "seq_len": 4, "gradient": "snap1", "online_every": 2, "target_accuracy": 0.0},
+         "online learning (online_every) runs on one device")]:
     p1.train(dataclasses.replace(cfg, **changed), folder / name, log=lambda _: None, **kwargs, **quiet)
     assert json.loads((folder / name / "devices.json").read_text())["reason"] == reason, name
+
+online = dataclasses.replace(cfg, task="parity", seq_len=4, gradient="snap1", online_every=2)
+assert_refused([(lambda: p1.train(online, mesh=p1.make_mesh(jax.devices()[:2]), log=lambda _: None, **quiet),
+                 "devices: online learning (online_every) runs on one device, got a mesh of 2")])
 
 printed = io.StringIO()
 with redirect_stdout(printed):

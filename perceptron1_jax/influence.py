@@ -1,0 +1,202 @@
+"""How each online method carries the influence ``M_t = d s_t / d theta`` forward one step (see
+:mod:`perceptron1_jax.online` for the methods and their equations). Three trackers, each with
+``start(batch, dtype)``, ``update(s, influence, x, valid, reset, key) -> (s, influence)`` and
+``gradient(ds, influence) -> (P,)`` (``sum_t (dL_t/ds_t) M_t``'s term):
+
+- :class:`Dense`: exact RTRL, and SnAp-1 and e-prop for any model, with a full ``(B, S, P)``
+  influence (masked by the pattern for the approximations) and ``J_s``, ``J_theta`` row by row.
+- :class:`Compact`: SnAp-1 and e-prop at their own cost for one layer of a built-in cell. A
+  parameter's column feeds one unit, so its influence is kept on that unit's ``K`` carries alone
+  (``(B, K, *shape)`` per parameter array, ``K P`` numbers per example where :class:`Dense` keeps
+  ``S P``), and the step's Jacobians come from the cell's own hand-derived backward step.
+- :class:`RankOne`: UORO's rank-one estimate.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from perceptron1_jax.cells import BUILT_IN_CELLS, CELLS, project_inputs
+from perceptron1_jax.model import init_model
+from perceptron1_jax.spec import ModelSpec
+
+_EPS = 1e-7  # UORO's rho0 and rho1 stay finite when a norm is 0
+
+
+class Dense:
+    """Exact RTRL, SnAp-1 and e-prop: a full ``(B, S, P)`` influence, masked for the approximations."""
+
+    def __init__(self, step, theta, pattern, observable, *, internal_only=False):
+        self.step, self.theta, self.pattern = step, theta, pattern
+        self.observable, self.internal_only = observable, internal_only
+
+    def start(self, batch, dtype):
+        return jnp.zeros((batch, self.observable.size, self.theta.size), dtype)
+
+    def update(self, s, influence, x, valid, reset, key):
+        def jacobians(s_b, x_b, valid_b, reset_b):
+            """``J_theta`` and ``J_s`` row by row: ``S`` reverse-mode passes (one per state entry,
+            ``O(S P)``, where ``P`` forward-mode passes cost ``O(P^2)``)."""
+            new_s, pull = jax.vjp(lambda th, c: self.step(th, c, x_b, valid_b, reset_b), self.theta, s_b)
+            j_theta, j_s = jax.vmap(pull)(jnp.eye(new_s.size, dtype=new_s.dtype))
+            return new_s, j_theta, j_s
+
+        new_s, j_theta, j_s = jax.vmap(jacobians)(s, x, valid, reset)
+        if self.internal_only:  # only the internal carries pass influence on
+            j_s = jnp.where(self.observable[None, None, :], jnp.zeros((), j_s.dtype), j_s)
+        new = jnp.einsum("bij,bjp->bip", j_s, influence) + j_theta  # (B, S, P)
+        if self.pattern is not None:
+            new = jnp.where(self.pattern, new, jnp.zeros((), new.dtype))
+        new = jnp.where(valid[:, None, None], new, influence)  # a padded step changes nothing
+        return new_s, new
+
+    @staticmethod
+    def gradient(ds, influence):
+        return jnp.einsum("bs,bsp->p", ds, influence)
+
+
+def compact_applies(spec: ModelSpec, method: str) -> bool:
+    """Whether :class:`Compact` carries ``method``'s influence for ``spec``: SnAp-1 or e-prop, one
+    layer of a built-in cell, float inputs (an embedding row feeds every unit)."""
+    return (method in ("snap1", "eprop") and len(spec.layers) == 1 and not spec.tokens
+            and spec.layers[0].cell in BUILT_IN_CELLS)
+
+
+class Compact:
+    """SnAp-1 and e-prop for one layer of a built-in cell, at their own cost.
+
+    Column ``c = g H + j`` of every parameter array (``W_x``, ``W_h``, biases: gate block ``g``,
+    unit ``j``) feeds unit ``j`` alone within a step, so SnAp-1 keeps its influence on that unit's
+    ``K`` carries (``K = 2`` for the LSTM's ``(h, c)``, else 1): ``M[k, ..., c]``. With the unit's
+    one-step block ``D[k, k', j] = d s'_{k,j} / d s_{k',j}`` and the immediate ``I[k, ..., c]``
+    (``d s'_{k,j} / d theta[..., c]``, zero outside the pattern),
+
+        M'[k, ..., c] = Pattern[k, ..., c] * (sum_k' D[k, k', j] M[k', ..., c] + I[k, ..., c]),
+
+    e-prop dropping ``D[k, h, j]`` (the observable ``h`` passes no influence on). Both come from
+    ``K`` calls of the cell's backward step, one per carry with the seed ``dcarry = e_k`` on every
+    unit at once (the cell is unit-wise given its pre-activations): it returns ``dzx``, the
+    pre-activation gradients that give ``I`` through the cell's ``param_grads`` per example, and,
+    called with ``W_h = 0``, the direct part of ``D``; the recurrent part of the diagonal is
+    ``sum_g dzh[g, j] W_h[j, g H + j]``. Cost per step and example: the step's own ``O(P)``,
+    ``K^2 P`` for the update; memory ``K P`` (dense: ``S P``, ``S^2 P``). Tested equal to
+    :class:`Dense` with the pattern (float64, rtol 1e-10)."""
+
+    def __init__(self, spec: ModelSpec, params, masks, *, internal_only=False):
+        layer = spec.layers[0]
+        self.cell, self.hidden, self.masks = CELLS[layer.cell], layer.hidden_size, masks
+        self.params, self.internal_only = params["layers"][0]["fwd"], internal_only
+
+    def start(self, batch, dtype):
+        k = self.cell.carry_size
+        return {name: jnp.zeros((batch, k, *a.shape), dtype) for name, a in self.params.items()}
+
+    def _columns(self, per_unit):
+        """``(..., H)`` per unit -> ``(..., G H)`` per column (each gate block the same)."""
+        return jnp.tile(per_unit, (1,) * (per_unit.ndim - 1) + (self.cell.num_gates,))
+
+    def local(self, carry, x):
+        """``(new_carry, D (B, K, K, H), I {name: (B, K, *shape)})`` of one step from ``carry``."""
+        cell, params, size = self.cell, self.params, self.cell.carry_size
+        new_carry, residuals = cell.step(params, carry, project_inputs(cell, params, x))
+        direct = {**params, "W_h": jnp.zeros_like(params["W_h"])} if "W_h" in params else params
+        ones, zeros = jnp.ones_like(carry[0]), jnp.zeros_like(carry[0])
+        per_example = jax.vmap(lambda *rows: cell.param_grads(*(None if r is None else r[None, None] for r in rows)))
+        blocks, immediate = [], []
+        for k in range(size):
+            seed = tuple(ones if q == k else zeros for q in range(size))
+            dzx, dzh_part, dprev = cell.backward_step(direct, carry, new_carry, residuals, seed)
+            row = list(dprev)
+            if "W_h" in params:  # the recurrent part of the diagonal: through W_h[j, g H + j]
+                diagonal = jnp.diagonal(params["W_h"].reshape(self.hidden, -1, self.hidden), axis1=0, axis2=2)
+                dzh = cell.full_dzh(dzx, dzh_part).reshape(dzx.shape[0], -1, self.hidden)
+                row[0] = row[0] + jnp.sum(dzh * diagonal, axis=1)
+            if self.internal_only:
+                row[0] = jnp.zeros_like(row[0])
+            blocks.append(jnp.stack(row, axis=1))
+            immediate.append(per_example(x, carry[0], dzx, dzh_part))
+        stacked = {name: jnp.stack([i[name] for i in immediate], axis=1) for name in params}
+        return new_carry, jnp.stack(blocks, axis=1), stacked
+
+    def update(self, s, influence, x, valid, reset, key):
+        size, hidden = self.cell.carry_size, self.hidden
+        kept = jnp.where(reset[:, None], jnp.zeros((), s.dtype), s)  # a reset step starts from the zero carry
+        carry = tuple(kept[:, k * hidden:(k + 1) * hidden] for k in range(size))
+        new_carry, blocks, immediate = self.local(carry, x)
+        blocks = self._columns(jnp.where(reset[:, None, None, None], jnp.zeros((), s.dtype), blocks))
+        new = {}
+        for name, m in influence.items():
+            moved = jnp.einsum("bkqc,bq...c->bk...c", blocks, m) + immediate[name]
+            moved = jnp.where(self.masks[name], moved, jnp.zeros((), m.dtype))
+            new[name] = jnp.where(valid.reshape((-1,) + (1,) * (m.ndim - 1)), moved, m)
+        new_s = jnp.where(valid[:, None], jnp.concatenate(new_carry, axis=-1), s)
+        return new_s, new
+
+    def gradient(self, ds, influence):
+        per_column = self._columns(ds.reshape(ds.shape[0], self.cell.carry_size, self.hidden))  # (B, K, G H)
+        grads = {name: jnp.einsum("bk...c,bkc->...c", m, per_column) for name, m in influence.items()}
+        return ravel_pytree({"layers": [{"fwd": grads}]})[0]
+
+
+@functools.lru_cache(maxsize=64)
+def compact_masks(spec: ModelSpec, dtype: str) -> dict:
+    """``{name: (K, *shape) bool}``: :class:`Compact`'s pattern, the structural non-zeros of the
+    immediate ``I`` read at random parameters, carry and input (where none vanishes by accident),
+    as :func:`perceptron1_jax.online.immediate_pattern` reads the dense one."""
+    with jax.ensure_compile_time_eval():
+        rng = np.random.default_rng(0)
+        params = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.0, a.shape) * rng.choice([-1, 1], a.shape),
+                                                    dtype), init_model(jax.random.key(0), spec, jnp.dtype(dtype)))
+        layer = spec.layers[0]
+        carry = tuple(jnp.asarray(rng.uniform(0.2, 0.9, (1, layer.hidden_size)), dtype)
+                      for _ in range(CELLS[layer.cell].carry_size))
+        x = jnp.asarray(rng.uniform(0.5, 1.0, (1, spec.input_size)), dtype)
+        _, _, immediate = Compact(spec, params, None).local(carry, x)
+        return {name: np.asarray(i[0] != 0) for name, i in immediate.items()}
+
+
+class RankOne:
+    """UORO: the influence of each example as ``s~ theta~^T``, ``((B, S), (B, P))``."""
+
+    def __init__(self, step, theta, pattern, observable):
+        self.step, self.theta, self.state_size = step, theta, observable.size
+
+    def start(self, batch, dtype):
+        return jnp.zeros((batch, self.state_size), dtype), jnp.zeros((batch, self.theta.size), dtype)
+
+    def update(self, s, influence, x, valid, reset, key):
+        s_tilde, theta_tilde = influence
+        nu = jax.random.rademacher(key, s_tilde.shape, s_tilde.dtype)
+
+        def one(s_b, x_b, valid_b, reset_b, s_tilde_b, nu_b):
+            new_s, j_s_tilde = jax.jvp(lambda c: self.step(self.theta, c, x_b, valid_b, reset_b), (s_b,),
+                                       (s_tilde_b,))
+            _, pull = jax.vjp(lambda th: self.step(th, s_b, x_b, valid_b, reset_b), self.theta)
+            return new_s, j_s_tilde, pull(nu_b)[0]
+
+        new_s, j_s_tilde, nu_j_theta = jax.vmap(one)(s, x, valid, reset, s_tilde, nu)
+        norm = functools.partial(jnp.linalg.norm, axis=-1, keepdims=True)
+        rho0 = jnp.sqrt((norm(theta_tilde) + _EPS) / (norm(j_s_tilde) + _EPS))
+        rho1 = jnp.sqrt((norm(nu_j_theta) + _EPS) / (norm(nu) + _EPS))
+        new_tilde = (rho0 * j_s_tilde + rho1 * nu, theta_tilde / rho0 + nu_j_theta / rho1)
+        held = valid[:, None]  # a padded step changes nothing, its estimate included
+        return new_s, tuple(jnp.where(held, n, o) for n, o in zip(new_tilde, influence))
+
+    @staticmethod
+    def gradient(ds, influence):
+        s_tilde, theta_tilde = influence
+        return jnp.einsum("b,bp->p", jnp.sum(ds * s_tilde, axis=-1), theta_tilde)
+
+
+DENSE = {
+    "rtrl": Dense,
+    "snap1": Dense,
+    "eprop": functools.partial(Dense, internal_only=True),
+    "uoro": RankOne,
+}
+"""The tracker of each method where :class:`Compact` does not apply."""
