@@ -42,7 +42,7 @@ from perceptron1_jax.export import export_params, load_params
 from perceptron1_jax.generate import generate
 from perceptron1_jax.layers import set_fused_directions
 from perceptron1_jax.alignment import gradient_alignment, model_gradient_alignment
-from perceptron1_jax.online import model_online_grad, online_grad, online_updates
+from perceptron1_jax.online import OnlineStream, model_online_grad, online_grad, online_updates
 from perceptron1_jax.model import accuracy, init_model, init_params, loss, model_apply, model_loss, model_step, predict
 from perceptron1_jax.optim import make_optimizer
 from perceptron1_jax.parallel import direction_mesh, initialize_distributed, make_mesh, use_cpu_devices
@@ -71,6 +71,7 @@ __all__ = (
     "LoopForms",
     "ModelExtras",
     "ModelSpec",
+    "OnlineStream",
     "Population",
     "Run",
     "TrainConfig",

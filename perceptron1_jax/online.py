@@ -55,6 +55,7 @@ and one reverse-mode pass per step (``O(P)``), its own cost.
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,8 +134,19 @@ def model_online_grad(params, xs, targets, spec: ModelSpec, lengths=None, *, met
     return _run(params, c.xs, c.targets, c.spec, c.lengths, c.carries0, c.resets, method, key, feedback)
 
 
+class OnlineStream(NamedTuple):
+    """Where a stream stands between two calls of :func:`online_updates`: every layer's carry
+    flattened per example ``state: (batch, S)``, the method's ``influence`` and the next step
+    ``step`` (int32; UORO's signs at step t come from ``fold_in(key, t)``). A pytree: it can be
+    saved with the parameters and passed back to go on."""
+
+    state: jax.Array
+    influence: Any
+    step: jax.Array
+
+
 def online_updates(params, xs, targets, spec: ModelSpec, *, every: int, update, carry, method: str, key=None,
-                   resets=None, feedback: str = "symmetric"):
+                   resets=None, feedback: str = "symmetric", stream: OnlineStream | None = None):
     """True online learning (Williams & Zipser 1989): walk the sequences forward and update the
     parameters every ``every`` steps by the method's gradient of those steps' loss, carrying the
     state and the influence across the updates. The influence is not restarted at an update: what
@@ -150,10 +162,13 @@ def online_updates(params, xs, targets, spec: ModelSpec, *, every: int, update, 
         update (an optax step; ``carry`` its state).
       carry: ``update``'s starting ``carry``.
       method, key, feedback: as :func:`model_online_grad`.
+      stream: where a previous call's stream stood (its returned :class:`OnlineStream`): these steps go
+        on from its state and influence, as if the two calls' sequences were one. None: a new
+        stream from zero state and influence at step 0.
 
     Returns:
-      ``(params, carry, records)``: after the last update, ``records`` stacked over the
-      ``time // every`` updates (a leading axis).
+      ``(params, carry, records, stream)``: after the last update, ``records`` stacked over the
+      ``time // every`` updates (a leading axis), and the :class:`OnlineStream` to go on from.
     """
     _check_method(method, feedback, key)
     c = validate.check_model_inputs(params, xs, spec, targets, None, None, need_targets=True, resets=resets)
@@ -165,20 +180,43 @@ def online_updates(params, xs, targets, spec: ModelSpec, *, every: int, update, 
     validate.check_positive_int("every", every)
     if time % every:
         raise ValueError(f"every: expected a divisor of the sequence length {time}, got {every}")
+    if stream is not None:
+        _check_stream(stream, params, c.spec, method, c.xs.shape[0])
     return run_online_updates(params, c.xs, c.targets, c.spec, every, update, carry, method, key, c.resets,
-                              feedback)
+                              feedback, stream)
 
 
 def run_online_updates(params, xs, targets, spec: ModelSpec, every: int, update, carry, method: str, key=None,
-                       resets=None, feedback: str = "symmetric"):
+                       resets=None, feedback: str = "symmetric", stream: OnlineStream | None = None):
     """:func:`online_updates` unchecked (traceable): the training step's with ``TrainConfig(online_every=...)``."""
     pattern, compact = _prepare(params, spec, method, xs.shape[0])
-    return _updates(params, carry, xs, targets, resets, key, pattern, spec=spec, every=every, update=update,
+    return _updates(params, carry, xs, targets, resets, key, pattern, stream, spec=spec, every=every, update=update,
                     method=method, feedback=feedback, compact=compact)
 
 
+def _check_stream(stream, params, spec: ModelSpec, method: str, batch: int) -> None:
+    """A ``ValueError`` naming a ``stream`` that is not what this call's walk carries."""
+    pattern, compact = _prepare(params, spec, method, batch)
+    dtype = params["head"]["W"].dtype
+    expected = jax.eval_shape(lambda: _fresh_stream(params, spec, method, pattern, compact, batch, dtype))
+    shapes = (lambda tree: jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__))),  # noqa: E731
+                                        tree))
+    given = shapes(stream) if isinstance(stream, OnlineStream) else repr(stream)
+    if not isinstance(stream, OnlineStream) or jax.tree.structure(stream) != jax.tree.structure(expected) or \
+            given != shapes(expected):
+        raise ValueError(f"stream: expected the OnlineStream of a previous call with this model, method and batch "
+                         f"({shapes(expected)}), got {given}")
+
+
+def _fresh_stream(params, spec, method, pattern, compact, batch, dtype) -> OnlineStream:
+    walk = _Walk(params, spec, method, "symmetric", pattern, None, compact)
+    state, influence = walk.start(_start_state(spec, None, batch, dtype))
+    return OnlineStream(state, influence, jnp.zeros((), jnp.int32))
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "every", "update", "method", "feedback", "compact"))
-def _updates(params, carry, xs, targets, resets, key, pattern, *, spec, every, update, method, feedback, compact):
+def _updates(params, carry, xs, targets, resets, key, pattern, stream, *, spec, every, update, method, feedback,
+             compact):
     batch, time = xs.shape[:2]
     dtype = params["head"]["W"].dtype
 
@@ -196,10 +234,12 @@ def _updates(params, carry, xs, targets, resets, key, pattern, *, spec, every, u
         params, carry, record = update(params, carry, loss, grads)
         return (params, carry, carried), record
 
-    start = _Walk(params, spec, method, feedback, pattern, key, compact).start(_start_state(spec, None, batch, dtype))
-    (params, carry, _), records = jax.lax.scan(
-        body, (params, carry, start), (chunks(xs), chunks(targets), chunks(resets), every * jnp.arange(time // every)))
-    return params, carry, records
+    if stream is None:
+        stream = _fresh_stream(params, spec, method, pattern, compact, batch, dtype)
+    starts = stream.step + every * jnp.arange(time // every, dtype=jnp.int32)
+    (params, carry, (state, influence)), records = jax.lax.scan(
+        body, (params, carry, (stream.state, stream.influence)), (chunks(xs), chunks(targets), chunks(resets), starts))
+    return params, carry, records, OnlineStream(state, influence, stream.step + time)
 
 
 def _check_one_direction(spec: ModelSpec, name: str = "spec", why: str = "an online gradient") -> None:
@@ -318,22 +358,28 @@ def _step_fn(spec: ModelSpec, unravel, head):
 def immediate_pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     """``(S, P)`` bool: which state entries each parameter changes directly in one step (the
     structural non-zeros of ``J_theta``, read at random parameters, state and input, where no
-    entry vanishes by accident)."""
+    entry vanishes by accident: :func:`perceptron1_jax.influence.pattern_point`)."""
     with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
         return _pattern(spec, dtype)
 
 
 def _pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.0, a.shape) * rng.choice([-1, 1], a.shape), dtype),
-                          init_model(jax.random.key(0), spec, jnp.dtype(dtype)))
-    head = params.pop("head")
-    theta, unravel = ravel_pytree(params)
-    step = _step_fn(spec, unravel, head)
-    s = jnp.asarray(rng.uniform(0.2, 0.9, _state_size(spec)), dtype)
-    x = jnp.asarray(1, jnp.int32) if spec.tokens else jnp.asarray(rng.uniform(0.5, 1.0, spec.input_size), dtype)
-    jac = jax.jit(jax.jacfwd(step))(theta, s, x, jnp.bool_(True), jnp.bool_(False))
-    return np.asarray(jac != 0)
+    found, jacobian = None, None
+    for draw in range(influence.PATTERN_DRAWS):
+        params, rng = influence.pattern_point(spec, dtype, draw)
+        head = params.pop("head")
+        theta, unravel = ravel_pytree(params)
+        if jacobian is None:  # one program for every draw
+            def step(th, hd, s, x, unravel=unravel):
+                return _step_fn(spec, unravel, hd)(th, s, x, jnp.bool_(True), jnp.bool_(False))
+
+            jacobian = jax.jit(jax.jacfwd(step))
+        s = jnp.asarray(rng.uniform(0.2, 0.9, _state_size(spec)), dtype)
+        x = (jnp.asarray((1 + draw) % spec.vocab_size, jnp.int32) if spec.tokens
+             else jnp.asarray(rng.uniform(0.5, 1.0, spec.input_size), dtype))
+        jac = np.asarray(jacobian(theta, head, s, x) != 0)
+        found = jac if found is None else found | jac
+    return found
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "method", "feedback", "compact"))
@@ -406,7 +452,7 @@ class _Walk:
         no_resets = jnp.zeros((batch, time), bool) if resets is None else resets
         start = (carried, jnp.zeros_like(self.theta), jnp.zeros_like(self.head["W"]), jnp.zeros_like(self.head["b"]),
                  jnp.zeros((), self.theta.dtype))
-        inputs = (jnp.swapaxes(xs, 0, 1), valid.T, no_resets.T, t0 + jnp.arange(time))
+        inputs = (jnp.swapaxes(xs, 0, 1), valid.T, no_resets.T, t0 + jnp.arange(time, dtype=jnp.int32))
         (carried, g_theta, g_w, g_b, value), _ = jax.lax.scan(body, start, inputs)
         if not spec.many_to_many:  # the target is read at each sequence's last valid step: the final state
             value, g_w, g_b, ds = self.scored(carried[0], targets, weights)

@@ -82,3 +82,18 @@ def test_the_compact_influence_is_chosen_where_it_applies_and_keeps_k_p_numbers(
                   p1.ModelSpec((p1.LayerSpec(cell, 4),), 2, vocab_size=5, embed_size=3)):  # tokens
         assert not influence.compact_applies(other, "snap1")
     assert not influence.compact_applies(spec, "rtrl") and not influence.compact_applies(spec, "uoro")
+
+
+def test_the_patterns_keep_every_structural_entry_at_a_size_where_gates_saturate():
+    """Read at magnitude-one weights, a GRU of 64 units lost 2 of its 192 columns to saturated gates
+    (a derivative of exactly 0 in float32); the patterns must hold what the structure says."""
+    for cell in BUILT_IN:
+        spec = p1.ModelSpec((p1.LayerSpec(cell, 64),), 4, input_size=8)
+        for name, mask in influence.compact_masks(spec, "float32").items():
+            assert mask[0].all(), (cell, name)  # h: every column of its unit
+            if cell == "lstm":  # c: all but the output gate's block, which reaches h alone
+                columns = mask[1].reshape(-1, 4, 64)
+                assert columns[:, :3].all() and not columns[:, 3].any(), name
+    spec = p1.ModelSpec((p1.LayerSpec("gru", 16),), 4, input_size=8)  # the dense one reads the same points
+    dense = online.immediate_pattern(spec, "float32")  # (S, P): each parameter feeds exactly one unit
+    np.testing.assert_array_equal(dense.sum(axis=0), 1)

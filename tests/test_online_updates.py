@@ -3,7 +3,10 @@ in float64 against oracles: each update's exact RTRL gradient reaches back to th
 (``jax.grad`` of that stretch's loss through the whole history, rtol 1e-9); after an SGD update the
 influence gathered under the old parameters is carried on (``jax.grad`` of a composed function);
 for every method, updates that change nothing add up to the whole sequence's online gradient (so
-neither the influence nor UORO's signs restart at an update); bad requests are refused by name."""
+neither the influence nor UORO's signs restart at an update); a stream handed from one call to the
+next goes on as one call over both; bad requests are refused by name."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +55,7 @@ def record_only(params, carry, loss, grads):
 def test_each_exact_update_reaches_back_to_the_start(x64, case):
     *shape, every = CASES[case]
     spec, params, xs, targets, starts = problem(*shape)
-    _, _, (values, grads) = p1.online_updates(params, xs, targets, spec, every=every, update=record_only, carry=(),
+    _, _, (values, grads), _ = p1.online_updates(params, xs, targets, spec, every=every, update=record_only, carry=(),
                                               method="rtrl", resets=starts)
     for j in range(xs.shape[1] // every):
         loss = lambda p, j=j: stretch_loss(p, xs, targets, spec, starts, j * every, (j + 1) * every)  # noqa: E731
@@ -68,7 +71,7 @@ def test_after_an_update_the_old_influence_is_carried_on(x64):
     def sgd(p, carry, loss, grads):
         return jax.tree.map(lambda a, g: a - lr * g, p, grads), carry, grads
 
-    after, _, grads = p1.online_updates(params, xs, targets, spec, every=3, update=sgd, carry=(), method="rtrl",
+    after, _, grads, _ = p1.online_updates(params, xs, targets, spec, every=3, update=sgd, carry=(), method="rtrl",
                                         resets=starts)
     first = jax.grad(stretch_loss)(params, xs, targets, spec, starts, 0, 3)
     moved = jax.tree.map(lambda a, g: a - lr * g, params, first)
@@ -85,11 +88,32 @@ def test_after_an_update_the_old_influence_is_carried_on(x64):
 def test_updates_that_change_nothing_add_up_to_the_whole_sequence(x64, method):
     spec, params, xs, targets, starts = problem((("gru", 3), ("lstm", 2)), False, "cross_entropy", True, 2, 6)
     key = jax.random.key(3)
-    _, _, (values, grads) = p1.online_updates(params, xs, targets, spec, every=2, update=record_only, carry=(),
+    _, _, (values, grads), _ = p1.online_updates(params, xs, targets, spec, every=2, update=record_only, carry=(),
                                               method=method, key=key, resets=starts)
     value, whole = p1.model_online_grad(params, xs, targets, spec, method=method, key=key, resets=starts)
     np.testing.assert_allclose(jnp.mean(values), value, rtol=1e-9)
     assert_trees_close(jax.tree.map(lambda g: jnp.mean(g, axis=0), grads), whole, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("layers, method", [((("gru", 3), ("lstm", 2)), "rtrl"), ((("lstm", 3),), "snap1"),
+                                            ((("elman", 3), ("gru", 2)), "uoro")])
+def test_a_stream_goes_on_across_calls_as_one(x64, layers, method):
+    spec, params, xs, targets, starts = problem(layers, False, "cross_entropy", True, 2, 6)
+
+    def sgd(p, carry, loss, grads):
+        return jax.tree.map(lambda a, g: a - 0.3 * g, p, grads), carry + 1, loss
+
+    run = functools.partial(p1.online_updates, spec=spec, every=2, update=sgd, method=method, key=jax.random.key(5))
+    whole = run(params, xs, targets, carry=0, resets=starts)
+    first = run(params, xs[:, :4], targets[:, :4], carry=0, resets=starts[:, :4])
+    second = run(first[0], xs[:, 4:], targets[:, 4:], carry=first[1], resets=starts[:, 4:], stream=first[3])
+    assert_trees_close(second[0], whole[0], rtol=1e-12, atol=1e-15)
+    assert int(second[1]) == 3 and int(second[3].step) == 6
+    np.testing.assert_allclose(np.concatenate([first[2], second[2]]), whole[2], rtol=1e-12)
+    assert_trees_close(second[3], whole[3], rtol=1e-12, atol=1e-15)
+    other = "uoro" if method != "uoro" else "rtrl"
+    with pytest.raises(ValueError, match=r"stream: expected the OnlineStream of a previous call with this model"):
+        run(params, xs, targets, carry=0, resets=starts, method=other, stream=first[3])
 
 
 def test_bad_requests_are_refused_by_name(x64):

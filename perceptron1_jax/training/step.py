@@ -182,7 +182,7 @@ def online_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_stat
                                                                 opt_state, grads, loss)
         return params, opt_state, {"loss": loss, "grad_norm": norm, "clipped": fired, "finite": finite}
 
-    params, opt_state, records = run_online_updates(params, xs, labels, spec, cfg.online_every, update, opt_state,
+    params, opt_state, records, _ = run_online_updates(params, xs, labels, spec, cfg.online_every, update, opt_state,
                                                     cfg.gradient, key, resets)
     metrics = {"loss": jnp.mean(records["loss"]), "grad_norm": records["grad_norm"][-1],
                "clipped": jnp.any(records["clipped"]), "finite": jnp.all(records["finite"])}
