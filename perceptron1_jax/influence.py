@@ -164,9 +164,10 @@ def pattern_point(spec: ModelSpec, dtype: str, draw: int):
 
     def draw_like(a):
         scale = 1.0 / np.sqrt(a.shape[0]) if a.ndim == 2 else 0.5
-        return jnp.asarray(rng.uniform(0.5, 1.0, a.shape) * rng.choice([-1, 1], a.shape) * scale, dtype)
+        return (rng.uniform(0.5, 1.0, a.shape) * rng.choice([-1, 1], a.shape) * scale).astype(dtype)
 
-    return jax.tree.map(draw_like, init_model(jax.random.key(0), spec, jnp.dtype(dtype))), rng
+    # numpy arrays of the shapes alone: nothing to compile (an eager init compiles a program per shape)
+    return jax.tree.map(draw_like, jax.eval_shape(lambda: init_model(jax.random.key(0), spec, jnp.dtype(dtype)))), rng
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,15 +177,15 @@ def compact_masks(spec: ModelSpec, dtype: str) -> dict:
     :func:`perceptron1_jax.online.immediate_pattern` reads the dense one."""
     layer = spec.layers[0]
     masks, local = None, jax.jit(lambda p, c, x: Compact(spec, p, None).local(c, x))  # one program for every draw
-    with jax.ensure_compile_time_eval():
-        for draw in range(PATTERN_DRAWS):
-            params, rng = pattern_point(spec, dtype, draw)
-            carry = tuple(jnp.asarray(rng.uniform(0.2, 0.9, (1, layer.hidden_size)), dtype)
-                          for _ in range(CELLS[layer.cell].carry_size))
-            x = jnp.asarray(rng.uniform(0.5, 1.0, (1, spec.input_size)), dtype)
+    for draw in range(PATTERN_DRAWS):
+        params, rng = pattern_point(spec, dtype, draw)
+        carry = tuple(rng.uniform(0.2, 0.9, (1, layer.hidden_size)).astype(dtype)
+                      for _ in range(CELLS[layer.cell].carry_size))
+        x = rng.uniform(0.5, 1.0, (1, spec.input_size)).astype(dtype)
+        with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
             _, _, immediate = local(params, carry, x)
             found = {name: np.asarray(i[0] != 0) for name, i in immediate.items()}
-            masks = found if masks is None else {name: masks[name] | found[name] for name in masks}
+        masks = found if masks is None else {name: masks[name] | found[name] for name in masks}
     return masks
 
 

@@ -359,27 +359,35 @@ def immediate_pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     """``(S, P)`` bool: which state entries each parameter changes directly in one step (the
     structural non-zeros of ``J_theta``, read at random parameters, state and input, where no
     entry vanishes by accident: :func:`perceptron1_jax.influence.pattern_point`)."""
-    with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
-        return _pattern(spec, dtype)
-
-
-def _pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
     found, jacobian = None, None
     for draw in range(influence.PATTERN_DRAWS):
         params, rng = influence.pattern_point(spec, dtype, draw)
         head = params.pop("head")
-        theta, unravel = ravel_pytree(params)
+        theta, unravel = _ravel_numpy(params)
         if jacobian is None:  # one program for every draw
             def step(th, hd, s, x, unravel=unravel):
                 return _step_fn(spec, unravel, hd)(th, s, x, jnp.bool_(True), jnp.bool_(False))
 
             jacobian = jax.jit(jax.jacfwd(step))
-        s = jnp.asarray(rng.uniform(0.2, 0.9, _state_size(spec)), dtype)
-        x = (jnp.asarray((1 + draw) % spec.vocab_size, jnp.int32) if spec.tokens
-             else jnp.asarray(rng.uniform(0.5, 1.0, spec.input_size), dtype))
-        jac = np.asarray(jacobian(theta, head, s, x) != 0)
+        s = rng.uniform(0.2, 0.9, _state_size(spec)).astype(dtype)
+        x = (np.asarray((1 + draw) % spec.vocab_size, np.int32) if spec.tokens
+             else rng.uniform(0.5, 1.0, spec.input_size).astype(dtype))
+        with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
+            jac = np.asarray(jacobian(theta, head, s, x) != 0)
         found = jac if found is None else found | jac
     return found
+
+
+def _ravel_numpy(tree):
+    """``ravel_pytree`` of a tree of numpy arrays (same order), computed in numpy: no program."""
+    leaves, treedef = jax.tree.flatten(tree)
+    ends = np.cumsum([leaf.size for leaf in leaves])
+
+    def unravel(flat):
+        parts = jnp.split(flat, ends[:-1])
+        return treedef.unflatten([part.reshape(leaf.shape) for part, leaf in zip(parts, leaves)])
+
+    return np.concatenate([np.ravel(leaf) for leaf in leaves]), unravel
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "method", "feedback", "compact"))

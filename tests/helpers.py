@@ -22,7 +22,7 @@ def random_problem(seed, cell, batch, time, input_size, hidden, classes, *, dtyp
     shapes = CELLS[cell].param_shapes(input_size, hidden)
 
     def normal(shape, scale):
-        return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+        return jnp.asarray(np.asarray(scale * rng.standard_normal(shape), dtype))
 
     params = {
         "cell": {name: normal(shape, 0.8 / np.sqrt(max(shape[0], 1)) if len(shape) == 2 else 0.3)
@@ -30,8 +30,8 @@ def random_problem(seed, cell, batch, time, input_size, hidden, classes, *, dtyp
         "readout": {"W": normal((hidden, classes), 1.0 / np.sqrt(hidden)), "b": normal((classes,), 0.3)},
     }
     xs = normal((batch, time, input_size), 1.0)
-    labels = jnp.asarray(rng.integers(0, classes, (batch, time) if many_to_many else (batch,)), jnp.int32)
-    lengths = jnp.asarray(rng.integers(1, time + 1, (batch,)), jnp.int32) if with_lengths else None
+    labels = jnp.asarray(np.asarray(rng.integers(0, classes, (batch, time) if many_to_many else (batch,)), jnp.int32))
+    lengths = jnp.asarray(np.asarray(rng.integers(1, time + 1, (batch,)), jnp.int32)) if with_lengths else None
     return params, xs, labels, lengths
 
 
@@ -52,30 +52,30 @@ def assert_trees_close(actual, expected, rtol, atol=0.0):
 
 def max_scale(tree):
     """Largest absolute entry over a pytree (for absolute tolerances relative to the scale)."""
-    return max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(tree))
+    return max(float(np.max(np.abs(np.asarray(a, np.float64)))) for a in jax.tree.leaves(tree))  # numpy: no program
 
 
 def random_model(seed, spec, batch, time, *, dtype=jnp.float64, with_lengths=False):
     """Random params of ``spec`` (every leaf, biases included, drawn non-zero), inputs of the
     spec's kind, targets of its loss, and optional lengths, from one numpy seed."""
     rng = np.random.default_rng(seed)
-    params = p1.init_model(jax.random.key(seed), spec, dtype)
+    params = jax.eval_shape(lambda: p1.init_model(jax.random.key(seed), spec, dtype))  # shapes: nothing to compile
 
     def draw(a):
         scale = 0.8 / np.sqrt(a.shape[0]) if a.ndim == 2 else 0.3
-        return jnp.asarray(scale * rng.standard_normal(a.shape), dtype)
+        return jnp.asarray(np.asarray(scale * rng.standard_normal(a.shape), dtype))
 
     params = jax.tree.map(draw, params)
     if spec.tokens:
-        xs = jnp.asarray(rng.integers(0, spec.vocab_size, (batch, time)), jnp.int32)
+        xs = jnp.asarray(np.asarray(rng.integers(0, spec.vocab_size, (batch, time)), jnp.int32))
     else:
-        xs = jnp.asarray(rng.standard_normal((batch, time, spec.input_size)), dtype)
+        xs = jnp.asarray(np.asarray(rng.standard_normal((batch, time, spec.input_size)), dtype))
     steps = (batch, time) if spec.many_to_many else (batch,)
     if spec.loss == "mse":
-        targets = jnp.asarray(rng.standard_normal(steps + (spec.num_outputs,)), dtype)
+        targets = jnp.asarray(np.asarray(rng.standard_normal(steps + (spec.num_outputs,)), dtype))
     else:
-        targets = jnp.asarray(rng.integers(0, spec.num_outputs, steps), jnp.int32)
-    lengths = jnp.asarray(rng.integers(1, time + 1, (batch,)), jnp.int32) if with_lengths else None
+        targets = jnp.asarray(np.asarray(rng.integers(0, spec.num_outputs, steps), jnp.int32))
+    lengths = jnp.asarray(np.asarray(rng.integers(1, time + 1, (batch,)), jnp.int32)) if with_lengths else None
     return params, xs, targets, lengths
 
 
