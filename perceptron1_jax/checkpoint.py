@@ -64,7 +64,7 @@ def list_checkpoints(out_dir) -> list[Path]:
 
 def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict, spec: dict | None = None,
                     data: dict | None = None, population: dict | None = None, best: dict | None = None,
-                    keep: int = 3) -> Path:
+                    keep: int = 3, stream=None) -> Path:
     """Write ``ckpt_<step>.msgpack`` atomically into ``out_dir`` and keep the newest ``keep`` files;
     with ``best`` (``{"step", "eval_loss"}``), write ``best.msgpack`` instead (:data:`BEST`: never
     pruned, never what a resume starts from).
@@ -72,13 +72,16 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
     ``population``: a population's description and its members' status (JSON); its ``params``
     and ``opt_state`` then carry a leading member axis.
 
+    ``stream``: a stream run's :class:`~perceptron1_jax.online.OnlineStream` (its state and
+    influence, a population's stacked), saved as ``stream`` (read back as a state dict).
+
     Params or optimizer state holding NaN or inf are refused (:class:`CheckpointError`) before
     anything is written. An ``OSError`` while writing (a full disk) leaves the previous
     checkpoints as they were and no partial file behind.
     """
     folder = Path(out_dir)
-    params, opt_state = jax.tree.map(np.asarray, (params, opt_state))  # on the host once: checked, then written
-    check_finite({"params": params, "opt_state": opt_state}, f"checkpoint of step {step}")
+    params, opt_state, stream = jax.tree.map(np.asarray, (params, opt_state, stream))  # on the host once
+    check_finite({"params": params, "opt_state": opt_state, "stream": stream}, f"checkpoint of step {step}")
     folder.mkdir(parents=True, exist_ok=True)
     payload = serialization.msgpack_serialize(
         {
@@ -92,6 +95,7 @@ def save_checkpoint(out_dir, *, step: int, params, opt_state, key, config: dict,
             "key": np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key),
             "params": serialization.to_state_dict(params),
             "opt_state": serialization.to_state_dict(opt_state),
+            **({} if stream is None else {"stream": serialization.to_state_dict(stream)}),
         }
     )
     target = folder / BEST if best is not None else checkpoint_path(folder, step)

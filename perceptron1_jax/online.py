@@ -194,11 +194,16 @@ def run_online_updates(params, xs, targets, spec: ModelSpec, every: int, update,
                     method=method, feedback=feedback, compact=compact)
 
 
+def start_stream(params, spec: ModelSpec, method: str, batch: int) -> OnlineStream:
+    """A new :class:`OnlineStream` of ``batch`` examples: zero state and influence at step 0, what
+    :func:`online_updates` starts from without ``stream`` (and a stream training run at its first step)."""
+    pattern, compact = _prepare(params, spec, method, batch)
+    return _fresh_stream(params, spec, method, pattern, compact, batch, params["head"]["W"].dtype)
+
+
 def _check_stream(stream, params, spec: ModelSpec, method: str, batch: int) -> None:
     """A ``ValueError`` naming a ``stream`` that is not what this call's walk carries."""
-    pattern, compact = _prepare(params, spec, method, batch)
-    dtype = params["head"]["W"].dtype
-    expected = jax.eval_shape(lambda: _fresh_stream(params, spec, method, pattern, compact, batch, dtype))
+    expected = jax.eval_shape(lambda: start_stream(params, spec, method, batch))
     shapes = (lambda tree: jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__))),  # noqa: E731
                                         tree))
     given = shapes(stream) if isinstance(stream, OnlineStream) else repr(stream)

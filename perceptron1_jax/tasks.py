@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -38,6 +39,7 @@ class TaskSpec(NamedTuple):
     vocab_size: int | None = None  # token tasks: inputs are ids embedded by a learned table
     next_token: bool = False  # the label at step t is the input at step t+1 (a backward direction sees it)
     make_eval: Callable[..., Dataset] | None = None  # the held-out split's maker (None: make, another key)
+    make_stream: Callable[..., Dataset] | None = None  # stream runs: (seq_len) -> the training windows in order
 
 
 # --------------------------------------------------------------------------- three-step
@@ -176,6 +178,21 @@ def chars(key, num_examples: int, seq_len: int = 32, dtype=jnp.float32, part: st
     return Dataset(windows[:, :-1], windows[:, 1:])
 
 
+def next_token_windows(ids, seq_len: int) -> Dataset:
+    """Next-token windows of the ids ``(n,)`` in order, each continuing the last: ``xs[i] = ids[s:s+L]``,
+    ``labels[i] = ids[s+1:s+L+1]`` for ``s = 0, L, 2L, ...`` (numpy in, numpy out)."""
+    ids = np.asarray(ids)
+    starts = np.arange(0, ids.size - seq_len, seq_len)
+    index = starts[:, None] + np.arange(seq_len)[None, :]
+    return Dataset(ids[index], ids[index + 1])
+
+
+def chars_stream(seq_len: int = 32) -> Dataset:
+    """The training part of the :func:`chars` text as :func:`next_token_windows`: what a stream run
+    (``TrainConfig(stream=True)``) reads, each lane on through it."""
+    return next_token_windows(np.array([VOCAB.index(ch) for ch in TEXT[:CHARS_SPLIT]], np.int32), seq_len)
+
+
 def chars_eval(key, num_examples: int, seq_len: int = 32, dtype=jnp.float32) -> Dataset:
     """:func:`chars` windows of the held-out last 15% of the text."""
     return chars(key, num_examples, seq_len, dtype, part="eval")
@@ -194,6 +211,6 @@ TASKS: dict[str, TaskSpec] = {
                  1, 2, True, 20, 0.5),
         TaskSpec("chars", "next character of a small built-in text", chars,
                  CHAR_EMBED, len(VOCAB), True, 32, CHARS_CHANCE, vocab_size=len(VOCAB), next_token=True,
-                 make_eval=chars_eval),
+                 make_eval=chars_eval, make_stream=chars_stream),
     )
 }

@@ -95,6 +95,7 @@ WHERE = {
     "grad": ({}, {"grad": "autodiff"}, "params"),
     "gradient": ({}, {"gradient": "snap1"}, "params"),
     "online_every": ({"task": "parity", "seq_len": 6, "gradient": "snap1"}, {"online_every": 3}, "params"),
+    "stream": ({"task": "chars", "seq_len": 4, "gradient": "snap1", "online_every": 2}, {"stream": True}, "params"),
     "tbptt_k1": ({"task": "copy", "seq_len": 6}, {"tbptt_k1": 6, "tbptt_k2": 3}, "params"),
     "tbptt_k2": ({"task": "copy", "seq_len": 6, "tbptt_k1": 6}, {"tbptt_k2": 3}, "params"),
     "dtype": ({}, {"dtype": "float64"}, "dtypes"),
@@ -149,6 +150,10 @@ REFUSED = [
     ({"online_every": 2}, "online_every: expected the default None here (it times the updates of an online "
                           "gradient (gradient)), got 2"),
     ({"gradient": "uoro", "online_every": 0}, "online_every: expected a positive int, got 0"),
+    ({"stream": True}, "stream: expected the default False here (it carries online learning's state from step to "
+                       "step (online_every)), got True"),
+    ({"task": "chars", "gradient": "uoro", "online_every": 2, "stream": True, "num_train": 64},
+     "num_train: expected the default 2048 here (a stream reads the whole training text in order"),
 ]
 
 

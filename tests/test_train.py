@@ -244,13 +244,15 @@ def test_runs_of_one_program_share_one_step():
     changed = {"grad": "autodiff", "optimizer": "sgd", "lr": 0.03, "momentum": 0.5, "clip": 1.0, "clip_value": 0.5,
                "schedule": "cosine", "steps": 31, "warmup_steps": 2, "tbptt_k1": 3, "compute_dtype": "bfloat16",
                "weight_decay": 0.01, "gradient": "snap1"}
-    assert sorted(changed) == sorted(set(STEP_FIELDS) - {"tbptt_k2", "online_every"})
+    assert sorted(changed) == sorted(set(STEP_FIELDS) - {"tbptt_k2", "online_every", "stream"})
     for name, value in changed.items():
         assert run_step(dataclasses.replace(TINY, **{name: value}), spec, mesh)[1] is not step, name
     truncated = run_step(dataclasses.replace(TINY, tbptt_k1=3), spec, mesh)[1]
     assert run_step(dataclasses.replace(TINY, tbptt_k1=3, tbptt_k2=2), spec, mesh)[1] is not truncated
     online = run_step(dataclasses.replace(TINY, gradient="snap1"), spec, mesh)[1]
-    assert run_step(dataclasses.replace(TINY, gradient="snap1", online_every=1), spec, mesh)[1] is not online
+    every = run_step(dataclasses.replace(TINY, gradient="snap1", online_every=1), spec, mesh)[1]
+    assert every is not online
+    assert run_step(dataclasses.replace(TINY, gradient="snap1", online_every=1, stream=True), spec, mesh)[1] is not every
     other_spec = dataclasses.replace(TINY, hidden=9).model_spec
     assert run_step(TINY, other_spec, mesh)[1] is not step
     # The shared step trains exactly as a freshly built one.

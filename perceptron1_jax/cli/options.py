@@ -38,6 +38,8 @@ HELP = {
                 "rtrl (exact), snap1, eprop or uoro (docs/online.md)",
     "online_every": "with --gradient: update every K steps along each batch's sequences, the state and influence "
                     "carried across the updates (true online learning; many-to-many, K divides the length)",
+    "stream": "with --online-every: each lane of the batch reads on through the training text, one window per "
+              "step, the state and influence carried from step to step and saved in every checkpoint (text, chars)",
     "tbptt_k1": "truncated BPTT: steps forward per update",
     "tbptt_k2": "truncated BPTT: steps backpropagated per update (default k1)",
     "dtype": "float32 or float64",

@@ -137,6 +137,25 @@ def check_seq_len(seq_len) -> int:
     return int(seq_len)
 
 
+def check_stream(split: Dataset, info: DataInfo, batch_size: int) -> int:
+    """What a stream run (``TrainConfig(stream=True)``) asks of its training ``split``: next-token
+    windows in order, each continuing the last (window ``i + 1`` starts with window ``i``'s last
+    target, as :func:`~perceptron1_jax.tasks.next_token_windows` cuts a text), at least one for
+    each of the ``batch_size`` lanes. Returns the windows each lane reads before it starts over;
+    a ``ValueError`` naming ``stream`` otherwise."""
+    if not info.next_token:
+        raise ValueError(f"stream: expected next-token data whose windows continue each other (text files, the "
+                         f"chars task), got {info.kind} data from {info.source or 'Python'}")
+    xs, labels = np.asarray(split.xs), np.asarray(split.labels)
+    breaks = np.flatnonzero(xs[1:, 0] != labels[:-1, -1])
+    if breaks.size:
+        i = int(breaks[0])
+        raise ValueError(f"stream: expected training windows that continue each other (window i + 1 starting "
+                         f"with window i's last target), got window {i + 1} of {info.source or 'the data'} starting "
+                         f"with {xs[i + 1, 0]} after {labels[i, -1]}")
+    return xs.shape[0] // batch_size
+
+
 def chance(data: Data) -> float | None:
     """Accuracy of always guessing the most frequent training label, on the evaluation split
     (classifiers; None for regression or an empty split). Padded steps of many-to-many labels are

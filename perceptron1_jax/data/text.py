@@ -29,7 +29,7 @@ from perceptron1_jax.data.source import (
     take,
 )
 from perceptron1_jax.data.vocab import Vocabulary, tokenize
-from perceptron1_jax.tasks import Dataset
+from perceptron1_jax.tasks import Dataset, next_token_windows
 
 DEFAULT_LM_SEQ_LEN = 64
 
@@ -62,13 +62,6 @@ def _paths(paths, what: str) -> list[Path]:
 def describe_paths(paths: Sequence[Path]) -> str:
     """``a.txt`` or ``a.txt (+167 files)``: how errors and logs name a list of files."""
     return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
-
-
-def next_token_windows(ids: np.ndarray, seq_len: int) -> Dataset:
-    """Next-token windows: ``xs[i] = ids[s:s+L]``, ``labels[i] = ids[s+1:s+L+1]`` for ``s = 0, L, 2L, ...``."""
-    starts = np.arange(0, ids.size - seq_len, seq_len)
-    index = starts[:, None] + np.arange(seq_len)[None, :]
-    return Dataset(ids[index], ids[index + 1])
 
 
 def load_text(paths, *, tokens: str = "chars", seq_len: int = DEFAULT_LM_SEQ_LEN, val_fraction: float = 0.1,

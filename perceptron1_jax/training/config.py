@@ -18,7 +18,7 @@ import jax
 
 from perceptron1_jax import online, validate
 from perceptron1_jax.data import Data, DataInfo, check_missing, check_tokenizer, is_archive, source_kind
-from perceptron1_jax.data.source import check_val_fraction
+from perceptron1_jax.data.source import check_stream, check_val_fraction
 from perceptron1_jax.optim import OPTIMIZERS, SCHEDULES
 from perceptron1_jax.spec import SCANS, LayerSpec, ModelSpec, parse_layers  # noqa: F401 (SCANS: the CLI's choices)
 from perceptron1_jax.tasks import TASKS, VOCAB, TaskSpec
@@ -62,6 +62,7 @@ class TrainConfig:
     grad: str = "bptt"  # "bptt" (explicit) or "autodiff" (jax.grad)
     gradient: str | None = None  # an online gradient instead: "rtrl", "snap1", "eprop", "uoro" (perceptron1_jax.online)
     online_every: int | None = None  # online gradient: update every k steps along each sequence (None: once per batch)
+    stream: bool = False  # online_every: each batch lane reads on through the text, state and influence kept
     tbptt_k1: int | None = None  # truncated BPTT: steps forward per update
     tbptt_k2: int | None = None  # truncated BPTT: steps backpropagated per update (default k1)
     dtype: str = "float32"
@@ -212,9 +213,8 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 def check_precision(cfg: TrainConfig) -> None:
-    """A float64 run needs JAX's 64-bit mode: without it every array would silently be float32.
-    The library never switches it on behind the caller's back (the command line, which owns its
-    process, does)."""
+    """A float64 run needs JAX's 64-bit mode: without it every array would silently be float32. The
+    library never switches it on behind the caller's back (the command line, owning its process, does)."""
     if cfg.dtype == "float64" and not jax.config.read("jax_enable_x64"):
         raise ValueError("dtype: expected JAX's 64-bit mode on for float64, got it off in this process: call "
                          "jax.config.update('jax_enable_x64', True) before building anything (or set JAX_ENABLE_X64=1)")
@@ -246,6 +246,8 @@ def _check_inert(cfg: TrainConfig) -> None:
         *((name, cfg.gradient is not None, f"the online gradient {cfg.gradient!r} replaces it")
           for name in ("grad", "tbptt_k1", "tbptt_k2", "compute_dtype")),
         ("online_every", cfg.gradient is None, "it times the updates of an online gradient (gradient)"),
+        ("stream", cfg.online_every is None, "it carries online learning's state from step to step (online_every)"),
+        ("num_train", cfg.stream, "a stream reads the whole training text in order (num_train counts drawn examples)"),
     ]
     for name, cannot_act, why in inert:
         value = getattr(cfg, name)
@@ -328,11 +330,6 @@ def _check_combinations(cfg: TrainConfig) -> None:
                          f"{cfg.compute_dtype} with tbptt_k1={cfg.tbptt_k1}")
     if cfg.tbptt_k2 is not None and cfg.tbptt_k1 is None:
         raise ValueError("tbptt_k2: expected tbptt_k1 to be set as well, got tbptt_k1=None")
-    if cfg.standardize is not None and not isinstance(cfg.standardize, bool):
-        raise ValueError(f"standardize: expected true or false, got {cfg.standardize!r}")
-    for name in ("bidirectional", "keep_best", "tensorboard"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"{name}: expected true or false, got {getattr(cfg, name)!r}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
         raise ValueError("tensorboard: expected tensorboardX installed to write event files (pip install "
                          "'perceptron1_jax[tensorboard]'), got it missing")
@@ -351,10 +348,11 @@ def _check_task_run(cfg: TrainConfig) -> None:
     run_spec(cfg, task_info(cfg.task_spec))  # builds the model: a bad layer or size raises here
     if cfg.tbptt_k1 is not None:
         if cfg.task_spec.vocab_size is not None:
-            raise ValueError(f"tbptt_k1: truncated BPTT supports the float-input tasks, got the token task "
-                             f"{cfg.task!r}")
+            raise ValueError(f"tbptt_k1: truncated BPTT supports the float-input tasks, got token task {cfg.task!r}")
         _check_truncated_layers(cfg)
         windows(cfg.time, cfg.tbptt_k1, cfg.tbptt_k2, many_to_one=not cfg.task_spec.many_to_many)
+    if cfg.stream and cfg.task_spec.make_stream is None:
+        raise ValueError(f"stream: expected a task whose examples continue each other (chars), got {cfg.task!r}")
     if cfg.task == "three_step" and cfg.time != 3:
         raise ValueError(f"seq_len: expected 3 for the three_step task, got {cfg.time}")
 
@@ -388,6 +386,8 @@ def check_run(cfg: TrainConfig, data: Data) -> ModelSpec:
     if cfg.gradient is not None:
         online.check_online_training(spec, cfg.gradient, cfg.batch_size, cfg.dtype, cfg.online_every,
                                      data.train.xs.shape[1], data.train.lengths is not None)
+    if cfg.stream:
+        check_stream(data.train, info, cfg.batch_size)
     return spec
 
 

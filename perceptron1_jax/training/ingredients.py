@@ -48,9 +48,11 @@ def dropout_key_at(run_key, step):
 
 
 def task_datasets(cfg: TrainConfig, k_train, k_eval) -> tuple[Dataset, Dataset]:
-    """The training and evaluation splits of ``cfg``'s built-in task, drawn from the two keys."""
+    """The training and evaluation splits of ``cfg``'s built-in task, drawn from the two keys (a
+    stream run's training split: the task's text in order)."""
     spec, dtype = cfg.task_spec, jnp.dtype(cfg.dtype)
-    return (Dataset(*spec.make(k_train, cfg.num_train, cfg.time, dtype)),
+    train = spec.make_stream(cfg.time) if cfg.stream else spec.make(k_train, cfg.num_train, cfg.time, dtype)
+    return (Dataset(*train),
             Dataset(*(spec.make_eval or spec.make)(k_eval, cfg.num_eval, cfg.time, dtype)))
 
 
@@ -99,6 +101,33 @@ def batch_index(n: int, shuffle_key, step, batch_size: int):
     epoch, position = step // per_epoch, step % per_epoch
     order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
     return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+
+
+@partial(jax.jit, static_argnames=("batch_size",))
+def stream_batch(data: Dataset, step, batch_size: int):
+    """Minibatch of step ``step`` of a stream run (``TrainConfig(stream=True)``): lane ``b`` reads
+    the windows of ``data`` in order, one per step (see :func:`stream_index`), with a reset where it
+    starts (over)."""
+    index, start = stream_index(data.labels.shape[0], step, batch_size)
+    return with_stream_resets(tuple(None if a is None else a[index] for a in data), start)
+
+
+def stream_index(n: int, step, batch_size: int):
+    """``(index, start)`` of step ``step`` of a stream over ``n`` windows: lane ``b`` reads windows
+    ``[b W, (b + 1) W)`` in order, ``W = n // batch_size``, and starts over after the last (the
+    tail of ``n % batch_size`` windows is not read); ``index: (batch_size,)`` the window of each
+    lane, ``start`` whether the lanes start (over) at this step."""
+    per_lane = n // batch_size
+    position = step % per_lane
+    return jnp.arange(batch_size) * per_lane + position, position == 0
+
+
+def with_stream_resets(batch: tuple, start) -> tuple:
+    """``(xs, labels, lengths, resets)`` of ``batch`` with a reset at every lane's first step when
+    ``start``: the state (and the influence) start again where a lane starts over its text."""
+    xs, labels, lengths, resets = batch
+    first = jnp.zeros(labels.shape[:2], bool).at[:, 0].set(start)
+    return xs, labels, lengths, first if resets is None else resets | first
 
 
 def init_run_params(key, cfg: TrainConfig, spec: ModelSpec | None = None):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceptron1_jax.data import chance
+from perceptron1_jax.online import start_stream
 from perceptron1_jax.training.config import TrainConfig, check_config, check_run, task_info
 from perceptron1_jax.training.evaluation import describe_eval, evaluate_members, gradient_flow_of, json_scalar
 from perceptron1_jax.training.ingredients import get_batch, init_run_params, seed_keys
@@ -45,7 +46,7 @@ from perceptron1_jax.training.population_step import (
     population_layout,
     population_spec,
 )
-from perceptron1_jax.training.resume import restore, resume_from
+from perceptron1_jax.training.resume import restore, restore_stream, resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir
 from perceptron1_jax.training.session import Loop, progress_bar
 from perceptron1_jax.training.state import NonFiniteStop, PopulationState, stop_requested
@@ -71,9 +72,9 @@ class PopulationLoop(Loop):
     def step(self):
         state = self.state
         active = jax.device_put(self.active, member_shardings(self.layout)[0])
-        state.params, state.opt_state, metrics = self.step_fn(
+        state.params, state.opt_state, metrics, state.stream = self.step_fn(
             state.params, state.opt_state, active, *self.member_args, self.population_data.train,
-            jnp.asarray(state.step, jnp.int32))
+            jnp.asarray(state.step, jnp.int32), state.stream)
         state.step += 1
         return None, {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
 
@@ -238,15 +239,12 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
     layout = population_layout(cfg, len(members), mesh)
     on_members, replicated = member_shardings(layout)
     step_fn = make_population_step(cfg, members, spec, layout)
-    member_args = jax.device_put((
-        jnp.asarray(np.concatenate([shapes.which, np.repeat(shapes.which[:1], layout.padded - layout.size)])),
-        jnp.asarray([m.seed for m in members] + [members[0].seed] * (layout.padded - layout.size), jnp.int32),
-        hyper_values(members, layout.padded, jnp.dtype(cfg.dtype))), on_members)
+    member_args = _member_args(cfg, members, shapes.which, layout)
     abstract = _abstract_state(cfg, members, spec, layout)
     active = jax.ShapeDtypeStruct((layout.padded,), jnp.bool_, sharding=on_members)
     train_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), shapes.train)
-    step_fn = check_memory(step_fn, (*abstract, active, *member_args, train_shapes,
-                                     jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)), layout)
+    step_fn = check_memory(step_fn, (*abstract, active, *member_args, train_shapes, jax.ShapeDtypeStruct(
+        (), jnp.int32, sharding=replicated), _abstract_stream(cfg, spec, abstract[0], layout)), layout)
     pdata = population_data(members, data) if isinstance(shapes.train.xs, jax.ShapeDtypeStruct) else shapes
     check_run(members[0], member_split(pdata, 0))
     pdata = pdata._replace(**{p: jax.device_put(getattr(pdata, p), replicated) for p in ("train", "eval", "test")})
@@ -259,7 +257,8 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
         step, status = found[2], found[3]
     state = PopulationState(*jax.device_put((params, opt_state), on_members), step, info=pdata.info, spec=spec,
                             chance=chance(member_split(pdata, 0)), members=members, population=population,
-                            status=status, member_infos=tuple(pdata.member_info(k) for k in range(len(members))))
+                            status=status, member_infos=tuple(pdata.member_info(k) for k in range(len(members))),
+                            stream=_member_streams(cfg, spec, params, layout, found))
     key = seed_keys(cfg.seed)[0]
     folder = RunFolder(out, writes, cfg=cfg, spec=spec, info=pdata.info, key=key,
                        last_saved=None if found is None else step,
@@ -279,6 +278,38 @@ def start_population_loop(cfg: TrainConfig, population: Population, out, *, resu
                           bar.write if bar is not None else log, bar, tick=(time.perf_counter(), step),
                           members=members, population_data=pdata, layout=layout, member_args=member_args,
                           active=active_now, best=best)
+
+
+def _member_args(cfg: TrainConfig, members, which, layout: Layout) -> tuple:
+    """``(which, seeds, hyper)`` of the step, padded, on the members' devices: each member's data
+    variant, seed and varied options (padding members copy member 0's)."""
+    pad = layout.padded - layout.size
+    return jax.device_put((jnp.asarray(np.concatenate([which, np.repeat(which[:1], pad)])),
+                           jnp.asarray([m.seed for m in members] + [members[0].seed] * pad, jnp.int32),
+                           hyper_values(members, layout.padded, jnp.dtype(cfg.dtype))), member_shardings(layout)[0])
+
+
+def _member_streams(cfg: TrainConfig, spec, params, layout: Layout, found):
+    """A stream run's streams stacked over the members, on their devices: fresh, or each member's
+    state and influence from the checkpoint ``found`` resumed (None: not a stream run)."""
+    if not cfg.stream:
+        return None
+    fresh = start_stream(member_of(params, 0), spec, cfg.gradient, cfg.batch_size)
+    stacked = jax.tree.map(lambda a: jnp.stack([a] * (layout.padded if found is None else layout.size)), fresh)
+    if found is not None:
+        stacked = pad_members(restore_stream(stacked, found[4]), layout.padded)
+    return jax.device_put(stacked, member_shardings(layout)[0])
+
+
+def _abstract_stream(cfg: TrainConfig, spec, params, layout: Layout):
+    """The ``jax.ShapeDtypeStruct`` tree of a stream run's stacked streams, nothing allocated (None:
+    not a stream run)."""
+    if not cfg.stream:
+        return None
+    single = jax.eval_shape(lambda p: start_stream(member_of(p, 0), spec, cfg.gradient, cfg.batch_size), params)
+    on_members = member_shardings(layout)[0]
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((layout.padded, *a.shape), a.dtype, sharding=on_members),
+                        single)
 
 
 def _abstract_state(cfg: TrainConfig, members, spec, layout: Layout):

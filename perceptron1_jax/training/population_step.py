@@ -38,6 +38,8 @@ from perceptron1_jax.training.ingredients import (
     run_data,
     run_optimizer,
     seed_keys,
+    stream_index,
+    with_stream_resets,
 )
 from perceptron1_jax.training.population import VARIED, varied_names
 from perceptron1_jax.training.step import (
@@ -196,11 +198,12 @@ def hyper_values(members: tuple[TrainConfig, ...], padded: int, dtype) -> dict:
 
 def make_population_step(cfg: TrainConfig, members: tuple[TrainConfig, ...], spec: ModelSpec,
                          layout: Layout) -> Callable:
-    """The jitted ``step(params, opt_state, active, which, seeds, hyper, train, step) -> (params,
-    opt_state, metrics)``: every argument but ``train`` (a :class:`PopulationData`'s training
-    split) and ``step`` (the step number) has a leading member axis of ``layout.padded``;
+    """The jitted ``step(params, opt_state, active, which, seeds, hyper, train, step, stream) ->
+    (params, opt_state, metrics, stream)``: every argument but ``train`` (a :class:`PopulationData`'s
+    training split) and ``step`` (the step number) has a leading member axis of ``layout.padded``;
     ``active[k]`` False freezes member ``k`` (its state comes back unchanged). ``metrics`` as a
-    single run's, each of shape ``(padded,)``."""
+    single run's, each of shape ``(padded,)``; ``stream`` a stream run's stacked
+    :class:`~perceptron1_jax.online.OnlineStream` (None otherwise)."""
     names = varied_names(members)
     base = dataclasses.replace(cfg, **{name: getattr(members[0], name) for name in VARIED})
     uses_dropout = any(m.dropout for m in members) or cfg.gradient == "uoro"  # the step's key: dropout's, UORO's
@@ -211,10 +214,14 @@ def make_population_step(cfg: TrainConfig, members: tuple[TrainConfig, ...], spe
         # the masks of the single run on this many devices (a batch they cannot split: one device's)
         value_and_grad = split_like_mesh(value_and_grad, spec, layout.mesh.size)
 
-    def member(params, opt_state, active, which, seed, hyper, train, step):
+    def member(params, opt_state, active, which, seed, hyper, train, step, stream):
         run_key, _, _, _, shuffle_key = seed_keys(seed)
-        index = batch_index(train.labels.shape[1], shuffle_key, step, cfg.batch_size)
+        if cfg.stream:
+            index, start = stream_index(train.labels.shape[1], step, cfg.batch_size)
+        else:
+            index = batch_index(train.labels.shape[1], shuffle_key, step, cfg.batch_size)
         batch = tuple(None if a is None else a[which, index] for a in train)
+        batch = with_stream_resets(batch, start) if cfg.stream else batch
         dropout_key = dropout_key_at(run_key, step) if uses_dropout else None
         if "dropout" in names:
             dropout_key = DropoutDraw(dropout_key, hyper["dropout"])
@@ -223,19 +230,20 @@ def make_population_step(cfg: TrainConfig, members: tuple[TrainConfig, ...], spe
         if cfg.tbptt_k1 is not None:
             new_params, new_state, metrics = truncated_update(run, spec, optimizer, params, opt_state, batch)
         elif cfg.online_every is not None:
-            new_params, new_state, metrics = online_update(run, spec, optimizer, params, opt_state, batch,
-                                                           dropout_key)
+            new_params, new_state, metrics, new_stream = online_update(run, spec, optimizer, params, opt_state,
+                                                                       batch, dropout_key, stream)
         else:
             new_params, new_state, metrics = update_step(run, spec, value_and_grad, optimizer, params, opt_state,
                                                          batch, dropout_key)
         keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
-        return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state), metrics
+        stream = None if stream is None else jax.tree.map(keep, new_stream, stream)
+        return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state), metrics, stream
 
-    batched = jax.vmap(member, in_axes=(0, 0, 0, 0, 0, 0, None, None))
+    batched = jax.vmap(member, in_axes=(0, 0, 0, 0, 0, 0, None, None, 0))
     if layout.split:
         split = P(AXIS)
-        batched = jax.shard_map(batched, mesh=layout.mesh, in_specs=(split,) * 6 + (P(), P()), out_specs=split,
-                                check_vma=False)
+        batched = jax.shard_map(batched, mesh=layout.mesh, in_specs=(split,) * 6 + (P(), P(), split),
+                                out_specs=split, check_vma=False)
     return jax.jit(batched)
 
 

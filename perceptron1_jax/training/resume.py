@@ -77,6 +77,15 @@ def restore(cfg: TrainConfig, raw: dict, spec: ModelSpec | None = None):
     return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, opt_state)
 
 
+def restore_stream(template, raw: dict):
+    """A stream run's :class:`~perceptron1_jax.online.OnlineStream` from a raw checkpoint payload,
+    in the structure of ``template`` (a fresh one; a population's stacked over its real members)."""
+    if raw.get("stream") is None:
+        raise MismatchError(f"stream: expected {raw['path']} to hold the state and influence of a stream run, "
+                            "got none")
+    return jax.tree.map(jnp.asarray, serialization.from_state_dict(template, raw["stream"]))
+
+
 def check_same_population(raw: dict, population: Population | None) -> None:
     """A checkpoint resumed as the same population (or as a single run, neither being one);
     a :class:`MismatchError` otherwise."""
@@ -92,9 +101,10 @@ def _describe_population(population: Population | None) -> str:
 
 def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelSpec, *, writes: bool,
                 log: Callable[[str], None], population: Population | None = None):
-    """``(params, opt_state, step, status)`` of the newest good checkpoint in ``out`` (None when it
-    has none), checked to be ``cfg``'s run (or ``population``) on data described by ``info``
-    (:class:`MismatchError`); ``status`` a population's members' status (None for a single run).
+    """``(params, opt_state, step, status, raw)`` of the newest good checkpoint in ``out`` (None
+    when it has none), checked to be ``cfg``'s run (or ``population``) on data described by ``info``
+    (:class:`MismatchError`); ``status`` a population's members' status (None for a single run);
+    ``raw`` the checkpoint's payload (a stream run's stream: :func:`restore_stream`).
     When this process writes the folder, it first removes the temporaries of killed writes and
     afterwards drops the metrics logged past that step (the resumed run logs them again)."""
     if out is None:
@@ -116,7 +126,7 @@ def resume_from(out: Path | None, cfg: TrainConfig, info: DataInfo, spec: ModelS
         check_same_data(saved_info(raw, saved), info)
         check_same_population(raw, population)
         found = (*restore(cfg, raw, spec), int(raw["step"]),
-                 None if population is None else raw["population"]["status"])
+                 None if population is None else raw["population"]["status"], raw)
         log(f"resumed from {raw['path']} at step {found[2]}")
     start = 0 if found is None else found[2]
     if found is not None and start < cfg.steps and tested_at(out) is not None:

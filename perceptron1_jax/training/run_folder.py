@@ -211,7 +211,8 @@ class RunFolder:
         try:
             checkpoint.save_checkpoint(self.out, step=state.step, params=params, opt_state=opt_state,
                                        key=self._key, config=dataclasses.asdict(self._cfg),
-                                       spec=spec_to_dict(self._spec), data=self._info.to_dict(), population=population)
+                                       spec=spec_to_dict(self._spec), data=self._info.to_dict(), population=population,
+                                       stream=state.checkpoint_stream())
         except OSError as err:
             raise self.failed("cannot write a checkpoint", err, state) from err
         self.last_saved = state.step

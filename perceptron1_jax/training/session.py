@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from perceptron1_jax import checkpoint
 from perceptron1_jax.data import Data, chance
+from perceptron1_jax.online import start_stream
 from perceptron1_jax.parallel import first_copy, replicate, shard_batch
 from perceptron1_jax.training.config import TrainConfig, check_config, check_run, task_info
 from perceptron1_jax.training.device_choice import choose_devices
@@ -35,8 +36,9 @@ from perceptron1_jax.training.ingredients import (
     on_device,
     run_data,
     run_keys,
+    stream_batch,
 )
-from perceptron1_jax.training.resume import load_checkpoint, resume_from
+from perceptron1_jax.training.resume import load_checkpoint, restore_stream, resume_from
 from perceptron1_jax.training.run_folder import RunFolder, check_out_dir, saved_best_loss
 from perceptron1_jax.training.state import NonFiniteStop, RunState, SignalStop, stop_requested
 from perceptron1_jax.training.step import gradient_agreement, one_device_reason, run_mesh, run_step
@@ -68,10 +70,16 @@ class Loop:
     def step(self):
         """Draw this step's batch and apply one update; returns ``(batch, metrics)``."""
         state, cfg = self.state, self.cfg
+        key = dropout_key_of(cfg, state.step)
+        if state.stream is not None:  # each lane reads on where the last step stopped, its state and influence kept
+            batch = stream_batch(self.data.train, state.step, cfg.batch_size)
+            state.params, state.opt_state, metrics, state.stream = self.step_fn(state.params, state.opt_state, batch,
+                                                                                key, state.stream)
+            state.step += 1
+            return batch, metrics
         batch = get_batch(self.data.train, self.shuffle_key, state.step, cfg.batch_size)
         fed = batch if self.shard is None else shard_batch(batch, self.shard)
-        state.params, state.opt_state, metrics = self.step_fn(state.params, state.opt_state, fed,
-                                                              dropout_key_of(cfg, state.step))
+        state.params, state.opt_state, metrics = self.step_fn(state.params, state.opt_state, fed, key)
         state.step += 1
         return batch, metrics
 
@@ -213,7 +221,10 @@ def start_loop(cfg: TrainConfig, out, *, resume: bool, progress: bool, log, chec
     state = RunState(params, optimizer.init(params), 0, info=data.info, spec=spec, chance=chance(data))
     found = resume_from(out, cfg, data.info, spec, writes=writes, log=log) if resume else None
     if found is not None:
-        state.params, state.opt_state, state.step, _ = found
+        state.params, state.opt_state, state.step, _, _ = found
+    if cfg.stream:
+        state.stream = start_stream(state.params, spec, cfg.gradient, cfg.batch_size)
+        state.stream = state.stream if found is None else restore_stream(state.stream, found[4])
     folder = RunFolder(out, writes, cfg=cfg, spec=spec, info=data.info, key=key,
                        last_saved=None if found is None else state.step,
                        best_loss=saved_best_loss(out) if found is not None and writes else None)

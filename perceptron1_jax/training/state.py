@@ -28,11 +28,15 @@ class RunState:
     spec: ModelSpec | None = None  # the model it trained
     chance: float | None = None  # eval accuracy of always guessing the most frequent class
     test: dict | None = None  # the test split's scores of the best checkpoint, once the run has a test split
-
+    stream: Any = None  # a stream run's OnlineStream: the state and influence carried to the next step
 
     def checkpoint_parts(self):
         """``(params, opt_state, population)`` as a checkpoint holds them (no population here)."""
         return self.params, self.opt_state, None
+
+    def checkpoint_stream(self):
+        """The :class:`~perceptron1_jax.online.OnlineStream` a checkpoint holds (None: not a stream run)."""
+        return self.stream
 
 
 @dataclass
@@ -57,6 +61,10 @@ class PopulationState(RunState):
     def checkpoint_parts(self):
         """The real members' stacked ``(params, opt_state)`` and the population's description and status."""
         return (*jax.tree.map(lambda a: a[:self.size], (self.params, self.opt_state)), self.population_parts())
+
+    def checkpoint_stream(self):
+        """The real members' stacked :class:`~perceptron1_jax.online.OnlineStream` (None: not a stream run)."""
+        return None if self.stream is None else jax.tree.map(lambda a: a[:self.size], self.stream)
 
     def population_parts(self) -> dict:
         """What a checkpoint says of the population: its description, its members' status and,

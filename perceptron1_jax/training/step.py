@@ -35,7 +35,7 @@ from perceptron1_jax.truncated import run_windows
 # The fields of a config that the step's program depends on (with the model and the mesh): the
 # gradient, the optimizer and its schedule, clipping, truncation. Runs that agree on them share one step.
 STEP_FIELDS = ("grad", "gradient", "compute_dtype", "optimizer", "lr", "momentum", "clip", "clip_value", "weight_decay",
-               "schedule", "steps", "warmup_steps", "tbptt_k1", "tbptt_k2", "online_every")
+               "schedule", "steps", "warmup_steps", "tbptt_k1", "tbptt_k2", "online_every", "stream")
 
 
 def batch_accuracy(spec: ModelSpec, outputs, labels, lengths=None):
@@ -167,14 +167,27 @@ def truncated_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_s
 def make_online_step(cfg: TrainConfig, optimizer, spec: ModelSpec | None = None) -> Callable:
     """Like :func:`make_train_step` but an optax update every ``cfg.online_every`` steps along each
     batch's sequences by the online gradient ``cfg.gradient``, the state and the influence carried
-    across the updates (:func:`perceptron1_jax.online_updates`; many-to-many, no lengths, one device)."""
-    return jax.jit(partial(online_update, cfg, spec or cfg.model_spec, optimizer))
+    across the updates (:func:`perceptron1_jax.online_updates`; many-to-many, no lengths, one device).
+    With ``cfg.stream`` they are carried from step to step too: ``train_step(params, opt_state,
+    batch, key, stream) -> (params, opt_state, metrics, stream)``, ``stream`` an
+    :class:`~perceptron1_jax.online.OnlineStream`."""
+    step = partial(online_update, cfg, spec or cfg.model_spec, optimizer)
+    if cfg.stream:
+        return jax.jit(step)
+
+    def train_step(params, opt_state, batch, key=None):
+        return step(params, opt_state, batch, key)[:3]
+
+    return jax.jit(train_step)
 
 
-def online_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_state, batch, key=None):
+def online_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_state, batch, key=None, stream=None):
     """One step of :func:`make_online_step` (traceable, as :func:`update_step`; ``key``: UORO's
-    signs). Each batch's sequences are a stream that starts from zero state and influence: nothing
-    is carried from one step to the next, so a checkpoint between steps holds all there is."""
+    signs): ``(params, opt_state, metrics, stream)``. Without ``stream`` the batch's sequences are a
+    stream that starts from zero state and influence, so a checkpoint between steps holds all there
+    is; with it (a stream run's :class:`~perceptron1_jax.online.OnlineStream`) they go on from it,
+    and the stream returned is where they ended, or ``stream`` unchanged when a non-finite update
+    was skipped (its state would carry the non-finite values on)."""
     xs, labels, _, resets = (*batch, None, None)[:4]
 
     def update(params, opt_state, loss, grads):
@@ -182,13 +195,16 @@ def online_update(cfg: TrainConfig, spec: ModelSpec, optimizer, params, opt_stat
                                                                 opt_state, grads, loss)
         return params, opt_state, {"loss": loss, "grad_norm": norm, "clipped": fired, "finite": finite}
 
-    params, opt_state, records, _ = run_online_updates(params, xs, labels, spec, cfg.online_every, update, opt_state,
-                                                    cfg.gradient, key, resets)
+    params, opt_state, records, ended = run_online_updates(params, xs, labels, spec, cfg.online_every, update,
+                                                           opt_state, cfg.gradient, key, resets, stream=stream)
+    finite = jnp.all(records["finite"])
     metrics = {"loss": jnp.mean(records["loss"]), "grad_norm": records["grad_norm"][-1],
-               "clipped": jnp.any(records["clipped"]), "finite": jnp.all(records["finite"])}
+               "clipped": jnp.any(records["clipped"]), "finite": finite}
     if spec.loss == "cross_entropy":
         metrics["accuracy"] = evaluate(params, xs, labels, spec, resets=resets)["accuracy"]
-    return params, opt_state, metrics
+    if stream is not None:
+        ended = jax.tree.map(lambda new, old: jnp.where(finite, new, old), ended, stream)
+    return params, opt_state, metrics, ended
 
 
 def run_step(cfg: TrainConfig, spec: ModelSpec, mesh: Mesh) -> tuple[optax.GradientTransformation, Callable]:
