@@ -252,7 +252,8 @@ def test_runs_of_one_program_share_one_step():
     online = run_step(dataclasses.replace(TINY, gradient="snap1"), spec, mesh)[1]
     every = run_step(dataclasses.replace(TINY, gradient="snap1", online_every=1), spec, mesh)[1]
     assert every is not online
-    assert run_step(dataclasses.replace(TINY, gradient="snap1", online_every=1, stream=True), spec, mesh)[1] is not every
+    streamed = run_step(dataclasses.replace(TINY, gradient="snap1", online_every=1, stream=True), spec, mesh)[1]
+    assert streamed is not every
     other_spec = dataclasses.replace(TINY, hidden=9).model_spec
     assert run_step(TINY, other_spec, mesh)[1] is not step
     # The shared step trains exactly as a freshly built one.
