@@ -3,8 +3,9 @@ batch reads on through the training text, one window per step, and starts over (
 after its last; the online state and influence go on from step to step. A stream run trains as
 one :func:`perceptron1_jax.online_updates` call over its lanes' whole text (float64, rtol 1e-9);
 a resumed run (single or population) ends bit for bit where a straight one does, its stream read
-back from the checkpoint; a population's members train as their single runs; what a stream cannot
-read is refused by name before training, on the command line in one line with exit status 2."""
+back from the checkpoint (and given by ``load_checkpoint``); a population's members train as their
+single runs; what a stream cannot read is refused by name before training, on the command line in
+one line with exit status 2."""
 
 import dataclasses
 import subprocess
@@ -95,6 +96,7 @@ def test_a_resumed_stream_run_ends_bit_for_bit_and_its_checkpoint_holds_the_stre
     resumed = train(cfg, tmp_path / "resumed", resume=True, **QUIET)
     _same(straight.params, resumed.params)
     _same(straight.stream, resumed.stream)
+    _same(straight.stream, p1.load_checkpoint(tmp_path / "straight")["stream"])  # to go on with in your own loop
     path = checkpoint.list_checkpoints(tmp_path / "resumed")[0]
     raw = checkpoint.read_checkpoint(path)
     path.unlink()  # the newest checkpoint written again without its stream: refused, not restarted
@@ -115,6 +117,7 @@ def test_each_member_of_a_stream_population_trains_as_its_single_run_and_resumes
     train(dataclasses.replace(cfg, steps=2), tmp_path / "resumed", population=Population(seeds=2), **QUIET)
     resumed = train(cfg, tmp_path / "resumed", resume=True, population=Population(seeds=2), **QUIET)
     _same((members.params, members.stream), (resumed.params, resumed.stream))
+    _same(jax.tree.map(lambda a: a[1], members.stream), p1.load_checkpoint(tmp_path / "resumed", member=1)["stream"])
 
 
 @pytest.mark.parametrize("changes, message", [

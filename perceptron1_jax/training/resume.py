@@ -13,6 +13,7 @@ from flax import serialization
 
 from perceptron1_jax import checkpoint
 from perceptron1_jax.data import DataInfo
+from perceptron1_jax.online import start_stream
 from perceptron1_jax.spec import ModelSpec, spec_from_dict
 from perceptron1_jax.training.config import RESUMABLE_CHANGES, TrainConfig, config_from_dict, run_spec, task_info
 from perceptron1_jax.training.ingredients import init_run_params, run_keys, run_optimizer
@@ -151,7 +152,9 @@ def load_checkpoint(path, member: int | None = None) -> dict:
     Returns a dict with ``params``, ``opt_state`` (the optax state), ``step``, ``config`` (a
     :class:`TrainConfig`), ``spec`` (the :class:`~perceptron1_jax.ModelSpec` the params fit),
     ``data`` (the :class:`~perceptron1_jax.data.DataInfo` of what it trained on, vocabulary included),
-    ``key`` (the run's PRNG key data) and ``path``. Raises
+    ``key`` (the run's PRNG key data), ``stream`` (a stream run's
+    :class:`~perceptron1_jax.online.OnlineStream`, to go on with ``online_updates(..., stream=)``;
+    None otherwise, and in ``best.msgpack``) and ``path``. Raises
     :class:`~perceptron1_jax.checkpoint.CheckpointError` for a missing, truncated or corrupted file.
 
     A population's checkpoint: with ``member=k``, member ``k``'s params and optax state shaped as
@@ -177,8 +180,10 @@ def load_checkpoint(path, member: int | None = None) -> dict:
     if spec != run_spec(cfg, info):
         raise checkpoint.CheckpointError(f"checkpoint {raw['path']}: its spec {spec} does not match its config")
     params, opt_state = restore(cfg, raw, spec)
+    stream = None if raw.get("stream") is None else restore_stream(jax.eval_shape(lambda: start_stream(
+        params if members is None else member_of(params, 0), spec, cfg.gradient, cfg.batch_size)), raw)
     loaded = {"params": params, "opt_state": opt_state, "step": int(raw["step"]), "config": cfg, "spec": spec,
-              "data": info, "key": raw["key"], "path": raw["path"]}
+              "data": info, "key": raw["key"], "stream": stream, "path": raw["path"]}
     if members is None:
         if member is not None:
             raise ValueError(f"member: expected no member for the single run {raw['path']}, got {member}")
@@ -195,5 +200,6 @@ def load_checkpoint(path, member: int | None = None) -> dict:
     if raw.get("best") is not None:  # best.msgpack stacks each member's own best: its step is the member's
         step = raw["population"]["status"][member].get("best_step") or step
     return {**loaded, "params": member_of(params, member), "opt_state": member_of(opt_state, member),
+            "stream": None if stream is None else member_of(stream, member),
             "config": members[member], "spec": run_spec(members[member], info), "member": member, "data": info,
             "step": step}
