@@ -16,7 +16,7 @@ import pytest
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 NAMES = ["vanishing_gradients", "clipping", "long_range", "truncation", "optimizers", "flax_nnx", "char_model",
          "word_model", "sentiment", "bidirectional", "stdlib_chars", "time_series_classification", "min_rnns",
-         "online_learning", "recurrent_ppo", "bptt_vs_autodiff"]
+         "online_learning", "recurrent_ppo", "stream_learning", "bptt_vs_autodiff"]
 
 pytestmark = pytest.mark.standard_promotion  # the experiments train with optax
 
