@@ -158,3 +158,17 @@ def test_the_command_line_trains_a_stream_on_a_text_file_or_refuses_in_one_line(
     refused = subprocess.run([*args, "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "stream: expected the default False here" in refused.stderr
+
+
+def test_a_step_that_is_not_finite_hands_on_the_stream_it_started_from(tmp_path):
+    from perceptron1_jax.training import NonFiniteStop
+
+    cfg = dataclasses.replace(STREAM, optimizer="sgd", lr=1e38, steps=6, max_nonfinite=3)  # float32 overflows
+    with pytest.raises(NonFiniteStop) as stop:
+        train(cfg, tmp_path / "run", **QUIET)
+    stream, steps = stop.value.state.stream, stop.value.state.step
+    finite_steps = int(stream.step) // cfg.seq_len
+    assert 0 < finite_steps < steps  # the skipped steps did not move it on
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(stream))
+    saved = checkpoint.read_checkpoint(checkpoint.list_checkpoints(tmp_path / "run")[0])
+    assert int(saved["stream"]["step"]) == int(stream.step)  # the stop's checkpoint holds it
