@@ -10,6 +10,11 @@
   (``(B, K, *shape)`` per parameter array, ``K P`` numbers per example where :class:`Dense` keeps
   ``S P``), and the step's Jacobians come from the cell's own hand-derived backward step.
 - :class:`RankOne`: UORO's rank-one estimate.
+
+Beside them, what they share: the state ``s`` of a stack (every layer's carries flattened per
+example: :func:`state_parts`, :func:`observable`, :func:`stack_step`) and the patterns SnAp-1 and
+e-prop keep (:func:`immediate_pattern`, :func:`compact_masks`), each read where no entry vanishes
+by accident (:func:`pattern_point`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from perceptron1_jax.cells import BUILT_IN_CELLS, CELLS, project_inputs
-from perceptron1_jax.model import init_model
+from perceptron1_jax.model import init_model, step_forward
 from perceptron1_jax.spec import ModelSpec
 
 _EPS = 1e-7  # UORO's rho0 and rho1 stay finite when a norm is 0
@@ -91,6 +96,11 @@ class Compact:
         layer = spec.layers[0]
         self.cell, self.hidden, self.masks = CELLS[layer.cell], layer.hidden_size, masks
         self.params, self.internal_only = params["layers"][0]["fwd"], internal_only
+        recurrent = self.params.get("W_h")  # None for the min cells
+        # the step's direct part (W_h = 0) and the recurrent diagonal W_h[j, g H + j] (G, H), once per walk
+        self.direct = self.params if recurrent is None else {**self.params, "W_h": jnp.zeros_like(recurrent)}
+        self.diagonal = None if recurrent is None else jnp.diagonal(recurrent.reshape(self.hidden, -1, self.hidden),
+                                                                    axis1=0, axis2=2)
 
     def start(self, batch, dtype):
         k = self.cell.carry_size
@@ -104,18 +114,16 @@ class Compact:
         """``(new_carry, D (B, K, K, H), I {name: (B, K, *shape)})`` of one step from ``carry``."""
         cell, params, size = self.cell, self.params, self.cell.carry_size
         new_carry, residuals = cell.step(params, carry, project_inputs(cell, params, x))
-        direct = {**params, "W_h": jnp.zeros_like(params["W_h"])} if "W_h" in params else params
         ones, zeros = jnp.ones_like(carry[0]), jnp.zeros_like(carry[0])
         per_example = jax.vmap(lambda *rows: cell.param_grads(*(None if r is None else r[None, None] for r in rows)))
         blocks, immediate = [], []
         for k in range(size):
             seed = tuple(ones if q == k else zeros for q in range(size))
-            dzx, dzh_part, dprev = cell.backward_step(direct, carry, new_carry, residuals, seed)
+            dzx, dzh_part, dprev = cell.backward_step(self.direct, carry, new_carry, residuals, seed)
             row = list(dprev)
-            if "W_h" in params:  # the recurrent part of the diagonal: through W_h[j, g H + j]
-                diagonal = jnp.diagonal(params["W_h"].reshape(self.hidden, -1, self.hidden), axis1=0, axis2=2)
+            if self.diagonal is not None:  # the recurrent part of the diagonal: through W_h[j, g H + j]
                 dzh = cell.full_dzh(dzx, dzh_part).reshape(dzx.shape[0], -1, self.hidden)
-                row[0] = row[0] + jnp.sum(dzh * diagonal, axis=1)
+                row[0] = row[0] + jnp.sum(dzh * self.diagonal, axis=1)
             if self.internal_only:
                 row[0] = jnp.zeros_like(row[0])
             blocks.append(jnp.stack(row, axis=1))
@@ -170,23 +178,91 @@ def pattern_point(spec: ModelSpec, dtype: str, draw: int):
     return jax.tree.map(draw_like, jax.eval_shape(lambda: init_model(jax.random.key(0), spec, jnp.dtype(dtype)))), rng
 
 
+def _union_of_draws(spec: ModelSpec, dtype: str, read):
+    """The structural non-zeros of ``read(params, rng, draw)`` (a tree of arrays) at each of the
+    :data:`PATTERN_DRAWS` draws of :func:`pattern_point`, united: a tree of numpy bool arrays."""
+    found = None
+    for draw in range(PATTERN_DRAWS):
+        params, rng = pattern_point(spec, dtype, draw)
+        with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
+            seen = jax.tree.map(lambda a: np.asarray(a) != 0, read(params, rng, draw))
+        found = seen if found is None else jax.tree.map(np.logical_or, found, seen)
+    return found
+
+
+def state_parts(spec: ModelSpec) -> list[tuple[int, int]]:
+    """``(carry_size, hidden)`` of each layer: the state ``s`` is their carries, layer after layer."""
+    return [(CELLS[layer.cell].carry_size, layer.hidden_size) for layer in spec.layers]
+
+
+def state_size(spec: ModelSpec) -> int:
+    """``S``: the numbers of ``s`` per example."""
+    return sum(c * h for c, h in state_parts(spec))
+
+
+def observable(spec: ModelSpec) -> np.ndarray:
+    """``(S,)`` bool: the entries of ``s`` that are some layer's ``h`` (the rest: internal carries)."""
+    flags = []
+    for carry_size, hidden in state_parts(spec):
+        flags += [True] * hidden + [False] * (carry_size - 1) * hidden
+    return np.asarray(flags)
+
+
+def stack_step(spec: ModelSpec, unravel, head):
+    """``f(theta, s, x, valid, reset) -> s'`` for one example (``s: (S,)``): the stack's own step
+    (:func:`~perceptron1_jax.model.step_forward`, ``unravel(theta)`` its recurrent parameters); a
+    padded step (``valid`` False) holds the state."""
+    parts = state_parts(spec)
+
+    def step(theta, s, x, valid, reset):
+        carries, at = [], 0
+        for carry_size, hidden in parts:
+            carries.append({"fwd": tuple(s[at + k * hidden: at + (k + 1) * hidden][None] for k in range(carry_size))})
+            at += carry_size * hidden
+        finals, _ = step_forward({**unravel(theta), "head": head}, tuple(carries), x[None], spec, reset[None])
+        new = jnp.concatenate([part[0] for final in finals for part in final["fwd"]])
+        return jnp.where(valid, new, s)
+
+    return step
+
+
+@functools.lru_cache(maxsize=64)
+def immediate_pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
+    """``(S, P)`` bool: which state entries each parameter changes directly in one step (the
+    structural non-zeros of ``J_theta``, columns in ``ravel_pytree`` order of the recurrent
+    parameters), :data:`PATTERN_DRAWS` draws of :func:`pattern_point`."""
+
+    @jax.jit  # one program for every draw
+    def jacobian(params, s, x):  # {name: (S, *shape)}
+        recurrent = {k: v for k, v in params.items() if k != "head"}
+        step = stack_step(spec, lambda theta: theta, params["head"])
+        return jax.jacfwd(step)(recurrent, s, x, jnp.bool_(True), jnp.bool_(False))
+
+    def read(params, rng, draw):
+        s = rng.uniform(0.2, 0.9, state_size(spec)).astype(dtype)
+        x = (np.asarray((1 + draw) % spec.vocab_size, np.int32) if spec.tokens
+             else rng.uniform(0.5, 1.0, spec.input_size).astype(dtype))
+        return jacobian(params, s, x)
+
+    found = _union_of_draws(spec, dtype, read)
+    return np.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree.leaves(found)], axis=1)
+
+
 @functools.lru_cache(maxsize=64)
 def compact_masks(spec: ModelSpec, dtype: str) -> dict:
     """``{name: (K, *shape) bool}``: :class:`Compact`'s pattern, the structural non-zeros of the
     immediate ``I`` (:data:`PATTERN_DRAWS` draws of :func:`pattern_point`), as
-    :func:`perceptron1_jax.online.immediate_pattern` reads the dense one."""
+    :func:`immediate_pattern` reads the dense one."""
     layer = spec.layers[0]
-    masks, local = None, jax.jit(lambda p, c, x: Compact(spec, p, None).local(c, x))  # one program for every draw
-    for draw in range(PATTERN_DRAWS):
-        params, rng = pattern_point(spec, dtype, draw)
+    local = jax.jit(lambda p, c, x: Compact(spec, p, None).local(c, x)[2])  # one program for every draw
+
+    def read(params, rng, draw):
         carry = tuple(rng.uniform(0.2, 0.9, (1, layer.hidden_size)).astype(dtype)
                       for _ in range(CELLS[layer.cell].carry_size))
         x = rng.uniform(0.5, 1.0, (1, spec.input_size)).astype(dtype)
-        with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
-            _, _, immediate = local(params, carry, x)
-            found = {name: np.asarray(i[0] != 0) for name, i in immediate.items()}
-        masks = found if masks is None else {name: masks[name] | found[name] for name in masks}
-    return masks
+        return {name: i[0] for name, i in local(params, carry, x).items()}
+
+    return _union_of_draws(spec, dtype, read)
 
 
 class RankOne:

@@ -73,7 +73,6 @@ from perceptron1_jax.model import (
     init_model,
     single_carries0,
     single_layer_spec,
-    step_forward,
 )
 from perceptron1_jax.spec import ModelSpec
 
@@ -204,8 +203,10 @@ def start_stream(params, spec: ModelSpec, method: str, batch: int) -> OnlineStre
 def _check_stream(stream, params, spec: ModelSpec, method: str, batch: int) -> None:
     """A ``ValueError`` naming a ``stream`` that is not what this call's walk carries."""
     expected = jax.eval_shape(lambda: start_stream(params, spec, method, batch))
-    shapes = (lambda tree: jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__))),  # noqa: E731
-                                        tree))
+
+    def shapes(tree):
+        return jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__))), tree)
+
     given = shapes(stream) if isinstance(stream, OnlineStream) else repr(stream)
     if not isinstance(stream, OnlineStream) or jax.tree.structure(stream) != jax.tree.structure(expected) or \
             given != shapes(expected):
@@ -289,7 +290,7 @@ def check_online_training(spec: ModelSpec, method: str, batch: int, dtype, every
     if method == "rtrl":
         shapes = jax.eval_shape(lambda: init_model(jax.random.key(0), spec, jnp.dtype(dtype)))
         params = sum(leaf.size for name, part in shapes.items() if name != "head" for leaf in jax.tree.leaves(part))
-        _check_influence_fits(batch, _state_size(spec), params, jnp.dtype(dtype), "gradient")
+        _check_influence_fits(batch, influence.state_size(spec), params, jnp.dtype(dtype), "gradient")
 
 
 def _run(params, xs, targets, spec, lengths, carries0, resets, method, key, feedback):
@@ -304,11 +305,11 @@ def _prepare(params, spec: ModelSpec, method: str, batch: int):
     the compact one), after checking that exact RTRL's influence fits."""
     dtype = jnp.dtype(params["head"]["W"].dtype)
     if method == "rtrl":
-        recurrent = {k: v for k, v in params.items() if k != "head"}
-        _check_influence_fits(batch, _state_size(spec), sum(leaf.size for leaf in jax.tree.leaves(recurrent)), dtype)
+        recurrent = sum(leaf.size for k, v in params.items() if k != "head" for leaf in jax.tree.leaves(v))
+        _check_influence_fits(batch, influence.state_size(spec), recurrent, dtype)
     if influence.compact_applies(spec, method):
         return influence.compact_masks(spec, str(dtype)), True
-    return (None if method in ("rtrl", "uoro") else immediate_pattern(spec, str(dtype))), False
+    return (None if method in ("rtrl", "uoro") else influence.immediate_pattern(spec, str(dtype))), False
 
 
 def _check_influence_fits(batch: int, state: int, params: int, dtype, name: str = "method") -> None:
@@ -319,80 +320,10 @@ def _check_influence_fits(batch: int, state: int, params: int, dtype, name: str 
                          "allowed: use a smaller batch or hidden size, or an approximation (snap1, eprop, uoro)")
 
 
-def _parts(spec: ModelSpec) -> list[tuple[int, int]]:
-    """``(carry_size, hidden)`` of each layer: the state ``s`` is their carries, layer after layer."""
-    return [(CELLS[layer.cell].carry_size, layer.hidden_size) for layer in spec.layers]
-
-
-def _state_size(spec: ModelSpec) -> int:
-    return sum(c * h for c, h in _parts(spec))
-
-
-def _observable(spec: ModelSpec) -> np.ndarray:
-    """``(S,)`` bool: the entries of ``s`` that are some layer's ``h`` (the rest: internal carries)."""
-    flags = []
-    for carry_size, hidden in _parts(spec):
-        flags += [True] * hidden + [False] * (carry_size - 1) * hidden
-    return np.asarray(flags)
-
-
 def _top(spec: ModelSpec) -> slice:
     """Where the top layer's ``h`` sits in ``s``."""
-    start = _state_size(spec) - spec.layers[-1].hidden_size * CELLS[spec.layers[-1].cell].carry_size
+    start = influence.state_size(spec) - spec.layers[-1].hidden_size * CELLS[spec.layers[-1].cell].carry_size
     return slice(start, start + spec.layers[-1].hidden_size)
-
-
-def _step_fn(spec: ModelSpec, unravel, head):
-    """``f(theta, s, x, valid, reset) -> s'`` for one example (``s: (S,)``): the stack's own step;
-    a padded step (``valid`` False) holds the state."""
-    parts = _parts(spec)
-
-    def step(theta, s, x, valid, reset):
-        carries, at = [], 0
-        for carry_size, hidden in parts:
-            carries.append({"fwd": tuple(s[at + k * hidden: at + (k + 1) * hidden][None] for k in range(carry_size))})
-            at += carry_size * hidden
-        finals, _ = step_forward({**unravel(theta), "head": head}, tuple(carries), x[None], spec, reset[None])
-        new = jnp.concatenate([part[0] for final in finals for part in final["fwd"]])
-        return jnp.where(valid, new, s)
-
-    return step
-
-
-@functools.lru_cache(maxsize=64)
-def immediate_pattern(spec: ModelSpec, dtype: str) -> np.ndarray:
-    """``(S, P)`` bool: which state entries each parameter changes directly in one step (the
-    structural non-zeros of ``J_theta``, read at random parameters, state and input, where no
-    entry vanishes by accident: :func:`perceptron1_jax.influence.pattern_point`)."""
-    found, jacobian = None, None
-    for draw in range(influence.PATTERN_DRAWS):
-        params, rng = influence.pattern_point(spec, dtype, draw)
-        head = params.pop("head")
-        theta, unravel = _ravel_numpy(params)
-        if jacobian is None:  # one program for every draw
-            def step(th, hd, s, x, unravel=unravel):
-                return _step_fn(spec, unravel, hd)(th, s, x, jnp.bool_(True), jnp.bool_(False))
-
-            jacobian = jax.jit(jax.jacfwd(step))
-        s = rng.uniform(0.2, 0.9, _state_size(spec)).astype(dtype)
-        x = (np.asarray((1 + draw) % spec.vocab_size, np.int32) if spec.tokens
-             else rng.uniform(0.5, 1.0, spec.input_size).astype(dtype))
-        with jax.ensure_compile_time_eval():  # concrete also when first asked for inside a trace (a train step)
-            jac = np.asarray(jacobian(theta, head, s, x) != 0)
-        found = jac if found is None else found | jac
-    return found
-
-
-def _ravel_numpy(tree):
-    """``ravel_pytree`` of a tree of numpy arrays (same order), computed in numpy: no program."""
-    leaves, treedef = jax.tree.flatten(tree)
-    ends = np.cumsum([leaf.size for leaf in leaves])
-
-    def unravel(flat):
-        parts = jnp.split(flat, ends[:-1])
-        return treedef.unflatten([part.reshape(leaf.shape) for part, leaf in zip(parts, leaves)])
-
-    return np.concatenate([np.ravel(leaf) for leaf in leaves]), unravel
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "method", "feedback", "compact"))
@@ -412,9 +343,9 @@ def _online(params, xs, targets, lengths, carries0, resets, key, pattern, *, spe
 def _start_state(spec: ModelSpec, carries0, batch: int, dtype):
     """``(B, S)``: every layer's starting carry, flattened (zeros where none is given)."""
     if carries0 is None:
-        return jnp.zeros((batch, _state_size(spec)), dtype)
+        return jnp.zeros((batch, influence.state_size(spec)), dtype)
     return jnp.concatenate([part.astype(dtype) if given is not None else jnp.zeros((batch, hidden), dtype)
-                            for given, (carry_size, hidden) in zip(carries0, _parts(spec))
+                            for given, (carry_size, hidden) in zip(carries0, influence.state_parts(spec))
                             for part in (given["fwd"] if given is not None else (None,) * carry_size)], axis=-1)
 
 
@@ -429,8 +360,8 @@ class _Walk:
         if compact:
             self.tracker = influence.Compact(spec, self.unravel(self.theta), pattern, internal_only=method == "eprop")
         else:
-            self.tracker = influence.DENSE[method](_step_fn(spec, self.unravel, self.head), self.theta, pattern,
-                                                   _observable(spec))
+            self.tracker = influence.DENSE[method](influence.stack_step(spec, self.unravel, self.head), self.theta,
+                                                   pattern, influence.observable(spec))
         self.back = self.head["W"] if feedback == "symmetric" else jax.random.normal(
             jax.random.fold_in(key, 1), self.head["W"].shape, self.head["W"].dtype) / jnp.sqrt(
             jnp.asarray(self.head["W"].shape[0], self.head["W"].dtype))

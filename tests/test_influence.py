@@ -95,5 +95,5 @@ def test_the_patterns_keep_every_structural_entry_at_a_size_where_gates_saturate
                 columns = mask[1].reshape(-1, 4, 64)
                 assert columns[:, :3].all() and not columns[:, 3].any(), name
     spec = p1.ModelSpec((p1.LayerSpec("gru", 16),), 4, input_size=8)  # the dense one reads the same points
-    dense = online.immediate_pattern(spec, "float32")  # (S, P): each parameter feeds exactly one unit
+    dense = influence.immediate_pattern(spec, "float32")  # (S, P): each parameter feeds exactly one unit
     np.testing.assert_array_equal(dense.sum(axis=0), 1)
