@@ -108,7 +108,6 @@ def max_relative_error(ours, reference) -> float:
 def decay_rate(dh_norm, last: int | None = None) -> float:
     """Geometric rate ``r`` of ``||dL/dh_t|| ~ r^(T-t)`` fitted (least squares on the log) over the
     steps before the read-out: ``r < 1`` vanishing, ``r > 1`` exploding."""
-
     norms = np.asarray(dh_norm, np.float64)
     last = norms.size if last is None else last
     lags = np.arange(last)[::-1]
@@ -124,7 +123,6 @@ def set_spectral_radius(params, radius: float):
     rescaled to spectral radius ``radius`` (largest eigenvalue modulus). Single-layer or model
     params. For the Elman cell, radius < 1 makes the linearized recurrence contract (gradients
     vanish) and radius > 1 lets them explode (Pascanu et al. 2013)."""
-
     if not radius > 0:
         raise ValueError(f"radius: expected a positive spectral radius, got {radius}")
 

@@ -50,6 +50,12 @@ def assert_trees_close(actual, expected, rtol, atol=0.0):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
+def assert_trees_equal(actual, expected):
+    """Every leaf of the two trees equal, bit for bit (a resumed run against a straight one)."""
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def max_scale(tree):
     """Largest absolute entry over a pytree (for absolute tolerances relative to the scale)."""
     return max(float(np.max(np.abs(np.asarray(a, np.float64)))) for a in jax.tree.leaves(tree))  # numpy: no program

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import wait_for_metrics
+from helpers import assert_trees_equal, wait_for_metrics
 
 import perceptron1_jax as p1
 from perceptron1_jax.cli import main
@@ -43,10 +43,6 @@ def _records(out):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in records]
 
-
-def _same(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # --------------------------------------------------------------------------- the grid
@@ -128,8 +124,8 @@ def test_the_run_folder_describes_the_members_and_resumes_bit_for_bit(tmp_path):
     out = tmp_path / "split"
     _run(dataclasses.replace(TINY, steps=20), out, population=population)
     resumed = _run(TINY, out, resume=True, population=population)
-    _same(resumed.params, straight.params)
-    _same(resumed.opt_state, straight.opt_state)
+    assert_trees_equal(resumed.params, straight.params)
+    assert_trees_equal(resumed.opt_state, straight.opt_state)
     assert jax.tree.leaves(resumed.params)[0].shape[0] == 4
     described = json.loads((out / "population.json").read_text())
     assert described["population"]["seeds"] == 2 and described["population"]["lr"] == [0.02, 0.05]
@@ -253,7 +249,7 @@ def test_sigterm_and_sigkill_lose_nothing(tmp_path):
     assert p1.load_checkpoint(out)["step"] < 400
     resumed = _run(dataclasses.replace(cfg, steps=400), out, resume=True, population=population)
     straight = _run(dataclasses.replace(cfg, steps=400), tmp_path / "straight", population=population)
-    _same(resumed.params, straight.params)
+    assert_trees_equal(resumed.params, straight.params)
     assert _records(out) == [r for r in _records(tmp_path / "straight")]
 
 

@@ -14,6 +14,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
 
 import perceptron1_jax as p1
 from perceptron1_jax import checkpoint
@@ -32,10 +33,6 @@ STREAM = TrainConfig(task="chars", cell="gru", hidden=4, embed_size=3, seq_len=4
                      target_accuracy=0.0, lr=0.05)
 QUIET = {"progress": False, "check_grads": False, "log": lambda _: None}
 
-
-def _same(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
 
 
 def test_each_lane_reads_its_windows_in_order_and_starts_over_with_a_reset():
@@ -94,9 +91,10 @@ def test_a_resumed_stream_run_ends_bit_for_bit_and_its_checkpoint_holds_the_stre
     saved = checkpoint.read_checkpoint(checkpoint.list_checkpoints(tmp_path / "resumed")[0])
     assert set(saved["stream"]) == {"state", "influence", "step"} and int(saved["stream"]["step"]) == 3 * 4
     resumed = train(cfg, tmp_path / "resumed", resume=True, **QUIET)
-    _same(straight.params, resumed.params)
-    _same(straight.stream, resumed.stream)
-    _same(straight.stream, p1.load_checkpoint(tmp_path / "straight")["stream"])  # to go on with in your own loop
+    assert_trees_equal(straight.params, resumed.params)
+    assert_trees_equal(straight.stream, resumed.stream)
+    # load_checkpoint gives the stream, to go on with in your own loop
+    assert_trees_equal(straight.stream, p1.load_checkpoint(tmp_path / "straight")["stream"])
     path = checkpoint.list_checkpoints(tmp_path / "resumed")[0]
     raw = checkpoint.read_checkpoint(path)
     path.unlink()  # the newest checkpoint written again without its stream: refused, not restarted
@@ -116,8 +114,9 @@ def test_each_member_of_a_stream_population_trains_as_its_single_run_and_resumes
         assert max_relative_error(member, (single.params, single.stream)) < 1e-9, seed
     train(dataclasses.replace(cfg, steps=2), tmp_path / "resumed", population=Population(seeds=2), **QUIET)
     resumed = train(cfg, tmp_path / "resumed", resume=True, population=Population(seeds=2), **QUIET)
-    _same((members.params, members.stream), (resumed.params, resumed.stream))
-    _same(jax.tree.map(lambda a: a[1], members.stream), p1.load_checkpoint(tmp_path / "resumed", member=1)["stream"])
+    assert_trees_equal((members.params, members.stream), (resumed.params, resumed.stream))
+    member_1 = p1.load_checkpoint(tmp_path / "resumed", member=1)["stream"]
+    assert_trees_equal(jax.tree.map(lambda a: a[1], members.stream), member_1)
 
 
 @pytest.mark.parametrize("changes, message", [
